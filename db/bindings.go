@@ -1,0 +1,201 @@
+package db
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Binding is one 3PID -> Matrix ID association. Times are Unix milliseconds.
+// Address is always in canonical form (the caller canonicalises).
+type Binding struct {
+	Medium    string `json:"medium"`
+	Address   string `json:"address"`
+	MXID      string `json:"mxid"`
+	TS        int64  `json:"ts"`
+	NotBefore int64  `json:"not_before"`
+	NotAfter  int64  `json:"not_after"`
+}
+
+func (b Binding) check() error {
+	if b.Medium == "" || b.Address == "" || b.MXID == "" {
+		return errors.New("binding with empty medium, address or mxid")
+	}
+	for _, s := range []string{b.Medium, b.Address, b.MXID} {
+		if strings.IndexByte(s, 0) >= 0 {
+			return errors.New("binding field contains NUL")
+		}
+	}
+	return nil
+}
+
+// PutBinding stores b, replacing any earlier owner of the same 3PID, and keeps
+// the reverse index in step, in one transaction. It returns the binding it
+// replaced, if any.
+func (s *Store) PutBinding(b Binding) (previous *Binding, err error) {
+	if err := b.check(); err != nil {
+		return nil, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		previous, err = putBinding(tx, b)
+		return err
+	})
+	return previous, err
+}
+
+// PutBindings stores many bindings (an import), committing every chunk
+// bindings in its own transaction. It stops at the first error and reports
+// how many were stored.
+func (s *Store) PutBindings(bs []Binding, chunk int) (stored int, err error) {
+	if chunk <= 0 {
+		chunk = 10000
+	}
+	for _, b := range bs {
+		if err := b.check(); err != nil {
+			return 0, err
+		}
+	}
+	for start := 0; start < len(bs); start += chunk {
+		end := min(start+chunk, len(bs))
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, b := range bs[start:end] {
+				if _, err := putBinding(tx, b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return stored, err
+		}
+		stored = end
+	}
+	return stored, nil
+}
+
+func putBinding(tx *bolt.Tx, b Binding) (*Binding, error) {
+	fwd := tx.Bucket(bucketBindings)
+	rev := tx.Bucket(bucketBindingsByMXID)
+	k := key(b.Medium, b.Address)
+	var previous *Binding
+	if old := fwd.Get(k); old != nil {
+		var p Binding
+		if err := json.Unmarshal(old, &p); err != nil {
+			return nil, fmt.Errorf("decode binding: %w", err)
+		}
+		previous = &p
+		if err := rev.Delete(key(p.MXID, p.Medium, p.Address)); err != nil {
+			return nil, err
+		}
+	}
+	v, err := json.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := fwd.Put(k, v); err != nil {
+		return nil, err
+	}
+	return previous, rev.Put(key(b.MXID, b.Medium, b.Address), nil)
+}
+
+// GetBinding returns the binding of a 3PID, or ErrNotFound.
+func (s *Store) GetBinding(medium, address string) (Binding, error) {
+	var b Binding
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBindings).Get(key(medium, address))
+		if v == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(v, &b)
+	})
+	return b, err
+}
+
+// DeleteBinding removes the binding of a 3PID if it belongs to mxid. It
+// reports whether anything was removed; removing what is not there is not an
+// error, so unbind is idempotent.
+func (s *Store) DeleteBinding(medium, address, mxid string) (bool, error) {
+	deleted := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		fwd := tx.Bucket(bucketBindings)
+		k := key(medium, address)
+		v := fwd.Get(k)
+		if v == nil {
+			return nil
+		}
+		var b Binding
+		if err := json.Unmarshal(v, &b); err != nil {
+			return err
+		}
+		if b.MXID != mxid {
+			return nil
+		}
+		if err := fwd.Delete(k); err != nil {
+			return err
+		}
+		deleted = true
+		return tx.Bucket(bucketBindingsByMXID).Delete(key(b.MXID, b.Medium, b.Address))
+	})
+	return deleted, err
+}
+
+// ForEachBinding calls fn for every binding, reading the reverse index so no
+// value is decoded. It reads in chunks, each in its own short read
+// transaction, so a long scan never pins old pages; bindings changed during
+// the scan may or may not be seen (callers that need them keep up through
+// their own bind/unbind hooks).
+func (s *Store) ForEachBinding(fn func(medium, address, mxid string) error) error {
+	const chunk = 20000
+	var after []byte
+	for {
+		type row struct{ medium, address, mxid string }
+		rows := make([]row, 0, chunk)
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketBindingsByMXID).Cursor()
+			var k []byte
+			if after == nil {
+				k, _ = c.First()
+			} else {
+				k, _ = c.Seek(after)
+				if k != nil && bytes.Equal(k, after) {
+					k, _ = c.Next()
+				}
+			}
+			for ; k != nil && len(rows) < chunk; k, _ = c.Next() {
+				parts := bytes.SplitN(k, []byte{0}, 3)
+				if len(parts) != 3 {
+					return fmt.Errorf("corrupt reverse index key %q", k)
+				}
+				rows = append(rows, row{string(parts[1]), string(parts[2]), string(parts[0])})
+				after = append(after[:0], k...)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if err := fn(r.medium, r.address, r.mxid); err != nil {
+				return err
+			}
+		}
+		if len(rows) < chunk {
+			return nil
+		}
+	}
+}
+
+// CountBindings returns the number of stored bindings.
+func (s *Store) CountBindings() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketBindings).Stats().KeyN
+		return nil
+	})
+	return n, err
+}

@@ -1,0 +1,206 @@
+// Package db owns mxid's persistent state: one bbolt file (mxid.db) in the
+// data directory holding accounts, terms acceptance, 3PID bindings, validation
+// sessions, invites, the onbind queue and lookup metadata.
+//
+// It imports no other mxid package; callers see plain Go types. bbolt is used
+// only here.
+//
+// # Schema (version 1)
+//
+// Keys are parts joined by 0x00; integers and times are 8-byte big-endian so
+// cursors sort by them. Values are JSON with explicit tags.
+//
+//	meta        "schema" -> uint64 schema version (drives migrations)
+//	            other keys -> small JSON documents owned by a feature
+//	            (e.g. "pepper" for the lookup pepper and its age)
+//	accounts    sha256(token) -> Account{user_id, created_ts}
+//	terms       user_id -> TermsAcceptance{accepted: {policy: version}}
+//	bindings    medium 0x00 address -> Binding{medium, address, mxid, ts, not_before, not_after}
+//	bindings_by_mxid
+//	            mxid 0x00 medium 0x00 address -> empty (reverse index, for
+//	            unbind by homeservers and onbind; never exposed as a lookup)
+//	sessions    sid -> Session (validation sessions; see sessions.go)
+//	sessions_by_3pid
+//	            medium 0x00 address 0x00 client_secret -> sid
+//	invites     token -> Invite (pending third-party invites)
+//	invites_by_3pid
+//	            medium 0x00 address 0x00 token -> empty
+//	ephemeral_keys
+//	            public key (unpadded base64) -> token
+//	queue       uint64 due time 0x00 id -> Job (onbind deliveries)
+//
+// A bucket appears in this list when a feature first writes it; buckets are
+// created on open so readers never meet a missing bucket.
+package db
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the version this build writes and understands.
+const SchemaVersion = 1
+
+// FileName is the database file inside the data directory.
+const FileName = "mxid.db"
+
+var (
+	bucketMeta           = []byte("meta")
+	bucketAccounts       = []byte("accounts")
+	bucketTerms          = []byte("terms")
+	bucketBindings       = []byte("bindings")
+	bucketBindingsByMXID = []byte("bindings_by_mxid")
+	bucketSessions       = []byte("sessions")
+	bucketSessionsBy3PID = []byte("sessions_by_3pid")
+	bucketInvites        = []byte("invites")
+	bucketInvitesBy3PID  = []byte("invites_by_3pid")
+	bucketEphemeralKeys  = []byte("ephemeral_keys")
+	bucketQueue          = []byte("queue")
+	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue}
+	keySchema            = []byte("schema")
+	errInUse             = errors.New("database in use")
+	ErrNotFound          = errors.New("not found")
+	openTimeout          = 2 * time.Second
+)
+
+// ErrInUse is returned by Open when another process holds the database.
+var ErrInUse = errInUse
+
+// migrations[v] upgrades a database from schema version v to v+1. It runs in
+// the same transaction that records the new version, so an upgrade is all or
+// nothing.
+var migrations = map[uint64]func(tx *bolt.Tx) error{}
+
+// Store is the handle on the database. It is safe for concurrent use.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens (creating if needed) mxid.db in dir. When another process holds
+// the file it fails after a short timeout with an error that says so.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("another mxid is using %s (the file is locked); stop it or choose another data_dir: %w", path, errInUse)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{db: bdb, path: path}
+	if err := s.init(); err != nil {
+		bdb.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) init() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		var version uint64
+		if v := meta.Get(keySchema); v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("%s: corrupt schema version", s.path)
+			}
+			version = binary.BigEndian.Uint64(v)
+		} else {
+			version = SchemaVersion // a new file starts at the current schema
+		}
+		if version > SchemaVersion {
+			return fmt.Errorf("%s has schema version %d, newer than this mxid understands (%d); run a newer mxid", s.path, version, SchemaVersion)
+		}
+		for ; version < SchemaVersion; version++ {
+			m, ok := migrations[version]
+			if !ok {
+				return fmt.Errorf("no migration from schema version %d", version)
+			}
+			if err := m(tx); err != nil {
+				return fmt.Errorf("migrate schema %d -> %d: %w", version, version+1, err)
+			}
+		}
+		return meta.Put(keySchema, u64(SchemaVersion))
+	})
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the database file's path.
+func (s *Store) Path() string { return s.path }
+
+// SchemaVersion reports the version recorded in the file.
+func (s *Store) SchemaVersion() (uint64, error) {
+	var v uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta).Get(keySchema)
+		if len(b) != 8 {
+			return errors.New("schema version missing")
+		}
+		v = binary.BigEndian.Uint64(b)
+		return nil
+	})
+	return v, err
+}
+
+// GetMeta reads a small document from the meta bucket; ok is false when the
+// key is absent.
+func (s *Store) GetMeta(key string) (value []byte, ok bool, err error) {
+	if key == string(keySchema) {
+		return nil, false, errors.New("reserved meta key")
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get([]byte(key)); v != nil {
+			value, ok = append([]byte(nil), v...), true
+		}
+		return nil
+	})
+	return value, ok, err
+}
+
+// PutMeta writes a small document to the meta bucket.
+func (s *Store) PutMeta(key string, value []byte) error {
+	if key == string(keySchema) {
+		return errors.New("reserved meta key")
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put([]byte(key), value)
+	})
+}
+
+func u64(n uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, n)
+	return b
+}
+
+// key joins parts with 0x00.
+func key(parts ...string) []byte {
+	n := len(parts)
+	for _, p := range parts {
+		n += len(p)
+	}
+	b := make([]byte, 0, n)
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		b = append(b, p...)
+	}
+	return b
+}

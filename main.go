@@ -1,0 +1,240 @@
+// Command mxid is a Matrix identity server in one binary.
+//
+// Package main owns the command line (flags and subcommands), loading and
+// validating the configuration, wiring the packages together and signal
+// handling. It may import every mxid package; nothing imports it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"mxid/db"
+	"mxid/server"
+	"mxid/server/outbound"
+	"mxid/server/signing"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var ue usageError
+		if !errors.As(err, &ue) {
+			fmt.Fprintln(os.Stderr, "mxid:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// usageError has already been explained to the user.
+type usageError struct{ error }
+
+const usage = `mxid: a Matrix identity server
+
+Usage:
+  mxid [serve] [-config PATH]     run the server (the default command)
+  mxid check-config [-config PATH] validate the configuration, list every problem
+  mxid version                    print the version
+  mxid help                       print this help
+
+Without -config, mxid reads ./mxid.toml if it exists and otherwise runs the
+embedded default: plain HTTP on 127.0.0.1:8090, server name "localhost", data
+in ./mxid-data, validation emails and SMS written to the log.
+See mxid.toml.example for every setting.
+`
+
+// run is the whole program; main only wires signals and the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return cmdServe(ctx, args, stdout, stderr)
+	case "check-config":
+		return cmdCheckConfig(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "mxid", buildVersion())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprintf(stderr, "mxid: unknown command %q\n\n%s", cmd, usage)
+		return usageError{fmt.Errorf("unknown command %q", cmd)}
+	}
+}
+
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
+}
+
+// configFlag registers -config on fs.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "", "path to the TOML configuration (default: ./mxid.toml if present, else the embedded default)")
+}
+
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "mxid %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+// resolveConfig loads the configuration named by -config, else ./mxid.toml,
+// else returns the embedded default; source says which.
+func resolveConfig(path string) (cfg Config, source string, err error) {
+	if path == "" {
+		if _, err := os.Stat("mxid.toml"); err == nil {
+			path = "mxid.toml"
+		}
+	}
+	if path == "" {
+		cfg = DefaultConfig()
+		if problems := cfg.Validate(); len(problems) > 0 {
+			return cfg, "", &ConfigError{Path: "embedded default", Problems: problems}
+		}
+		return cfg, "", nil
+	}
+	cfg, err = loadConfig(path)
+	return cfg, path, err
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	path := configFlag(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	_, source, err := resolveConfig(*path)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			fmt.Fprintln(stderr, ce.Error())
+			return usageError{err}
+		}
+		return err
+	}
+	if source == "" {
+		source = "embedded default"
+	}
+	fmt.Fprintf(stdout, "%s: configuration OK\n", source)
+	return nil
+}
+
+func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := configFlag(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	cfg, source, err := resolveConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	if source == "" {
+		log.Warn("no config file: running the embedded default",
+			"listen", "http://"+cfg.HTTP.Listen, "server_name", cfg.ServerName, "data_dir", cfg.DataDir,
+			"email", "written to the log, not sent", "sms", "written to the log, not sent",
+			"hint", "copy mxid.toml.example to mxid.toml to configure")
+	} else {
+		log.Info("configuration loaded", "path", source)
+	}
+
+	app, err := newApp(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer app.close()
+
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.HTTP.Listen, err)
+	}
+	log.Info("serving", "addr", "http://"+ln.Addr().String(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
+	err = app.srv.Serve(ctx, ln)
+	log.Info("stopped")
+	return err
+}
+
+// app is a wired mxid: what serve (and tests) run.
+type app struct {
+	store *db.Store
+	srv   *server.Server
+	log   *slog.Logger
+}
+
+// newApp opens the store, loads (or creates) the signing key and builds the
+// server. The caller closes it.
+func newApp(cfg Config, log *slog.Logger) (*app, error) {
+	started := time.Now()
+	store, err := db.Open(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	keyPath := filepath.Join(cfg.DataDir, "signing.key")
+	key, created, err := signing.LoadOrCreateKey(keyPath)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if created {
+		log.Info("created a new long-term signing key", "path", keyPath, "key_id", key.ID)
+	}
+	policy, err := outbound.New(cfg.Outbound)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())
+	return &app{store: store, srv: srv, log: log}, nil
+}
+
+func (a *app) close() {
+	if err := a.store.Close(); err != nil {
+		a.log.Error("closing the store", "err", err)
+	}
+}

@@ -1,0 +1,340 @@
+// Package server is mxid's HTTP API: every route (routes.go), the handlers by
+// area, the one Matrix error type, the strict JSON body decoder,
+// authentication and terms, CORS, rate limits and the request log. Its
+// sub-packages hold the signing keys and canonical JSON (signing), the
+// outbound request policy (outbound) and the client side of federation
+// (federation).
+//
+// It may import db, lookup, mail and web; nothing imports server except main.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"mxid/db"
+	"mxid/server/federation"
+	"mxid/server/outbound"
+	"mxid/server/signing"
+)
+
+// Deps are the server's collaborators, built by main.
+type Deps struct {
+	Store  *db.Store
+	Key    *signing.Key
+	Policy *outbound.Policy
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now. Tests inject one.
+	Now func() time.Time
+}
+
+// Server is the identity server's HTTP side.
+type Server struct {
+	cfg     Config
+	store   *db.Store
+	key     *signing.Key
+	policy  *outbound.Policy
+	fed     *federation.Resolver
+	log     *slog.Logger
+	now     func() time.Time
+	proxies []netip.Prefix
+	mux     *http.ServeMux
+	handler http.Handler
+}
+
+// New builds the server from a validated configuration.
+func New(cfg Config, d Deps) (*Server, error) {
+	if d.Store == nil || d.Key == nil || d.Policy == nil {
+		return nil, errors.New("server: store, key and policy are required")
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	s := &Server{
+		cfg:    cfg,
+		store:  d.Store,
+		key:    d.Key,
+		policy: d.Policy,
+		fed:    federation.NewResolver(d.Policy, d.Now),
+		log:    d.Logger,
+		now:    d.Now,
+		mux:    http.NewServeMux(),
+	}
+	for _, p := range cfg.HTTP.TrustedProxies {
+		pfx, err := parsePrefixOrAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("http.trusted_proxies: %w", err)
+		}
+		s.proxies = append(s.proxies, pfx)
+	}
+	s.routes()
+	s.handler = s.recoverPanics(s.logRequests(s.cors(http.HandlerFunc(s.dispatch))))
+	return s, nil
+}
+
+// Handler is the whole HTTP API with its middleware.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// HTTPServer returns an http.Server for the API with mxid's timeouts.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: s.cfg.HTTP.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.HTTP.ReadTimeout,
+		WriteTimeout:      s.cfg.HTTP.WriteTimeout,
+		IdleTimeout:       s.cfg.HTTP.IdleTimeout,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// Serve serves the API on ln until ctx ends, then shuts down gracefully
+// within the configured shutdown timeout.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := s.HTTPServer()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-errc
+	return err
+}
+
+// apiFunc is a handler that returns its error for the adapter to write.
+type apiFunc func(w http.ResponseWriter, r *http.Request) error
+
+// authMode says what a route needs from the caller.
+type authMode int
+
+const (
+	public        authMode = iota // no token
+	authed                        // token and every current policy accepted
+	authedNoTerms                 // token only (GET /account, POST /terms, logout)
+)
+
+type ctxKey int
+
+const (
+	ctxAccount ctxKey = iota
+	ctxRequestID
+)
+
+// handle registers pattern (a Go 1.22 ServeMux pattern with its method).
+func (s *Server) handle(pattern string, mode authMode, fn apiFunc) {
+	s.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if mode != public {
+			acct, err := s.authenticate(r, mode == authed)
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), ctxAccount, acct))
+		}
+		if err := fn(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	}))
+}
+
+// account is the authenticated caller of an authed route.
+func account(r *http.Request) db.Account {
+	a, _ := r.Context().Value(ctxAccount).(db.Account)
+	return a
+}
+
+// dispatch answers unknown paths with 404 and known paths with a wrong method
+// with 405, both M_UNRECOGNIZED in JSON, and hands the rest to the mux.
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
+	if h, pattern := s.mux.Handler(r); pattern == "" {
+		probe := &statusProbe{header: http.Header{}}
+		h.ServeHTTP(probe, r)
+		if probe.status == http.StatusMethodNotAllowed {
+			if allow := probe.header.Get("Allow"); allow != "" {
+				w.Header().Set("Allow", allow)
+			}
+			s.writeError(w, r, errMethod())
+			return
+		}
+		s.writeError(w, r, errUnrecognized())
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// statusProbe records what ServeMux's own 404/405 handler would write.
+type statusProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *statusProbe) Header() http.Header         { return p.header }
+func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *statusProbe) WriteHeader(code int)        { p.status = code }
+
+// writeJSON writes v as a JSON response.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status, body = http.StatusInternalServerError, []byte(`{"errcode":"M_UNKNOWN","error":"Internal server error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+// writeError writes err as a Matrix error and logs its cause once.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := asError(err)
+	if e.Status >= 500 {
+		s.log.Error("request failed", "request_id", requestID(r), "path", r.URL.Path, "errcode", e.Code, "cause", e.Cause)
+	} else if e.Cause != nil {
+		s.log.Info("request refused", "request_id", requestID(r), "path", r.URL.Path, "errcode", e.Code, "cause", e.Cause)
+	}
+	if e.Code == "M_LIMIT_EXCEEDED" {
+		if ms, ok := e.Extra["retry_after_ms"].(int64); ok {
+			w.Header().Set("Retry-After", fmt.Sprint((ms+999)/1000))
+		}
+	}
+	writeJSON(w, e.Status, e.body())
+}
+
+// cors adds the spec's CORS headers to every response and answers
+// pre-flight requests.
+func (s *Server) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "Origin, X-Requested-With, Content-Type, Accept, Authorization")
+		if r.Method == http.MethodOptions {
+			writeJSON(w, http.StatusOK, struct{}{})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// recoverPanics turns a panic into 500 M_UNKNOWN without internals.
+func (s *Server) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic in handler", "request_id", requestID(r), "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				writeJSON(w, http.StatusInternalServerError, map[string]string{"errcode": "M_UNKNOWN", "error": "Internal server error"})
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// statusWriter remembers the status for the request log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += n
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// logRequests gives every request an id (X-Request-Id) and logs one line per
+// request: never the query string, which may hold tokens and secrets.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		var b [8]byte
+		rand.Read(b[:])
+		id := hex.EncodeToString(b[:])
+		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), ctxRequestID, id))
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		s.log.Info("request", "request_id", id, "method", r.Method, "path", r.URL.Path, "status", status,
+			"bytes", sw.bytes, "duration_ms", float64(time.Since(start).Microseconds())/1000, "client", s.clientIP(r).String())
+	})
+}
+
+func requestID(r *http.Request) string {
+	id, _ := r.Context().Value(ctxRequestID).(string)
+	return id
+}
+
+// clientIP is the peer address, or, when the peer is a trusted proxy, the
+// right-most address in X-Forwarded-For that is not itself a trusted proxy.
+func (s *Server) clientIP(r *http.Request) netip.Addr {
+	peer := remoteAddr(r)
+	if !s.trustedProxy(peer) {
+		return peer
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			return peer // a malformed hop: trust nothing beyond the proxy
+		}
+		a = a.Unmap()
+		if !s.trustedProxy(a) {
+			return a
+		}
+	}
+	return peer
+}
+
+func (s *Server) trustedProxy(a netip.Addr) bool {
+	for _, p := range s.proxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
