@@ -37,6 +37,17 @@ type Deps struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests inject one.
 	Now func() time.Time
+	// Bindings, when set, is told about every change to the local
+	// bindings after it is committed (the lookup hash index keeps up
+	// through it).
+	Bindings BindingListener
+}
+
+// BindingListener follows changes to the local bindings. Addresses are
+// canonical.
+type BindingListener interface {
+	Bound(medium, address, mxid string)
+	Unbound(medium, address string)
 }
 
 // Server is the identity server's HTTP side.
@@ -49,6 +60,7 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	proxies []netip.Prefix
+	binds   BindingListener
 	mux     *http.ServeMux
 	handler http.Handler
 }
@@ -73,6 +85,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		log:    d.Logger,
 		now:    d.Now,
 		mux:    http.NewServeMux(),
+		binds:  d.Bindings,
 	}
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)

@@ -1,0 +1,79 @@
+package threepid
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/nyaruka/phonenumbers"
+)
+
+// ErrInvalidPhone is returned for numbers that do not parse or are not valid
+// numbers of the given country.
+var ErrInvalidPhone = errors.New("not a valid phone number")
+
+// ErrInvalidCountry is returned for a country that is not an upper-case ISO
+// 3166-1 alpha-2 code libphonenumber knows.
+var ErrInvalidCountry = errors.New("not a valid country code")
+
+const maxPhoneInput = 64
+
+// ParsePhone parses a number as a user typed it ("07700 900001",
+// "+44 (0)7700-900001") in the given country and returns its MSISDN (E.164
+// digits without "+"), its international format for display and the region
+// it belongs to.
+func ParsePhone(country, number string) (msisdn, intl, region string, err error) {
+	if len(country) != 2 || strings.ToUpper(country) != country || phonenumbers.GetCountryCodeForRegion(country) == 0 {
+		return "", "", "", ErrInvalidCountry
+	}
+	if number == "" || len(number) > maxPhoneInput {
+		return "", "", "", ErrInvalidPhone
+	}
+	num, err := phonenumbers.Parse(number, country)
+	if err != nil || !acceptable(num) {
+		return "", "", "", ErrInvalidPhone
+	}
+	e164 := phonenumbers.Format(num, phonenumbers.E164)
+	return strings.TrimPrefix(e164, "+"), phonenumbers.Format(num, phonenumbers.INTERNATIONAL), phonenumbers.GetRegionCodeForNumber(num), nil
+}
+
+// CanonicalMSISDN checks that s is already an MSISDN: digits only, a valid
+// number in international form.
+func CanonicalMSISDN(s string) (string, error) {
+	if s == "" || len(s) > 15 || strings.Trim(s, "0123456789") != "" {
+		return "", ErrInvalidPhone
+	}
+	num, err := phonenumbers.Parse("+"+s, "")
+	if err != nil || !acceptable(num) {
+		return "", ErrInvalidPhone
+	}
+	return strings.TrimPrefix(phonenumbers.Format(num, phonenumbers.E164), "+"), nil
+}
+
+// NormalizePhone turns a phone number as a directory holds it
+// ("+44 20 7946 0018", "0044 20…", "442079460018") into an MSISDN; numbers
+// without an international prefix are read in defaultRegion (may be "").
+func NormalizePhone(s, defaultRegion string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > maxPhoneInput {
+		return "", ErrInvalidPhone
+	}
+	if strings.Trim(s, "0123456789") == "" && !strings.HasPrefix(s, "0") {
+		s = "+" + s
+	}
+	num, err := phonenumbers.Parse(s, defaultRegion)
+	if err != nil || !acceptable(num) {
+		return "", ErrInvalidPhone
+	}
+	return strings.TrimPrefix(phonenumbers.Format(num, phonenumbers.E164), "+"), nil
+}
+
+// acceptable takes numbers libphonenumber calls valid, and also those of a
+// known country with a possible length: number plans change faster than the
+// metadata, and ranges such as the UK's 07700 900xxx are real enough to
+// validate. Whether an SMS arrives is the real test.
+func acceptable(num *phonenumbers.PhoneNumber) bool {
+	if phonenumbers.IsValidNumber(num) {
+		return true
+	}
+	return phonenumbers.GetRegionCodeForCountryCode(int(num.GetCountryCode())) != "ZZ" && phonenumbers.IsPossibleNumber(num)
+}

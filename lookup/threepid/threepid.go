@@ -1,0 +1,152 @@
+// Package threepid owns the grammar of third-party identifiers: strict
+// email syntax and its canonical (case-folded) form, phone numbers parsed to
+// E.164 digits (with a libphonenumber port), and the lookup hash of the spec
+// ("<address> <medium> <pepper>", SHA-256, URL-safe unpadded base64).
+//
+// It imports no mxid package; server, lookup and main all use it so a 3PID is
+// canonicalised the same way wherever it enters.
+package threepid
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+	"golang.org/x/text/cases"
+)
+
+// Media mxid knows.
+const (
+	Email  = "email"
+	MSISDN = "msisdn"
+)
+
+// ErrInvalidEmail is returned for anything that is not one plain address.
+var ErrInvalidEmail = errors.New("not a valid email address")
+
+const (
+	maxEmailLen = 254
+	maxLocalLen = 64
+)
+
+// Canonical returns the canonical form of address for medium: emails are
+// validated and case-folded, msisdns must already be E.164 digits.
+func Canonical(medium, address string) (string, error) {
+	switch medium {
+	case Email:
+		return CanonicalEmail(address)
+	case MSISDN:
+		return CanonicalMSISDN(address)
+	default:
+		return "", errors.New("unknown medium")
+	}
+}
+
+// CanonicalEmail checks that s is exactly one plain address (no display
+// name, no quoted local part, no comments, one "@", no control, format or
+// zero-width characters, no IP-literal or single-label domain, within the
+// length limits) and returns its canonical form: the whole address under
+// Unicode case folding, which also lower-cases the domain, as the spec's
+// appendix asks ("Strauß@Example.com" -> "strauss@example.com").
+func CanonicalEmail(s string) (string, error) {
+	if err := checkEmail(s); err != nil {
+		return "", err
+	}
+	return cases.Fold().String(s), nil
+}
+
+// ValidEmail reports whether s passes CanonicalEmail's syntax check.
+func ValidEmail(s string) bool { return checkEmail(s) == nil }
+
+func checkEmail(s string) error {
+	if len(s) < 3 || len(s) > maxEmailLen || !utf8.ValidString(s) {
+		return ErrInvalidEmail
+	}
+	at := strings.IndexByte(s, '@')
+	if at <= 0 || at != strings.LastIndexByte(s, '@') || at == len(s)-1 {
+		return ErrInvalidEmail
+	}
+	local, domain := s[:at], s[at+1:]
+	if len(local) > maxLocalLen || !validLocal(local) || !validDomain(domain) {
+		return ErrInvalidEmail
+	}
+	return nil
+}
+
+// validLocal accepts a dot-atom: atext (RFC 5322, widened to non-ASCII
+// letters and digits by RFC 6531) separated by single dots.
+func validLocal(l string) bool {
+	if l[0] == '.' || l[len(l)-1] == '.' || strings.Contains(l, "..") {
+		return false
+	}
+	for _, r := range l {
+		switch {
+		case r < utf8.RuneSelf:
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".!#$%&'*+-/=?^_`{|}~", r)) {
+				return false
+			}
+		case unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.Is(unicode.Mn, r) || unicode.Is(unicode.Mc, r):
+		default:
+			return false // spaces, controls, format (zero-width, bidi) and symbols
+		}
+	}
+	return true
+}
+
+// validDomain accepts a DNS name of at least two labels (IDN allowed), not an
+// IP literal and without a trailing dot.
+func validDomain(d string) bool {
+	if d == "" || d[0] == '[' || strings.HasSuffix(d, ".") {
+		return false
+	}
+	for _, r := range d {
+		if r >= utf8.RuneSelf && !(unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.Is(unicode.Mn, r) || unicode.Is(unicode.Mc, r)) {
+			return false
+		}
+	}
+	ascii, err := idna.Lookup.ToASCII(d)
+	if err != nil || len(ascii) > 253 {
+		return false
+	}
+	labels := strings.Split(ascii, ".")
+	if len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	tld := labels[len(labels)-1]
+	return strings.Trim(tld, "0123456789") != "" // an all-numeric TLD is an IPv4 address
+}
+
+// EmailDomain returns the ASCII (punycode) domain of a valid address, for
+// DNS lookups and SMTP.
+func EmailDomain(address string) (string, error) {
+	at := strings.LastIndexByte(address, '@')
+	if at < 0 {
+		return "", ErrInvalidEmail
+	}
+	return idna.Lookup.ToASCII(address[at+1:])
+}
+
+// Hash is the spec's sha256 lookup hash of a canonical address.
+func Hash(address, medium, pepper string) string {
+	h := sha256.New()
+	h.Write([]byte(address))
+	h.Write([]byte{' '})
+	h.Write([]byte(medium))
+	h.Write([]byte{' '})
+	h.Write([]byte(pepper))
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}

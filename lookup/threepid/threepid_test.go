@@ -1,0 +1,75 @@
+package threepid
+
+import "testing"
+
+// The spec's hashing examples (pepper "matrixrocks").
+func TestHashSpecVectors(t *testing.T) {
+	for _, c := range []struct{ address, medium, want string }{
+		{"alice@example.com", Email, "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc"},
+		{"bob@example.com", Email, "LJwSazmv46n0hlMlsb_iYxI0_HXEqy_yj6Jm636cdT8"},
+		{"18005552067", MSISDN, "nlo35_T5fzSGZzJApqu8lgIudJvmOQtDaHtr-I4rU7I"},
+	} {
+		if got := Hash(c.address, c.medium, "matrixrocks"); got != c.want {
+			t.Errorf("Hash(%q, %q) = %s, want %s", c.address, c.medium, got, c.want)
+		}
+	}
+}
+
+func TestCanonicalEmail(t *testing.T) {
+	good := map[string]string{
+		"alice@example.org":         "alice@example.org",
+		"Strauß@Example.COM":        "strauss@example.com",
+		"Bob.Smith+tag@EXAMPLE.org": "bob.smith+tag@example.org",
+		"üser@exämple.org":          "üser@exämple.org",
+		"o'brien@sub.example.co.uk": "o'brien@sub.example.co.uk",
+	}
+	for in, want := range good {
+		got, err := CanonicalEmail(in)
+		if err != nil || got != want {
+			t.Errorf("CanonicalEmail(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	long := make([]byte, 250)
+	for i := range long {
+		long[i] = 'a'
+	}
+	bad := []string{
+		"", "a", "alice", "@example.org", "alice@", "a@b.com@c.com", "Alice <a@b.com>",
+		`"a@b"@c.org`, "a@b.com, c@d.com", "a@b.com\r\nBcc: v@x.org", "a@[127.0.0.1]",
+		"a@localhost", "a@example.org.", "a\u200b@x.org", "a\u202e@x.org", "a b@x.org",
+		"a@1.2.3.4", ".a@x.org", "a.@x.org", "a..b@x.org", "a@-x.org", "a@x_y.org",
+		"a@x..org", "a\x00@x.org", string(long) + "@x.org", "mailto:a@x.org",
+	}
+	for _, in := range bad {
+		if got, err := CanonicalEmail(in); err == nil {
+			t.Errorf("CanonicalEmail(%q) = %q, want an error", in, got)
+		}
+	}
+}
+
+func TestParsePhone(t *testing.T) {
+	for _, c := range []struct{ country, number, msisdn string }{
+		{"GB", "07700 900001", "447700900001"},
+		{"GB", "+44 (0)7700-900001", "447700900001"},
+		{"US", "(201) 555-0123", "12015550123"},
+	} {
+		msisdn, intl, _, err := ParsePhone(c.country, c.number)
+		if err != nil || msisdn != c.msisdn || intl == "" {
+			t.Errorf("ParsePhone(%q, %q) = %q, %q, %v; want %q", c.country, c.number, msisdn, intl, err, c.msisdn)
+		}
+	}
+	for _, c := range [][2]string{{"GB", "abc"}, {"GB", "+999 1"}, {"GB", "1234567890123456789"}, {"ZZ", "07700900001"}, {"gb", "07700900001"}, {"", "07700900001"}} {
+		if m, _, _, err := ParsePhone(c[0], c[1]); err == nil {
+			t.Errorf("ParsePhone(%q, %q) = %q, want an error", c[0], c[1], m)
+		}
+	}
+	if m, err := NormalizePhone("+44 7700 900001", ""); err != nil || m != "447700900001" {
+		t.Errorf("NormalizePhone = %q, %v", m, err)
+	}
+	if m, err := CanonicalMSISDN("447700900001"); err != nil || m != "447700900001" {
+		t.Errorf("CanonicalMSISDN = %q, %v", m, err)
+	}
+	if _, err := CanonicalMSISDN("+447700900001"); err == nil {
+		t.Error("CanonicalMSISDN accepted a leading +")
+	}
+}

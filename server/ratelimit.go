@@ -1,0 +1,93 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Rate is one rate limit in the configuration: up to Burst events at once,
+// refilled by one every Every. Burst 0 turns the limit off.
+type Rate struct {
+	Burst int           `toml:"burst"`
+	Every time.Duration `toml:"every"`
+}
+
+// validate checks a Rate named name.
+func (r Rate) validate(name string) error {
+	if r.Burst < 0 {
+		return fmt.Errorf("%s.burst must not be negative", name)
+	}
+	if r.Burst > 0 && r.Every <= 0 {
+		return fmt.Errorf("%s.every must be a positive duration when burst is set", name)
+	}
+	return nil
+}
+
+// limiter is a set of token buckets keyed by string (an account, an IP, a
+// 3PID, a country), all with the same rate.
+type limiter struct {
+	rate  Rate
+	now   func() time.Time
+	mu    sync.Mutex
+	byKey map[string]*rate.Limiter
+}
+
+func newLimiter(r Rate, now func() time.Time) *limiter {
+	return &limiter{rate: r, now: now, byKey: map[string]*rate.Limiter{}}
+}
+
+// maxLimiterKeys bounds memory; past it, full (idle) buckets are dropped.
+const maxLimiterKeys = 100000
+
+// take spends n tokens of key's bucket. When there are not enough it spends
+// nothing and reports how long until there will be.
+func (l *limiter) take(key string, n int) (ok bool, retryAfter time.Duration) {
+	if l == nil || l.rate.Burst == 0 {
+		return true, 0
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim := l.byKey[key]
+	if lim == nil {
+		if len(l.byKey) >= maxLimiterKeys {
+			l.sweep(now)
+		}
+		lim = rate.NewLimiter(rate.Every(l.rate.Every), l.rate.Burst)
+		lim.SetLimitAt(now, rate.Every(l.rate.Every)) // start the bucket full at the injected time
+		l.byKey[key] = lim
+	}
+	if n > l.rate.Burst {
+		// More than can ever be granted at once: the wait is for a full bucket.
+		return false, time.Duration(l.rate.Burst) * l.rate.Every
+	}
+	res := lim.ReserveN(now, n)
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
+
+// sweep drops buckets that are full again: forgetting them changes nothing.
+func (l *limiter) sweep(now time.Time) {
+	for k, lim := range l.byKey {
+		if lim.TokensAt(now) >= float64(l.rate.Burst) {
+			delete(l.byKey, k)
+		}
+	}
+}
+
+// errLimited is 429 M_LIMIT_EXCEEDED with retry_after_ms.
+func errLimited(retryAfter time.Duration) *Error {
+	ms := retryAfter.Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	return &Error{Status: http.StatusTooManyRequests, Code: "M_LIMIT_EXCEEDED", Message: "Too many requests; try again later",
+		Extra: map[string]any{"retry_after_ms": ms}}
+}
