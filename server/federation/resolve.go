@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,10 @@ type Target struct {
 type Resolver struct {
 	policy *outbound.Policy
 	now    func() time.Time
+
+	// Ports of the well-known lookup (443) and of federation (8448); tests
+	// change them.
+	wellKnownPort, fedPort string
 
 	mu        sync.Mutex
 	wellKnown map[string]wellKnownEntry
@@ -53,7 +58,8 @@ func NewResolver(p *outbound.Policy, now func() time.Time) *Resolver {
 	if now == nil {
 		now = time.Now
 	}
-	return &Resolver{policy: p, now: now, wellKnown: map[string]wellKnownEntry{}, clients: map[string]*http.Client{}}
+	return &Resolver{policy: p, now: now, wellKnownPort: "443", fedPort: defaultFedPort,
+		wellKnown: map[string]wellKnownEntry{}, clients: map[string]*http.Client{}}
 }
 
 // ErrInvalidServerName is returned for names outside the grammar; nothing is
@@ -73,28 +79,28 @@ func (r *Resolver) Resolve(ctx context.Context, serverName string) (Target, erro
 	host, port, _ := SplitServerName(serverName)
 	// 1. IP literal, 2. explicit port: direct.
 	if _, isIP := IPLiteral(host); isIP || port != 0 {
-		return direct(host, port, serverName), nil
+		return r.direct(host, port, serverName), nil
 	}
 	// 3. /.well-known/matrix/server delegation.
 	if delegated := r.lookupWellKnown(ctx, host); delegated != "" {
 		dhost, dport, _ := SplitServerName(delegated)
 		if _, isIP := IPLiteral(dhost); isIP || dport != 0 {
-			return direct(dhost, dport, delegated), nil
+			return r.direct(dhost, dport, delegated), nil
 		}
 		if t, ok := r.srv(ctx, dhost); ok {
 			return t, nil
 		}
-		return direct(dhost, 0, dhost), nil
+		return r.direct(dhost, 0, dhost), nil
 	}
 	// 4, 5. SRV records, 6. port 8448.
 	if t, ok := r.srv(ctx, host); ok {
 		return t, nil
 	}
-	return direct(host, 0, host), nil
+	return r.direct(host, 0, host), nil
 }
 
-func direct(host string, port int, hostHeader string) Target {
-	p := defaultFedPort
+func (r *Resolver) direct(host string, port int, hostHeader string) Target {
+	p := r.fedPort
 	if port != 0 {
 		p = strconv.Itoa(port)
 	}
@@ -150,7 +156,7 @@ func (r *Resolver) lookupWellKnown(ctx context.Context, host string) string {
 func (r *Resolver) fetchWellKnown(ctx context.Context, host string) string {
 	ctx, cancel := context.WithTimeout(ctx, r.policy.Timeout())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+host+"/.well-known/matrix/server", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.wellKnownURL(host), nil)
 	if err != nil {
 		return ""
 	}
@@ -174,6 +180,13 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string) string {
 		return ""
 	}
 	return doc.Server
+}
+
+func (r *Resolver) wellKnownURL(host string) string {
+	if r.wellKnownPort != "443" {
+		host = joinHostPort(host, r.wellKnownPort)
+	}
+	return "https://" + host + "/.well-known/matrix/server"
 }
 
 func (r *Resolver) client(tlsName string) *http.Client {
@@ -223,7 +236,12 @@ func (r *Resolver) Do(ctx context.Context, serverName, method, pathQuery string,
 	req.Host = t.Host
 	resp, err := r.client(t.TLSName).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+		// *url.Error quotes the URL, whose query may hold a token: keep only the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, t.BaseURL, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
