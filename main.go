@@ -190,7 +190,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("listen on %s: %w", cfg.HTTP.Listen, err)
 	}
 	log.Info("serving", "addr", "http://"+ln.Addr().String(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	waitBackground := app.srv.Background(bgCtx)
 	err = app.srv.Serve(ctx, ln)
+	// Shutdown order: HTTP first (done by Serve), then background work, then
+	// the store (deferred close).
+	stopBackground()
+	waitBackground()
 	log.Info("stopped")
 	return err
 }

@@ -20,4 +20,15 @@ func (s *Server) routes() {
 	s.handle("POST "+v2+"/account/logout", authedNoTerms, s.postLogout)
 	s.handle("GET "+v2+"/terms", public, s.getTerms)
 	s.handle("POST "+v2+"/terms", authedNoTerms, s.postTerms)
+
+	// Invites.
+	s.handle("POST "+v2+"/store-invite", authed, s.postStoreInvite)
+	s.handle("POST "+v2+"/sign-ed25519", authed, s.postSignEd25519)
+
+	// The legacy v1 API, without accounts, as sydent serves it.
+	if s.cfg.V1 {
+		const v1 = "/_matrix/identity/api/v1"
+		s.handle("POST "+v1+"/store-invite", public, s.postStoreInvite)
+		s.handle("POST "+v1+"/sign-ed25519", public, s.postSignEd25519)
+	}
 }

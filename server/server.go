@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"mxid/db"
@@ -41,6 +42,9 @@ type Deps struct {
 	// bindings after it is committed (the lookup hash index keeps up
 	// through it).
 	Bindings BindingListener
+	// InviteMail sends invite emails; without it store-invite answers
+	// M_EMAIL_SEND_ERROR.
+	InviteMail InviteMailer
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -61,8 +65,12 @@ type Server struct {
 	now     func() time.Time
 	proxies []netip.Prefix
 	binds   BindingListener
-	mux     *http.ServeMux
-	handler http.Handler
+
+	inviteMail  InviteMailer
+	inviteLimit *limiter
+	deliver     delivery
+	mux         *http.ServeMux
+	handler     http.Handler
 }
 
 // New builds the server from a validated configuration.
@@ -86,6 +94,10 @@ func New(cfg Config, d Deps) (*Server, error) {
 		now:    d.Now,
 		mux:    http.NewServeMux(),
 		binds:  d.Bindings,
+
+		inviteMail:  d.InviteMail,
+		inviteLimit: newLimiter(cfg.Invites.RateLimit, d.Now),
+		deliver:     delivery{kick: make(chan struct{}, 1)},
 	}
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
@@ -113,6 +125,20 @@ func (s *Server) HTTPServer() *http.Server {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+}
+
+// Background runs the server's background work (the onbind delivery queue,
+// expiry sweeps) until ctx ends; wait blocks until all of it has stopped.
+func (s *Server) Background(ctx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){s.runDelivery, s.runInviteSweep} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop(ctx)
+		}()
+	}
+	return wg.Wait
 }
 
 // Serve serves the API on ln until ctx ends, then shuts down gracefully

@@ -1,0 +1,197 @@
+package db
+
+import (
+	"encoding/binary"
+	"encoding/json"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Job is one queued delivery to a homeserver (an onbind call). Times are
+// Unix milliseconds.
+type Job struct {
+	ID           uint64          `json:"id"`
+	Destination  string          `json:"destination"` // server name
+	Body         json.RawMessage `json:"body"`
+	InviteTokens []string        `json:"invite_tokens,omitempty"`
+	Attempts     int             `json:"attempts"`
+	DueTS        int64           `json:"due_ts"`
+	CreatedTS    int64           `json:"created_ts"`
+	LastError    string          `json:"last_error,omitempty"`
+}
+
+func jobKey(dueTS int64, id uint64) []byte {
+	k := make([]byte, 17)
+	binary.BigEndian.PutUint64(k, uint64(dueTS))
+	binary.BigEndian.PutUint64(k[9:], id)
+	return k
+}
+
+func putJob(tx *bolt.Tx, j Job) error {
+	v, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketQueue).Put(jobKey(j.DueTS, j.ID), v)
+}
+
+// OnbindFunc builds the delivery for a bind: it gets the invites of the
+// 3PID that are still pending and returns where to send what. It runs
+// inside the bind's transaction, so it must only compute.
+type OnbindFunc func(pending []Invite) (destination string, body []byte, err error)
+
+// Bind stores a binding and, in the same transaction, queues its onbind
+// delivery carrying every pending invite of the 3PID (marking them queued so
+// no other bind carries them again). A rebind to the same MXID with no
+// pending invites queues nothing. onbind may be nil (no delivery).
+func (s *Store) Bind(b Binding, nowMS int64, onbind OnbindFunc) (previous *Binding, queued *Job, err error) {
+	if err := b.check(); err != nil {
+		return nil, nil, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		previous, err = putBinding(tx, b)
+		if err != nil || onbind == nil {
+			return err
+		}
+		pending, err := pendingInvites(tx, b.Medium, b.Address, nowMS)
+		if err != nil {
+			return err
+		}
+		if previous != nil && previous.MXID == b.MXID && len(pending) == 0 {
+			return nil
+		}
+		dest, body, err := onbind(pending)
+		if err != nil {
+			return err
+		}
+		id, err := tx.Bucket(bucketQueue).NextSequence()
+		if err != nil {
+			return err
+		}
+		j := Job{ID: id, Destination: dest, Body: body, DueTS: nowMS, CreatedTS: nowMS}
+		for _, inv := range pending {
+			inv.QueuedJob = id
+			v, err := json.Marshal(inv)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketInvites).Put([]byte(inv.Token), v); err != nil {
+				return err
+			}
+			j.InviteTokens = append(j.InviteTokens, inv.Token)
+		}
+		queued = &j
+		return putJob(tx, j)
+	})
+	return previous, queued, err
+}
+
+// DueJobs returns up to limit jobs due at or before nowMS, earliest first.
+func (s *Store) DueJobs(nowMS int64, limit int) ([]Job, error) {
+	var out []Job
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketQueue).Cursor()
+		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+			if int64(binary.BigEndian.Uint64(k)) > nowMS {
+				break
+			}
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			out = append(out, j)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// NextJobDue returns the due time of the earliest job; ok is false when the
+// queue is empty.
+func (s *Store) NextJobDue() (dueTS int64, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketQueue).Cursor().First()
+		if k != nil {
+			dueTS, ok = int64(binary.BigEndian.Uint64(k)), true
+		}
+		return nil
+	})
+	return dueTS, ok, err
+}
+
+// CompleteJob removes a delivered job and the invites it carried: they have
+// reached the homeserver.
+func (s *Store) CompleteJob(j Job) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
+			return err
+		}
+		for _, tok := range j.InviteTokens {
+			v := tx.Bucket(bucketInvites).Get([]byte(tok))
+			if v == nil {
+				continue
+			}
+			var inv Invite
+			if err := json.Unmarshal(v, &inv); err != nil {
+				return err
+			}
+			if err := deleteInvite(tx, inv); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// RetryJob reschedules a failed job at dueTS with one more attempt counted.
+func (s *Store) RetryJob(j Job, dueTS int64, lastErr string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
+			return err
+		}
+		j.Attempts++
+		j.DueTS = dueTS
+		j.LastError = lastErr
+		return putJob(tx, j)
+	})
+}
+
+// DropJob gives up on a job. Its invites become pending again, so a later
+// bind of the same 3PID carries them.
+func (s *Store) DropJob(j Job) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
+			return err
+		}
+		for _, tok := range j.InviteTokens {
+			v := tx.Bucket(bucketInvites).Get([]byte(tok))
+			if v == nil {
+				continue
+			}
+			var inv Invite
+			if err := json.Unmarshal(v, &inv); err != nil {
+				return err
+			}
+			inv.QueuedJob = 0
+			nv, err := json.Marshal(inv)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketInvites).Put([]byte(tok), nv); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// QueueDepth is the number of queued jobs.
+func (s *Store) QueueDepth() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketQueue).Stats().KeyN
+		return nil
+	})
+	return n, err
+}

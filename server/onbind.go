@@ -1,0 +1,186 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"mxid/db"
+	"mxid/server/federation"
+)
+
+// association is the spec's 3PID association, the body of a bind response.
+func association(b db.Binding) map[string]any {
+	return map[string]any{
+		"medium": b.Medium, "address": b.Address, "mxid": b.MXID,
+		"ts": b.TS, "not_before": b.NotBefore, "not_after": b.NotAfter,
+	}
+}
+
+// storeBinding writes a binding and queues its onbind delivery (with every
+// pending invite of the 3PID) in one transaction, then tells the lookup
+// index and wakes the delivery worker. It returns the signed association.
+func (s *Server) storeBinding(b db.Binding) (map[string]any, error) {
+	_, queued, err := s.store.Bind(b, s.now().UnixMilli(), func(pending []db.Invite) (string, []byte, error) {
+		return s.onbindBody(b, pending)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.binds != nil {
+		s.binds.Bound(b.Medium, b.Address, b.MXID)
+	}
+	if queued != nil {
+		s.kickDelivery()
+	}
+	return s.key.Sign(association(b), s.cfg.ServerName)
+}
+
+// onbindBody is what the homeserver of the bound user receives: the
+// association with its pending invites, each carrying a "signed" block
+// {mxid, token} signed with the long-term key, the whole signed too.
+func (s *Server) onbindBody(b db.Binding, pending []db.Invite) (string, []byte, error) {
+	_, server, _ := federation.SplitUserID(b.MXID)
+	invites := make([]any, 0, len(pending))
+	for _, inv := range pending {
+		signed, err := s.key.Sign(map[string]any{"mxid": b.MXID, "token": inv.Token}, s.cfg.ServerName)
+		if err != nil {
+			return "", nil, err
+		}
+		invites = append(invites, map[string]any{
+			"medium": inv.Medium, "address": inv.Address, "mxid": b.MXID,
+			"room_id": inv.RoomID, "sender": inv.Sender, "token": inv.Token, "signed": signed,
+		})
+	}
+	assoc := association(b)
+	assoc["invites"] = invites
+	signed, err := s.key.Sign(assoc, s.cfg.ServerName)
+	if err != nil {
+		return "", nil, err
+	}
+	body, err := json.Marshal(signed)
+	return server, body, err
+}
+
+// delivery is the onbind worker's state.
+type delivery struct {
+	kick chan struct{}
+}
+
+func (s *Server) kickDelivery() {
+	select {
+	case s.deliver.kick <- struct{}{}:
+	default:
+	}
+}
+
+// runDelivery delivers queued onbind jobs until ctx ends: due jobs are sent
+// (POST, then PUT when the homeserver answers 404 or 405), removed after a
+// 2xx, and otherwise retried with exponential backoff up to the configured
+// number of attempts. The queue is in the store, so it survives restarts.
+func (s *Server) runDelivery(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-s.deliver.kick:
+		}
+		s.deliverDue(ctx)
+		wait := deliveryPollPeriod
+		if due, ok, err := s.store.NextJobDue(); err == nil && ok {
+			if d := time.UnixMilli(due).Sub(s.now()); d < wait {
+				wait = max(d, 10*time.Millisecond)
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+func (s *Server) deliverDue(ctx context.Context) {
+	jobs, err := s.store.DueJobs(s.now().UnixMilli(), deliveryBatch)
+	if err != nil {
+		s.log.Error("reading the onbind queue", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.deliverJob(ctx, j)
+		}()
+	}
+	wg.Wait()
+}
+
+func (s *Server) deliverJob(ctx context.Context, j db.Job) {
+	status, err := s.sendOnbind(ctx, j, http.MethodPost)
+	if err == nil && (status == http.StatusNotFound || status == http.StatusMethodNotAllowed) {
+		status, err = s.sendOnbind(ctx, j, http.MethodPut)
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the job stays queued as it is
+	}
+	if err == nil && status/100 == 2 {
+		if err := s.store.CompleteJob(j); err != nil {
+			s.log.Error("completing an onbind job", "job", j.ID, "err", err)
+			return
+		}
+		s.log.Info("onbind delivered", "job", j.ID, "destination", j.Destination, "invites", len(j.InviteTokens), "attempts", j.Attempts+1)
+		return
+	}
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+	} else {
+		reason = http.StatusText(status)
+	}
+	if j.Attempts+1 >= s.cfg.Invites.DeliveryMaxAttempts {
+		s.log.Error("onbind delivery abandoned", "job", j.ID, "destination", j.Destination, "attempts", j.Attempts+1, "last_error", reason)
+		if err := s.store.DropJob(j); err != nil {
+			s.log.Error("dropping an onbind job", "job", j.ID, "err", err)
+		}
+		return
+	}
+	backoff := s.cfg.Invites.DeliveryBackoff << min(j.Attempts, 30)
+	if backoff <= 0 || backoff > s.cfg.Invites.DeliveryMaxBackoff {
+		backoff = s.cfg.Invites.DeliveryMaxBackoff
+	}
+	backoff += time.Duration(rand.Int64N(int64(backoff)/10 + 1)) // jitter, so retries do not arrive together
+	s.log.Warn("onbind delivery failed; will retry", "job", j.ID, "destination", j.Destination, "attempt", j.Attempts+1, "retry_in", backoff.Round(time.Second).String(), "error", reason)
+	if err := s.store.RetryJob(j, s.now().Add(backoff).UnixMilli(), reason); err != nil {
+		s.log.Error("rescheduling an onbind job", "job", j.ID, "err", err)
+	}
+}
+
+func (s *Server) sendOnbind(ctx context.Context, j db.Job, method string) (int, error) {
+	resp, err := s.fed.Do(ctx, j.Destination, method, onbindPath, j.Body, nil, onbindResponseCap)
+	if err != nil {
+		return 0, err
+	}
+	return resp.Status, nil
+}
+
+// runInviteSweep removes expired invites hourly.
+func (s *Server) runInviteSweep(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := s.store.SweepInvites(s.now().UnixMilli()); err != nil {
+			s.log.Error("sweeping expired invites", "err", err)
+		} else if n > 0 {
+			s.log.Info("expired invites removed", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"mxid/db"
+	"mxid/server/signing"
+)
+
+// onbindHS is a homeserver stand-in that records onbind calls and answers
+// with the statuses it is given, one per call (then 200).
+type onbindHS struct {
+	*httptest.Server
+	mu       sync.Mutex
+	statuses []int
+	calls    []onbindCall
+}
+
+type onbindCall struct {
+	method string
+	body   map[string]any
+}
+
+func newOnbindHS(t *testing.T, statuses ...int) *onbindHS {
+	hs := &onbindHS{statuses: statuses}
+	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != onbindPath {
+			http.NotFound(w, r)
+			return
+		}
+		raw, _ := io.ReadAll(r.Body)
+		var body map[string]any
+		json.Unmarshal(raw, &body)
+		hs.mu.Lock()
+		hs.calls = append(hs.calls, onbindCall{r.Method, body})
+		status := 200
+		if len(hs.statuses) > 0 {
+			status, hs.statuses = hs.statuses[0], hs.statuses[1:]
+		}
+		hs.mu.Unlock()
+		w.WriteHeader(status)
+		w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(hs.Close)
+	return hs
+}
+
+func (hs *onbindHS) got() []onbindCall {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return append([]onbindCall(nil), hs.calls...)
+}
+
+func storeTestInvite(t *testing.T, e *testEnv, token, address string) {
+	t.Helper()
+	eph, _ := signing.NewKey(signing.LongTermKeyID)
+	now := e.clock.Now()
+	err := e.store.PutInvite(db.Invite{Token: token, Medium: "email", Address: address, RoomID: "!room:hs.test",
+		Sender: "@bob:hs.test", Ephemeral: signing.EncodeBase64URL(eph.Public()), CreatedTS: now.UnixMilli(), ExpiresTS: now.Add(time.Hour).UnixMilli()})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testBinding(e *testEnv, address, mxid string) db.Binding {
+	ts := e.clock.Now().UnixMilli()
+	return db.Binding{Medium: "email", Address: address, MXID: mxid, TS: ts, NotBefore: ts, NotAfter: ts + 1000}
+}
+
+// checkOnbindBody verifies what a homeserver checks: every invite's signed
+// block is signed by mxid's published long-term key, for the bound user.
+func checkOnbindBody(t *testing.T, e *testEnv, body map[string]any, mxid string, tokens ...string) {
+	t.Helper()
+	if body["mxid"] != mxid || body["medium"] != "email" {
+		t.Errorf("onbind body %v", body)
+	}
+	if err := signing.Verify(body, e.srv.cfg.ServerName, "ed25519:0", e.key.Public()); err != nil {
+		t.Errorf("onbind body signature: %v", err)
+	}
+	invites, _ := body["invites"].([]any)
+	if len(invites) != len(tokens) {
+		t.Fatalf("onbind carries %d invites, want %d: %v", len(invites), len(tokens), body)
+	}
+	for i, raw := range invites {
+		inv := raw.(map[string]any)
+		signed, _ := inv["signed"].(map[string]any)
+		if inv["token"] != tokens[i] || signed["token"] != tokens[i] || signed["mxid"] != mxid || inv["room_id"] != "!room:hs.test" || inv["sender"] != "@bob:hs.test" {
+			t.Errorf("invite %d: %v", i, inv)
+		}
+		if err := signing.Verify(signed, e.srv.cfg.ServerName, "ed25519:0", e.key.Public()); err != nil {
+			t.Errorf("invite %d signed block: %v", i, err)
+		}
+	}
+}
+
+func TestOnbindRetriesThenDelivers(t *testing.T) {
+	hs := newOnbindHS(t, 500, 502, 503)
+	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
+	storeTestInvite(t, e, "tok1", "alice@example.org")
+	storeTestInvite(t, e, "tok2", "alice@example.org")
+	storeTestInvite(t, e, "other", "carol@example.org")
+	if _, err := e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for attempt := 1; attempt <= 3; attempt++ {
+		e.srv.deliverDue(ctx)
+		if n := len(hs.got()); n != attempt {
+			t.Fatalf("after attempt %d the homeserver saw %d calls", attempt, n)
+		}
+		e.srv.deliverDue(ctx) // not due again yet: backoff
+		if n := len(hs.got()); n != attempt {
+			t.Fatalf("a retry came before its backoff (%d calls)", n)
+		}
+		if _, err := e.store.GetInvite("tok1"); err != nil {
+			t.Fatalf("invite gone before delivery: %v", err)
+		}
+		e.clock.Advance(10 * time.Minute)
+	}
+	e.srv.deliverDue(ctx)
+	calls := hs.got()
+	if len(calls) != 4 {
+		t.Fatalf("%d calls, want 4", len(calls))
+	}
+	checkOnbindBody(t, e, calls[3].body, "@alice:hs.test", "tok1", "tok2")
+	if depth, _ := e.store.QueueDepth(); depth != 0 {
+		t.Errorf("queue depth %d after delivery", depth)
+	}
+	for _, tok := range []string{"tok1", "tok2"} {
+		if _, err := e.store.GetInvite(tok); err != db.ErrNotFound {
+			t.Errorf("delivered invite %s still stored: %v", tok, err)
+		}
+	}
+	if _, err := e.store.GetInvite("other"); err != nil {
+		t.Errorf("another address's invite was removed: %v", err)
+	}
+	// A rebind to the same user with nothing pending sends nothing more.
+	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.deliverDue(ctx)
+	if n := len(hs.got()); n != 4 {
+		t.Errorf("an idle rebind caused another onbind (%d calls)", n)
+	}
+}
+
+func TestOnbindFallsBackToPut(t *testing.T) {
+	hs := newOnbindHS(t, http.StatusMethodNotAllowed)
+	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
+	storeTestInvite(t, e, "tok", "alice@example.org")
+	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.deliverDue(context.Background())
+	calls := hs.got()
+	if len(calls) != 2 || calls[0].method != "POST" || calls[1].method != "PUT" {
+		t.Fatalf("calls %+v, want POST then PUT", calls)
+	}
+	checkOnbindBody(t, e, calls[1].body, "@alice:hs.test", "tok")
+	if depth, _ := e.store.QueueDepth(); depth != 0 {
+		t.Errorf("queue depth %d", depth)
+	}
+}
+
+func TestOnbindGivesUpAfterMaxAttempts(t *testing.T) {
+	hs := newOnbindHS(t, 500, 500, 500, 500)
+	e := newTestEnv(t, func(c *Config) {
+		c.Outbound.Pins = map[string]string{"hs.test": hs.URL}
+		c.Invites.DeliveryMaxAttempts = 2
+	})
+	storeTestInvite(t, e, "tok", "alice@example.org")
+	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	for i := 0; i < 3; i++ {
+		e.srv.deliverDue(context.Background())
+		e.clock.Advance(time.Hour * 2)
+	}
+	if n := len(hs.got()); n != 2 {
+		t.Errorf("%d attempts, want 2", n)
+	}
+	if depth, _ := e.store.QueueDepth(); depth != 0 {
+		t.Errorf("queue depth %d after giving up", depth)
+	}
+	// The invite is pending again: a later bind of the address carries it.
+	inv, err := e.store.GetInvite("tok")
+	if err != nil || inv.QueuedJob != 0 {
+		t.Errorf("invite after giving up: %+v %v", inv, err)
+	}
+}
+
+// The queue lives in the store: a server started on the same store after a
+// restart delivers what the previous one could not, through its background
+// loop.
+func TestOnbindSurvivesRestart(t *testing.T) {
+	hs := newOnbindHS(t, 503)
+	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
+	storeTestInvite(t, e, "tok", "alice@example.org")
+	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.deliverDue(context.Background()) // fails; retry scheduled
+	e.clock.Advance(time.Hour)
+
+	srv2, err := New(e.srv.cfg, Deps{Store: e.store, Key: e.key, Policy: e.srv.policy, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wait := srv2.Background(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(hs.got()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	wait()
+	calls := hs.got()
+	if len(calls) != 2 {
+		t.Fatalf("%d calls after restart, want 2", len(calls))
+	}
+	checkOnbindBody(t, e, calls[1].body, "@alice:hs.test", "tok")
+	if _, err := e.store.GetInvite("tok"); err != db.ErrNotFound {
+		t.Errorf("invite after delivery: %v", err)
+	}
+}
