@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -185,12 +184,45 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer app.close()
 
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
+	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
+	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, log)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.HTTP.Listen, err)
+		return err
 	}
-	log.Info("serving", "addr", "http://"+ln.Addr().String(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
-	err = app.srv.Serve(ctx, ln)
+	defer tlsm.Stop() // runs before app.close: certmagic's cache, then the store
+	lns, err := tlsm.Listen()
+	if err != nil {
+		return err
+	}
+	// Start-up decisions of the other features (sources enabled, pepper
+	// age, metrics listener) are logged as they are wired, here, before
+	// serving.
+	if err := tlsm.Start(ctx); err != nil {
+		lns.Close()
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	served := make(chan struct{})
+	defer close(served)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP: reloading the TLS certificate")
+				tlsm.Reload()
+			case <-served:
+				return
+			}
+		}
+	}()
+
+	log.Info("serving", "tls_mode", tlsm.Mode(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
+	// Shutdown order: every listener (graceful, bounded), background loops,
+	// certmagic's cache (tlsm.Stop), the store (app.close).
+	err = app.srv.ServeAll(ctx, lns)
 	log.Info("stopped")
 	return err
 }

@@ -28,6 +28,7 @@ type Config struct {
 	Accounts AccountsConfig  `toml:"accounts"`
 	Terms    TermsConfig     `toml:"terms"`
 	Outbound outbound.Config `toml:"outbound"`
+	TLS      TLSConfig       `toml:"tls"`
 }
 
 // HTTPConfig is the [http] section.
@@ -83,6 +84,7 @@ func DefaultConfig() Config {
 			ShutdownTimeout:   10 * time.Second,
 		},
 		Outbound: outbound.DefaultConfig(),
+		TLS:      DefaultTLSConfig(),
 	}
 }
 
@@ -147,6 +149,7 @@ func (c *Config) Validate() []error {
 		}
 	}
 	errs = append(errs, c.Outbound.Validate()...)
+	errs = append(errs, c.TLS.Validate(c.PublicBaseURL)...)
 	return errs
 }
 

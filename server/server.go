@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"mxid/db"
@@ -118,19 +119,67 @@ func (s *Server) HTTPServer() *http.Server {
 // Serve serves the API on ln until ctx ends, then shuts down gracefully
 // within the configured shutdown timeout.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := s.HTTPServer()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	return s.ServeAll(ctx, Listeners{API: ln})
+}
+
+// ServeAll serves every listener that is set until ctx ends or one of them
+// fails, then shuts all of them down gracefully together, within the
+// configured shutdown timeout. It returns the first failure, if any.
+func (s *Server) ServeAll(ctx context.Context, l Listeners) error {
+	type unit struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+	}
+	units := []unit{{"api", s.HTTPServer(), l.API}}
+	if l.HTTP != nil {
+		units = append(units, unit{"http", s.sideServer(l.HTTPHandler), l.HTTP})
+	}
+	errc := make(chan error, len(units))
+	for _, u := range units {
+		go func() {
+			err := u.srv.Serve(u.ln)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			} else if err != nil {
+				err = fmt.Errorf("%s listener %s: %w", u.name, u.ln.Addr(), err)
+			}
+			errc <- err
+		}()
+	}
+	var first error
+	pending := len(units)
 	select {
-	case err := <-errc:
-		return err
+	case first = <-errc:
+		pending--
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-errc
-	return err
+	var wg sync.WaitGroup
+	for _, u := range units {
+		wg.Go(func() {
+			if err := u.srv.Shutdown(sctx); err != nil {
+				s.log.Warn("shutdown: closing connections still open", "listener", u.name, "err", err)
+				u.srv.Close()
+			}
+		})
+	}
+	wg.Wait()
+	for ; pending > 0; pending-- {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// sideServer is an http.Server for a listener beside the API (the
+// plain-HTTP redirect, metrics): mxid's timeouts, its own handler.
+func (s *Server) sideServer(h http.Handler) *http.Server {
+	srv := s.HTTPServer()
+	srv.Handler = h
+	return srv
 }
 
 // apiFunc is a handler that returns its error for the adapter to write.
