@@ -195,9 +195,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if lns.Metrics, err = server.ListenMetrics(cfg.Metrics, log); err != nil {
+		lns.Close()
+		return err
+	}
 	// Start-up decisions of the other features (sources enabled, pepper
-	// age, metrics listener) are logged as they are wired, here, before
-	// serving.
+	// age) are logged as they are wired, here, before serving.
 	if err := tlsm.Start(ctx); err != nil {
 		lns.Close()
 		return err
@@ -229,9 +232,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // app is a wired mxid: what serve (and tests) run.
 type app struct {
-	store *db.Store
-	srv   *server.Server
-	log   *slog.Logger
+	store   *db.Store
+	srv     *server.Server
+	log     *slog.Logger
+	metrics *server.Metrics
 }
 
 // newApp opens the store, loads (or creates) the signing key and builds the
@@ -256,13 +260,17 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		store.Close()
 		return nil, err
 	}
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log})
+	var metrics *server.Metrics // nil (every hook a no-op) unless [metrics] enabled
+	if cfg.Metrics.Enabled {
+		metrics = server.NewMetrics(store)
+	}
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Metrics: metrics})
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
 	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())
-	return &app{store: store, srv: srv, log: log}, nil
+	return &app{store: store, srv: srv, log: log, metrics: metrics}, nil
 }
 
 func (a *app) close() {

@@ -29,6 +29,7 @@ type Config struct {
 	Terms    TermsConfig     `toml:"terms"`
 	Outbound outbound.Config `toml:"outbound"`
 	TLS      TLSConfig       `toml:"tls"`
+	Metrics  MetricsConfig   `toml:"metrics"`
 }
 
 // HTTPConfig is the [http] section.
@@ -85,6 +86,7 @@ func DefaultConfig() Config {
 		},
 		Outbound: outbound.DefaultConfig(),
 		TLS:      DefaultTLSConfig(),
+		Metrics:  DefaultMetricsConfig(),
 	}
 }
 
@@ -150,6 +152,7 @@ func (c *Config) Validate() []error {
 	}
 	errs = append(errs, c.Outbound.Validate()...)
 	errs = append(errs, c.TLS.Validate(c.PublicBaseURL)...)
+	errs = append(errs, c.Metrics.Validate()...)
 	return errs
 }
 

@@ -42,6 +42,9 @@ type Deps struct {
 	// bindings after it is committed (the lookup hash index keeps up
 	// through it).
 	Bindings BindingListener
+	// Metrics, when set, counts requests (and is what the metrics
+	// listener serves).
+	Metrics *Metrics
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -62,6 +65,7 @@ type Server struct {
 	now     func() time.Time
 	proxies []netip.Prefix
 	binds   BindingListener
+	metrics *Metrics
 	mux     *http.ServeMux
 	handler http.Handler
 }
@@ -88,6 +92,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		mux:    http.NewServeMux(),
 		binds:  d.Bindings,
 	}
+	s.metrics = d.Metrics
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
 		if err != nil {
@@ -96,7 +101,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.proxies = append(s.proxies, pfx)
 	}
 	s.routes()
-	s.handler = s.recoverPanics(s.logRequests(s.cors(http.HandlerFunc(s.dispatch))))
+	s.handler = s.recoverPanics(s.logRequests(s.observe(s.cors(http.HandlerFunc(s.dispatch)))))
 	return s, nil
 }
 
@@ -134,6 +139,9 @@ func (s *Server) ServeAll(ctx context.Context, l Listeners) error {
 	units := []unit{{"api", s.HTTPServer(), l.API}}
 	if l.HTTP != nil {
 		units = append(units, unit{"http", s.sideServer(l.HTTPHandler), l.HTTP})
+	}
+	if l.Metrics != nil {
+		units = append(units, unit{"metrics", s.sideServer(s.metrics.Handler()), l.Metrics})
 	}
 	errc := make(chan error, len(units))
 	for _, u := range units {
