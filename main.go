@@ -48,6 +48,7 @@ const usage = `mxid: a Matrix identity server
 Usage:
   mxid [serve] [-config PATH]     run the server (the default command)
   mxid check-config [-config PATH] validate the configuration, list every problem
+  mxid backup [-config PATH] FILE  write a checked copy of the database (also while serving)
   mxid version                    print the version
   mxid help                       print this help
 
@@ -68,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, args, stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args, stdout, stderr)
+	case "backup":
+		return cmdBackup(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mxid", buildVersion())
 		return nil
@@ -196,6 +199,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if lns.Metrics, err = server.ListenMetrics(cfg.Metrics, log); err != nil {
+		lns.Close()
+		return err
+	}
+	if lns.Admin, err = server.ListenAdmin(cfg.DataDir, log); err != nil {
 		lns.Close()
 		return err
 	}

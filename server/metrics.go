@@ -132,7 +132,7 @@ func NewMetrics(store *db.Store) *Metrics {
 		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery)
 	if store != nil {
 		path := store.Path()
-		m.setGauge("mxid_store_size_bytes", "Size of the database file (it never shrinks; see mxid backup for a compacted copy).", func() float64 {
+		m.setGauge("mxid_store_size_bytes", "Size of the database file (bbolt reuses free pages but never shrinks the file).", func() float64 {
 			fi, err := os.Stat(path)
 			if err != nil {
 				return 0

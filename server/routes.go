@@ -1,5 +1,7 @@
 package server
 
+import "net/http"
+
 // Every route mxid serves, in one place. Patterns are Go 1.22 ServeMux
 // patterns with their method; a GET pattern also answers HEAD. Unknown paths
 // and wrong methods are answered by dispatch (404 / 405 M_UNRECOGNIZED).
@@ -20,4 +22,10 @@ func (s *Server) routes() {
 	s.handle("POST "+v2+"/account/logout", authedNoTerms, s.postLogout)
 	s.handle("GET "+v2+"/terms", public, s.getTerms)
 	s.handle("POST "+v2+"/terms", authedNoTerms, s.postTerms)
+}
+
+// adminRoutes are served only on the admin unix socket in data_dir (mode
+// 0600), never on a network listener.
+func (s *Server) adminRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /backup", s.getBackup)
 }

@@ -143,6 +143,9 @@ func (s *Server) ServeAll(ctx context.Context, l Listeners) error {
 	if l.Metrics != nil {
 		units = append(units, unit{"metrics", s.sideServer(s.metrics.Handler()), l.Metrics})
 	}
+	if l.Admin != nil {
+		units = append(units, unit{"admin", s.adminServer(), l.Admin})
+	}
 	errc := make(chan error, len(units))
 	for _, u := range units {
 		go func() {

@@ -193,27 +193,6 @@ func loadRoots(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// Listeners are the sockets mxid serves on.
-type Listeners struct {
-	// API serves the identity API (TLS-wrapped unless the mode is off).
-	API net.Listener
-	// HTTP, when set, serves HTTPHandler: ACME HTTP-01 challenges and a
-	// redirect to HTTPS.
-	HTTP        net.Listener
-	HTTPHandler http.Handler
-	// Metrics, when set, serves Prometheus metrics.
-	Metrics net.Listener
-}
-
-// Close closes every listener that is set (for error paths before Serve).
-func (l Listeners) Close() {
-	for _, ln := range []net.Listener{l.API, l.HTTP, l.Metrics} {
-		if ln != nil {
-			ln.Close()
-		}
-	}
-}
-
 // TLS is the running TLS mode: it opens the listeners the mode needs and
 // keeps the certificate current.
 type TLS struct {
