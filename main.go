@@ -49,6 +49,7 @@ Usage:
   mxid [serve] [-config PATH]     run the server (the default command)
   mxid check-config [-config PATH] validate the configuration, list every problem
   mxid backup [-config PATH] FILE  write a checked copy of the database (also while serving)
+  mxid install --domain NAME ...   install as a systemd service (user, config, unit); --dry-run shows the plan
   mxid version                    print the version
   mxid help                       print this help
 
@@ -71,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCheckConfig(args, stdout, stderr)
 	case "backup":
 		return cmdBackup(ctx, args, stdout, stderr)
+	case "install":
+		return cmdInstall(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mxid", buildVersion())
 		return nil
