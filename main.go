@@ -50,6 +50,7 @@ Usage:
   mxid check-config [-config PATH] validate the configuration, list every problem
   mxid backup [-config PATH] FILE  write a checked copy of the database (also while serving)
   mxid install --domain NAME ...   install as a systemd service (user, config, unit); --dry-run shows the plan
+  mxid check WHAT [ARGS]           self-tests with the configured settings (mxid check help lists them)
   mxid version                    print the version
   mxid help                       print this help
 
@@ -74,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdBackup(ctx, args, stdout, stderr)
 	case "install":
 		return cmdInstall(ctx, args, stdout, stderr)
+	case "check":
+		return cmdCheck(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mxid", buildVersion())
 		return nil
