@@ -1,7 +1,9 @@
 // Package server is mxid's HTTP API: every route (routes.go), the handlers by
 // area, the one Matrix error type, the strict JSON body decoder,
-// authentication and terms, CORS, rate limits and the request log. Its
-// sub-packages hold the signing keys and canonical JSON (signing), the
+// authentication and terms, CORS, rate limits and the request log, TLS
+// termination (tls.go, the only user of certmagic), Prometheus metrics
+// (metrics.go, the only user of prometheus) and the admin socket (admin.go).
+// Its sub-packages hold the signing keys and canonical JSON (signing), the
 // outbound request policy (outbound) and the client side of federation
 // (federation).
 //

@@ -310,6 +310,18 @@ func (t *TLS) setupACME(dataDir string) error {
 	return nil
 }
 
+// listen opens a TCP listener, explaining the usual failure on low ports.
+func listen(key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("%s %s: %w (ports below 1024 need root or CAP_NET_BIND_SERVICE; the unit mxid install writes grants it)", key, addr, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", key, addr, err)
+	}
+	return ln, nil
+}
+
 func splitListen(addr string) (host string, port int, ok bool) {
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -324,9 +336,9 @@ func (t *TLS) Listen() (Listeners, error) {
 	var l Listeners
 	switch t.cfg.Mode {
 	case TLSOff:
-		ln, err := net.Listen("tcp", t.apiAddr)
+		ln, err := listen("http.listen", t.apiAddr)
 		if err != nil {
-			return l, fmt.Errorf("http.listen %s: %w", t.apiAddr, err)
+			return l, err
 		}
 		l.API = ln
 		t.log.Info("tls mode off: serving plain HTTP (put a TLS-terminating reverse proxy in front)", "listen", "http://"+ln.Addr().String())
@@ -337,17 +349,17 @@ func (t *TLS) Listen() (Listeners, error) {
 	case TLSFiles:
 		t.log.Info("tls mode files", "cert_file", t.cfg.CertFile, "key_file", t.cfg.KeyFile, "poll_interval", t.cfg.PollInterval.String())
 	}
-	ln, err := net.Listen("tcp", t.cfg.Listen)
+	ln, err := listen("tls.listen", t.cfg.Listen)
 	if err != nil {
-		return l, fmt.Errorf("tls.listen %s: %w", t.cfg.Listen, err)
+		return l, err
 	}
 	l.API = tls.NewListener(ln, t.serverTLSConfig())
 	t.log.Info("serving HTTPS", "listen", ln.Addr().String(), "public_base_url", t.public.String())
 	if t.cfg.HTTPListen != "" {
-		hl, err := net.Listen("tcp", t.cfg.HTTPListen)
+		hl, err := listen("tls.http_listen", t.cfg.HTTPListen)
 		if err != nil {
 			ln.Close()
-			return Listeners{}, fmt.Errorf("tls.http_listen %s: %w", t.cfg.HTTPListen, err)
+			return Listeners{}, err
 		}
 		l.HTTP, l.HTTPHandler = hl, t.httpHandler()
 		what := "redirect to HTTPS"
