@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -49,6 +48,9 @@ const usage = `mxid: a Matrix identity server
 Usage:
   mxid [serve] [-config PATH]     run the server (the default command)
   mxid check-config [-config PATH] validate the configuration, list every problem
+  mxid backup [-config PATH] FILE  write a checked copy of the database (also while serving)
+  mxid install --domain NAME ...   install as a systemd service (user, config, unit); --dry-run shows the plan
+  mxid check WHAT [ARGS]           self-tests with the configured settings (mxid check help lists them)
   mxid version                    print the version
   mxid help                       print this help
 
@@ -69,6 +71,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, args, stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args, stdout, stderr)
+	case "backup":
+		return cmdBackup(ctx, args, stdout, stderr)
+	case "install":
+		return cmdInstall(ctx, args, stdout, stderr)
+	case "check":
+		return cmdCheck(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mxid", buildVersion())
 		return nil
@@ -185,16 +193,54 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer app.close()
 
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
+	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
+	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, log)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.HTTP.Listen, err)
+		return err
 	}
-	log.Info("serving", "addr", "http://"+ln.Addr().String(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
+	defer tlsm.Stop() // runs before app.close: certmagic's cache, then the store
+	lns, err := tlsm.Listen()
+	if err != nil {
+		return err
+	}
+	if lns.Metrics, err = server.ListenMetrics(cfg.Metrics, log); err != nil {
+		lns.Close()
+		return err
+	}
+	if lns.Admin, err = server.ListenAdmin(cfg.DataDir, log); err != nil {
+		lns.Close()
+		return err
+	}
+	// Start-up decisions of the other features (sources enabled, pepper
+	// age) are logged as they are wired, here, before serving.
+	if err := tlsm.Start(ctx); err != nil {
+		lns.Close()
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	served := make(chan struct{})
+	defer close(served)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP: reloading the TLS certificate")
+				tlsm.Reload()
+			case <-served:
+				return
+			}
+		}
+	}()
+
+	log.Info("serving", "tls_mode", tlsm.Mode(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
+	// Shutdown order: every listener (graceful, bounded), background loops,
+	// certmagic's cache (tlsm.Stop), the store (app.close).
 	bgCtx, stopBackground := context.WithCancel(context.Background())
 	waitBackground := app.srv.Background(bgCtx)
-	err = app.srv.Serve(ctx, ln)
-	// Shutdown order: HTTP first (done by Serve), then background work, then
-	// the store (deferred close).
+	err = app.srv.ServeAll(ctx, lns)
 	stopBackground()
 	waitBackground()
 	log.Info("stopped")
@@ -203,9 +249,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // app is a wired mxid: what serve (and tests) run.
 type app struct {
-	store *db.Store
-	srv   *server.Server
-	log   *slog.Logger
+	store   *db.Store
+	srv     *server.Server
+	log     *slog.Logger
+	metrics *server.Metrics
 }
 
 // newApp opens the store, loads (or creates) the signing key and builds the
@@ -230,13 +277,17 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		store.Close()
 		return nil, err
 	}
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log})
+	var metrics *server.Metrics // nil (every hook a no-op) unless [metrics] enabled
+	if cfg.Metrics.Enabled {
+		metrics = server.NewMetrics(store)
+	}
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Metrics: metrics})
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
 	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())
-	return &app{store: store, srv: srv, log: log}, nil
+	return &app{store: store, srv: srv, log: log, metrics: metrics}, nil
 }
 
 func (a *app) close() {

@@ -68,7 +68,7 @@ func serve(t *testing.T, path string) (string, context.CancelFunc, chan error) {
 	}()
 	addr := make(chan string, 1)
 	go func() {
-		re := regexp.MustCompile(`msg=serving addr=(http://\S+)`)
+		re := regexp.MustCompile(`serving plain HTTP.* listen=(http://\S+)`)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {

@@ -31,6 +31,9 @@
 //
 // A bucket appears in this list when a feature first writes it; buckets are
 // created on open so readers never meet a missing bucket.
+//
+// Backups (backup.go) copy the whole file from one read transaction
+// (Tx.WriteTo): consistent while writers carry on; not compacted.
 package db
 
 import (

@@ -29,6 +29,8 @@ type Config struct {
 	Terms    TermsConfig     `toml:"terms"`
 	Outbound outbound.Config `toml:"outbound"`
 	Invites  InvitesConfig   `toml:"invites"`
+	TLS      TLSConfig       `toml:"tls"`
+	Metrics  MetricsConfig   `toml:"metrics"`
 }
 
 // HTTPConfig is the [http] section.
@@ -85,6 +87,8 @@ func DefaultConfig() Config {
 		},
 		Outbound: outbound.DefaultConfig(),
 		Invites:  DefaultInvitesConfig(),
+		TLS:      DefaultTLSConfig(),
+		Metrics:  DefaultMetricsConfig(),
 	}
 }
 
@@ -150,6 +154,8 @@ func (c *Config) Validate() []error {
 	}
 	errs = append(errs, c.Outbound.Validate()...)
 	errs = append(errs, c.Invites.validate()...)
+	errs = append(errs, c.TLS.Validate(c.PublicBaseURL)...)
+	errs = append(errs, c.Metrics.Validate()...)
 	return errs
 }
 

@@ -1,5 +1,7 @@
 package server
 
+import "net/http"
+
 // Every route mxid serves, in one place. Patterns are Go 1.22 ServeMux
 // patterns with their method; a GET pattern also answers HEAD. Unknown paths
 // and wrong methods are answered by dispatch (404 / 405 M_UNRECOGNIZED).
@@ -31,4 +33,10 @@ func (s *Server) routes() {
 		s.handle("POST "+v1+"/store-invite", public, s.postStoreInvite)
 		s.handle("POST "+v1+"/sign-ed25519", public, s.postSignEd25519)
 	}
+}
+
+// adminRoutes are served only on the admin unix socket in data_dir (mode
+// 0600), never on a network listener.
+func (s *Server) adminRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /backup", s.getBackup)
 }

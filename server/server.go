@@ -1,7 +1,9 @@
 // Package server is mxid's HTTP API: every route (routes.go), the handlers by
 // area, the one Matrix error type, the strict JSON body decoder,
-// authentication and terms, CORS, rate limits and the request log. Its
-// sub-packages hold the signing keys and canonical JSON (signing), the
+// authentication and terms, CORS, rate limits and the request log, TLS
+// termination (tls.go, the only user of certmagic), Prometheus metrics
+// (metrics.go, the only user of prometheus) and the admin socket (admin.go).
+// Its sub-packages hold the signing keys and canonical JSON (signing), the
 // outbound request policy (outbound) and the client side of federation
 // (federation).
 //
@@ -45,6 +47,9 @@ type Deps struct {
 	// InviteMail sends invite emails; without it store-invite answers
 	// M_EMAIL_SEND_ERROR.
 	InviteMail InviteMailer
+	// Metrics, when set, counts requests (and is what the metrics
+	// listener serves).
+	Metrics *Metrics
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -69,6 +74,7 @@ type Server struct {
 	inviteMail  InviteMailer
 	inviteLimit *limiter
 	deliver     delivery
+	metrics     *Metrics
 	mux         *http.ServeMux
 	handler     http.Handler
 }
@@ -99,6 +105,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		inviteLimit: newLimiter(cfg.Invites.RateLimit, d.Now),
 		deliver:     delivery{kick: make(chan struct{}, 1)},
 	}
+	s.metrics = d.Metrics
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
 		if err != nil {
@@ -107,7 +114,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.proxies = append(s.proxies, pfx)
 	}
 	s.routes()
-	s.handler = s.recoverPanics(s.logRequests(s.cors(http.HandlerFunc(s.dispatch))))
+	s.handler = s.recoverPanics(s.logRequests(s.observe(s.cors(http.HandlerFunc(s.dispatch)))))
 	return s, nil
 }
 
@@ -144,19 +151,73 @@ func (s *Server) Background(ctx context.Context) (wait func()) {
 // Serve serves the API on ln until ctx ends, then shuts down gracefully
 // within the configured shutdown timeout.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := s.HTTPServer()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	return s.ServeAll(ctx, Listeners{API: ln})
+}
+
+// ServeAll serves every listener that is set until ctx ends or one of them
+// fails, then shuts all of them down gracefully together, within the
+// configured shutdown timeout. It returns the first failure, if any.
+func (s *Server) ServeAll(ctx context.Context, l Listeners) error {
+	type unit struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+	}
+	units := []unit{{"api", s.HTTPServer(), l.API}}
+	if l.HTTP != nil {
+		units = append(units, unit{"http", s.sideServer(l.HTTPHandler), l.HTTP})
+	}
+	if l.Metrics != nil {
+		units = append(units, unit{"metrics", s.sideServer(s.metrics.Handler()), l.Metrics})
+	}
+	if l.Admin != nil {
+		units = append(units, unit{"admin", s.adminServer(), l.Admin})
+	}
+	errc := make(chan error, len(units))
+	for _, u := range units {
+		go func() {
+			err := u.srv.Serve(u.ln)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			} else if err != nil {
+				err = fmt.Errorf("%s listener %s: %w", u.name, u.ln.Addr(), err)
+			}
+			errc <- err
+		}()
+	}
+	var first error
+	pending := len(units)
 	select {
-	case err := <-errc:
-		return err
+	case first = <-errc:
+		pending--
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-errc
-	return err
+	var wg sync.WaitGroup
+	for _, u := range units {
+		wg.Go(func() {
+			if err := u.srv.Shutdown(sctx); err != nil {
+				s.log.Warn("shutdown: closing connections still open", "listener", u.name, "err", err)
+				u.srv.Close()
+			}
+		})
+	}
+	wg.Wait()
+	for ; pending > 0; pending-- {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// sideServer is an http.Server for a listener beside the API (the
+// plain-HTTP redirect, metrics): mxid's timeouts, its own handler.
+func (s *Server) sideServer(h http.Handler) *http.Server {
+	srv := s.HTTPServer()
+	srv.Handler = h
+	return srv
 }
 
 // apiFunc is a handler that returns its error for the adapter to write.

@@ -225,7 +225,7 @@ func (r *Resolver) Do(ctx context.Context, serverName, method, pathQuery string,
 	}
 	req, err := http.NewRequestWithContext(ctx, method, t.BaseURL+pathQuery, rd)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	for k, vs := range header {
 		req.Header[k] = vs
@@ -246,7 +246,7 @@ func (r *Resolver) Do(ctx context.Context, serverName, method, pathQuery string,
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	if int64(len(data)) > maxBytes {
 		return nil, fmt.Errorf("%w: response larger than %d bytes", ErrUnreachable, maxBytes)

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func runInstall(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), append([]string{"install"}, args...), &out, &errOut)
+	return out.String() + errOut.String(), err
+}
+
+// TestInstallIntoRoot installs into a temporary root twice: the first run
+// creates every file with its mode (and owner, when the test runs as
+// root), the second changes nothing and keeps the config.
+func TestInstallIntoRoot(t *testing.T) {
+	root := t.TempDir()
+	args := []string{"--root", root, "--domain", "id.example.org", "--email", "ops@example.org", "--server-name", "example.org"}
+	svcUser := "mxid"
+	if os.Geteuid() == 0 {
+		// Owners are set only as root, and only for a user that exists:
+		// use one every Debian system has.
+		svcUser = "nobody"
+		args = append(args, "--user", svcUser)
+	}
+	out, err := runInstall(t, args...)
+	if err != nil {
+		t.Fatalf("first install: %v\n%s", err, out)
+	}
+	t.Logf("first run:\n%s", out)
+	for _, want := range []string{"written (mode 0640) and validated", "installed (", "systemd unit /etc/systemd/system/mxid.service: written", "skipped under --root"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("first run output lacks %q", want)
+		}
+	}
+
+	files := []struct {
+		path  string
+		mode  os.FileMode
+		owner string // "user", "root:group", "" = not checked
+	}{
+		{"etc/mxid", 0o755 | os.ModeDir, ""},
+		{"etc/mxid/mxid.toml", 0o640, "root:group"},
+		{"var/lib/mxid", 0o700 | os.ModeDir, "user"},
+		{"usr/local/bin/mxid", 0o755, ""},
+		{"etc/systemd/system/mxid.service", 0o644, ""},
+	}
+	mtimes := map[string]time.Time{}
+	for _, f := range files {
+		fi, err := os.Stat(filepath.Join(root, f.path))
+		if err != nil {
+			t.Errorf("%s: %v", f.path, err)
+			continue
+		}
+		mtimes[f.path] = fi.ModTime()
+		if fi.Mode() != f.mode {
+			t.Errorf("%s: mode %v, want %v", f.path, fi.Mode(), f.mode)
+		}
+		if os.Geteuid() == 0 && f.owner != "" {
+			u, _ := user.Lookup(svcUser)
+			uid, _ := strconv.Atoi(u.Uid)
+			gid, _ := strconv.Atoi(u.Gid)
+			st := fi.Sys().(*syscall.Stat_t)
+			wantUID := uid
+			if f.owner == "root:group" {
+				wantUID = 0
+			}
+			if int(st.Uid) != wantUID || int(st.Gid) != gid {
+				t.Errorf("%s: owner %d:%d, want %d:%d", f.path, st.Uid, st.Gid, wantUID, gid)
+			}
+		}
+	}
+
+	// The config loads with the same loader as check-config and says what
+	// the flags said; it names the real paths, not the --root ones.
+	cfg, err := loadConfig(filepath.Join(root, "etc/mxid/mxid.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerName != "example.org" || cfg.PublicBaseURL != "https://id.example.org" || cfg.DataDir != "/var/lib/mxid" ||
+		cfg.TLS.Mode != "acme" || cfg.TLS.Email != "ops@example.org" {
+		t.Errorf("generated config: server_name %q public_base_url %q data_dir %q tls %q %q",
+			cfg.ServerName, cfg.PublicBaseURL, cfg.DataDir, cfg.TLS.Mode, cfg.TLS.Email)
+	}
+	unit, _ := os.ReadFile(filepath.Join(root, "etc/systemd/system/mxid.service"))
+	for _, line := range []string{
+		"User=" + svcUser, "ExecStart=/usr/local/bin/mxid serve -config /etc/mxid/mxid.toml",
+		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/mxid", "ProtectHome=yes",
+		"PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
+		"RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "SystemCallFilter=@system-service",
+		"Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID", "WantedBy=multi-user.target",
+	} {
+		if !strings.Contains(string(unit), "\n"+line+"\n") {
+			t.Errorf("unit lacks the line %q", line)
+		}
+	}
+	exe, _ := os.Executable()
+	if same, err := sameContent(exe, filepath.Join(root, "usr/local/bin/mxid")); err != nil || !same {
+		t.Errorf("installed binary differs from the running one: %v", err)
+	}
+
+	// Second run, different flags: nothing changes, the config is kept.
+	out, err = runInstall(t, append(args[:0:0], "--root", root, "--domain", "other.example.org", "--user", svcUser)...)
+	if err != nil {
+		t.Fatalf("second install: %v\n%s", err, out)
+	}
+	t.Logf("second run:\n%s", out)
+	for _, want := range []string{"exists, left unchanged (valid)", "Nothing to change", "--domain other.example.org is ignored", "record for id.example.org"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("second run output lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"written", "installed (", "created ("} {
+		if strings.Contains(out, bad) {
+			t.Errorf("second run output says %q", bad)
+		}
+	}
+	for _, f := range files {
+		if fi, err := os.Stat(filepath.Join(root, f.path)); err != nil || !fi.ModTime().Equal(mtimes[f.path]) {
+			t.Errorf("%s was touched by the second run", f.path)
+		}
+	}
+	if cfg2, _ := loadConfig(filepath.Join(root, "etc/mxid/mxid.toml")); cfg2.PublicBaseURL != "https://id.example.org" {
+		t.Errorf("the config was overwritten: %q", cfg2.PublicBaseURL)
+	}
+
+	// A broken mode is repaired; an edited config is reported, not replaced.
+	os.Chmod(filepath.Join(root, "var/lib/mxid"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/mxid/mxid.toml"), []byte("server_name = \"bad name\"\n"), 0o640)
+	out, err = runInstall(t, "--root", root, "--user", svcUser)
+	if err != nil {
+		t.Fatalf("third install: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "mode set to 0700") || !strings.Contains(out, "has problems") || !strings.Contains(out, "server_name") {
+		t.Errorf("third run output:\n%s", out)
+	}
+}
+
+func TestInstallDryRunAndBadFlags(t *testing.T) {
+	root := t.TempDir()
+	out, err := runInstall(t, "--root", root, "--dry-run", "--domain", "id.example.org", "--tls", "off")
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	for _, want := range []string{"dry run", "would create (mode 0700)", "would write", `listen = "127.0.0.1:8090"`, "would copy"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry run output lacks %q:\n%s", want, out)
+		}
+	}
+	if entries, _ := os.ReadDir(root); len(entries) != 0 {
+		t.Errorf("dry run created %d entries in the root", len(entries))
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no domain", []string{}, "--domain is required"},
+		{"bad tls", []string{"--domain", "id.example.org", "--tls", "files"}, "--tls must be acme or off"},
+		{"localhost at Let's Encrypt", []string{"--domain", "localhost"}, "cannot get a certificate from a public CA"},
+		{"IP domain", []string{"--domain", "192.0.2.1"}, "must be a DNS name"},
+		{"bad email", []string{"--domain", "id.example.org", "--email", "nobody"}, "tls.email"},
+		{"quote in domain", []string{"--domain", `id".example.org`}, "not allowed"},
+		{"bad listen", []string{"--domain", "id.example.org", "--listen", "443"}, "tls.listen"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := t.TempDir()
+			out, err := runInstall(t, append([]string{"--root", r}, tc.args...)...)
+			if err == nil || !strings.Contains(err.Error()+out, tc.want) {
+				t.Fatalf("want an error containing %q, got %v\n%s", tc.want, err, out)
+			}
+			if entries, _ := os.ReadDir(r); len(entries) != 0 {
+				t.Errorf("a refused install created %d entries", len(entries))
+			}
+		})
+	}
+}

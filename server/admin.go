@@ -1,0 +1,78 @@
+package server
+
+// The admin socket: a unix socket in data_dir (mode 0600) for operations a
+// local administrator runs against the live server, starting with `mxid
+// backup` (bbolt locks the database file, so no second process can read it
+// while mxid serves). It is never a network listener.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// AdminSocketName is the admin socket's file name in the data directory.
+const AdminSocketName = "admin.sock"
+
+// maxUnixPath is the longest path a unix socket can have on Linux.
+const maxUnixPath = 107
+
+// ListenAdmin opens the admin socket in dataDir. The caller holds the
+// database lock, so a socket file left by a crashed mxid is stale and is
+// replaced. A data_dir path too long for a socket is logged and skipped
+// (nil listener): backups then need the server stopped.
+func ListenAdmin(dataDir string, log *slog.Logger) (net.Listener, error) {
+	path := filepath.Join(dataDir, AdminSocketName)
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	if len(path) > maxUnixPath {
+		log.Warn("data_dir path too long for the admin socket: mxid backup needs the server stopped", "path", path)
+		return nil, nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	log.Info("admin socket (mxid backup while serving)", "path", path)
+	return ln, nil
+}
+
+// adminServer serves the admin routes; no write deadline, since a backup
+// of a large database takes as long as it takes.
+func (s *Server) adminServer() *http.Server {
+	mux := http.NewServeMux()
+	s.adminRoutes(mux)
+	srv := s.HTTPServer()
+	srv.Handler = mux
+	srv.WriteTimeout = 0
+	return srv
+}
+
+// getBackup streams a consistent copy of the database (GET /backup on the
+// admin socket).
+func (s *Server) getBackup(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	n, err := s.store.WriteBackup(w, func(size int64) {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	})
+	if err != nil {
+		s.log.Error("backup failed while streaming", "bytes", n, "err", err)
+		return
+	}
+	s.log.Info("backup streamed", "bytes", n, "duration_ms", time.Since(start).Milliseconds())
+}

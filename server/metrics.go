@@ -1,0 +1,249 @@
+package server
+
+// Prometheus metrics: the [metrics] section, the Metrics registry and the
+// request-observing middleware. This is the only file that imports
+// prometheus. Packages that must not import server (lookup, mail) report
+// through plain func values main takes from a *Metrics:
+//
+//	lookup:  m.Lookup       func(source, outcome string, d time.Duration)
+//	mail:    m.Delivery     func(channel, outcome string)
+//	gauges:  m.SetIndexSize(func() int), m.SetPepperAge(func() time.Duration),
+//	         m.SetQueueDepth(func() int)
+//
+// Every method is safe on a nil *Metrics (metrics off), so callers never
+// check.
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"mxid/db"
+)
+
+// MetricsConfig is the [metrics] section.
+type MetricsConfig struct {
+	// Enabled serves Prometheus metrics on Listen.
+	Enabled bool `toml:"enabled"`
+	// Listen is the metrics address; keep it on loopback (or a private
+	// network) unless a firewall guards it.
+	Listen string `toml:"listen"`
+}
+
+// DefaultMetricsConfig is [metrics] off, on loopback when turned on.
+func DefaultMetricsConfig() MetricsConfig {
+	return MetricsConfig{Listen: "127.0.0.1:9090"}
+}
+
+// Validate reports every problem in the [metrics] section.
+func (c *MetricsConfig) Validate() []error {
+	if c.Enabled && !validListen(c.Listen) {
+		return []error{fmt.Errorf("metrics.listen: %q must be IP:port like \"127.0.0.1:9090\"", c.Listen)}
+	}
+	return nil
+}
+
+// ListenMetrics opens the metrics listener when metrics are enabled (nil
+// otherwise) and logs the decision.
+func ListenMetrics(c MetricsConfig, log *slog.Logger) (net.Listener, error) {
+	if !c.Enabled {
+		log.Info("metrics off")
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.listen %s: %w", c.Listen, err)
+	}
+	addr := ln.Addr().String()
+	if ap, err := netip.ParseAddrPort(addr); err == nil && !ap.Addr().IsLoopback() {
+		log.Warn("metrics are served beyond loopback; make sure a firewall guards them", "listen", addr)
+	}
+	log.Info("serving metrics", "listen", "http://"+addr+"/metrics")
+	return ln, nil
+}
+
+// Metrics is mxid's Prometheus registry.
+type Metrics struct {
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	lookups   *prometheus.CounterVec
+	lookupDur *prometheus.HistogramVec
+	delivery  *prometheus.CounterVec
+
+	mu     sync.Mutex
+	gauges map[string]*gaugeSlot
+}
+
+// gaugeSlot is a gauge whose value function is set after start-up.
+type gaugeSlot struct {
+	mu sync.Mutex
+	fn func() float64
+}
+
+func (g *gaugeSlot) value() float64 {
+	g.mu.Lock()
+	fn := g.fn
+	g.mu.Unlock()
+	return fn()
+}
+
+// NewMetrics builds the registry: Go runtime and process metrics, requests,
+// lookups, deliveries, and the store's size and bindings count (read on
+// scrape; the count at most every 15 s, as it walks the bindings bucket).
+func NewMetrics(store *db.Store) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_http_requests_total",
+			Help: "HTTP requests to the API by route pattern (\"unmatched\" for unknown paths and methods) and status code.",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mxid_http_request_duration_seconds",
+			Help:    "Time to answer an API request, by route pattern.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"route"}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_lookups_total",
+			Help: "3PID lookups asked of each source, by outcome (found, not_found, error, timeout).",
+		}, []string{"source", "outcome"}),
+		lookupDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mxid_lookup_duration_seconds",
+			Help:    "Time a lookup source took to answer.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"source"}),
+		delivery: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_deliveries_total",
+			Help: "Emails and SMS handed to the configured gateway, by channel (email, sms) and outcome (sent, failed).",
+		}, []string{"channel", "outcome"}),
+		gauges: map[string]*gaugeSlot{},
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery)
+	if store != nil {
+		path := store.Path()
+		m.setGauge("mxid_store_size_bytes", "Size of the database file (bbolt reuses free pages but never shrinks the file).", func() float64 {
+			fi, err := os.Stat(path)
+			if err != nil {
+				return 0
+			}
+			return float64(fi.Size())
+		})
+		var cmu sync.Mutex
+		var count float64
+		var at time.Time
+		m.setGauge("mxid_bindings", "Local 3PID bindings stored.", func() float64 {
+			cmu.Lock()
+			defer cmu.Unlock()
+			if time.Since(at) >= 15*time.Second {
+				if n, err := store.CountBindings(); err == nil {
+					count, at = float64(n), time.Now()
+				}
+			}
+			return count
+		})
+	}
+	return m
+}
+
+// setGauge registers a gauge read from fn on scrape, or replaces the
+// function of one already registered.
+func (m *Metrics) setGauge(name, help string, fn func() float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g, ok := m.gauges[name]; ok {
+		g.mu.Lock()
+		g.fn = fn
+		g.mu.Unlock()
+		return
+	}
+	g := &gaugeSlot{fn: fn}
+	m.gauges[name] = g
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, g.value))
+}
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	if m == nil {
+		return http.NotFoundHandler()
+	}
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Lookup records one lookup asked of a source ("local", "ldap", "dns",
+// "forward", ...) with its outcome ("found", "not_found", "error",
+// "timeout") and duration.
+func (m *Metrics) Lookup(source, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.lookups.WithLabelValues(source, outcome).Inc()
+	m.lookupDur.WithLabelValues(source).Observe(d.Seconds())
+}
+
+// Delivery records one email or SMS: channel "email" or "sms", outcome
+// "sent" or "failed".
+func (m *Metrics) Delivery(channel, outcome string) {
+	if m == nil {
+		return
+	}
+	m.delivery.WithLabelValues(channel, outcome).Inc()
+}
+
+// SetIndexSize reports the lookup hash index's entry count.
+func (m *Metrics) SetIndexSize(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.setGauge("mxid_lookup_index_entries", "Entries in the in-process sha256 lookup index.", func() float64 { return float64(fn()) })
+}
+
+// SetPepperAge reports the age of the current lookup pepper.
+func (m *Metrics) SetPepperAge(fn func() time.Duration) {
+	if m == nil {
+		return
+	}
+	m.setGauge("mxid_lookup_pepper_age_seconds", "Age of the current lookup pepper.", func() float64 { return fn().Seconds() })
+}
+
+// SetQueueDepth reports the number of onbind deliveries waiting.
+func (m *Metrics) SetQueueDepth(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.setGauge("mxid_onbind_queue_depth", "Onbind deliveries to homeservers waiting (including retries).", func() float64 { return float64(fn()) })
+}
+
+// observe counts every request by route pattern and status and times it.
+// It sits outside cors, which passes the same *http.Request on to the mux,
+// so r.Pattern is the matched pattern once the handler returns.
+func (s *Server) observe(next http.Handler) http.Handler {
+	if s.metrics == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		s.metrics.requests.WithLabelValues(route, fmt.Sprint(status)).Inc()
+		s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
