@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/mail"
 	"mxid/server"
 	"mxid/server/outbound"
 	"mxid/server/signing"
@@ -184,6 +185,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer app.close()
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	waitBackground := app.srv.Start(bgCtx)
+	defer func() { stopBackground(); waitBackground() }()
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
@@ -224,7 +228,27 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		store.Close()
 		return nil, err
 	}
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log})
+	templates, err := mail.LoadTemplates(cfg.TemplatesDir)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	// SMS gateways are reached through the outbound policy like any other
+	// server (allow_cidrs lets a gateway on a private network through).
+	sender, err := mail.New(cfg.Email, cfg.SMS, mail.Options{
+		Templates:  templates,
+		HTTPClient: policy.Client(outbound.ClientOptions{MaxResponseBytes: 64 << 10}),
+		Logger:     log,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if emailLog, smsLog := sender.LogMode(); emailLog || smsLog {
+		email, sms := sender.Describe()
+		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
+	}
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Mail: sender})
 	if err != nil {
 		store.Close()
 		return nil, err

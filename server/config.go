@@ -13,8 +13,8 @@ import (
 )
 
 // Config is the part of mxid's configuration the HTTP API owns: the
-// top-level identity keys and the [http], [accounts], [terms] and [outbound]
-// sections. main embeds it in the whole configuration.
+// top-level identity keys and the [http], [accounts], [terms], [outbound],
+// [validation] and [ratelimit] sections. main embeds it in the whole configuration.
 type Config struct {
 	// ServerName is the name mxid signs associations with.
 	ServerName string `toml:"server_name"`
@@ -28,6 +28,9 @@ type Config struct {
 	Accounts AccountsConfig  `toml:"accounts"`
 	Terms    TermsConfig     `toml:"terms"`
 	Outbound outbound.Config `toml:"outbound"`
+
+	Validation ValidationConfig `toml:"validation"`
+	RateLimit  RateLimitConfig  `toml:"ratelimit"`
 }
 
 // HTTPConfig is the [http] section.
@@ -83,6 +86,9 @@ func DefaultConfig() Config {
 			ShutdownTimeout:   10 * time.Second,
 		},
 		Outbound: outbound.DefaultConfig(),
+
+		Validation: DefaultValidationConfig(),
+		RateLimit:  DefaultRateLimitConfig(),
 	}
 }
 
@@ -147,6 +153,8 @@ func (c *Config) Validate() []error {
 		}
 	}
 	errs = append(errs, c.Outbound.Validate()...)
+	errs = append(errs, c.Validation.validate()...)
+	errs = append(errs, c.RateLimit.validate()...)
 	return errs
 }
 

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/mail"
 	"mxid/server/federation"
 	"mxid/server/outbound"
 	"mxid/server/signing"
@@ -41,6 +42,9 @@ type Deps struct {
 	// bindings after it is committed (the lookup hash index keeps up
 	// through it).
 	Bindings BindingListener
+	// Mail delivers verification emails and SMS and renders the
+	// submitToken pages; nil means the embedded default (log mode).
+	Mail *mail.Sender
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -61,6 +65,9 @@ type Server struct {
 	now     func() time.Time
 	proxies []netip.Prefix
 	binds   BindingListener
+	mail    *mail.Sender
+	limits  *limits
+	keys    *federation.KeyCache
 	mux     *http.ServeMux
 	handler http.Handler
 }
@@ -76,6 +83,13 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
+	if d.Mail == nil {
+		m, err := mail.New(mail.DefaultEmailConfig(), mail.DefaultSMSConfig(), mail.Options{Logger: d.Logger, Now: d.Now})
+		if err != nil {
+			return nil, err
+		}
+		d.Mail = m
+	}
 	s := &Server{
 		cfg:    cfg,
 		store:  d.Store,
@@ -86,7 +100,10 @@ func New(cfg Config, d Deps) (*Server, error) {
 		now:    d.Now,
 		mux:    http.NewServeMux(),
 		binds:  d.Bindings,
+		mail:   d.Mail,
+		limits: newLimits(cfg.RateLimit, d.Now),
 	}
+	s.keys = federation.NewKeyCache(s.fed, d.Now)
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
 		if err != nil {

@@ -1,0 +1,41 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Start runs the server's background work until ctx ends: for now the
+// sweep of expired validation sessions (once at start, then every
+// sessionSweepEvery). The returned wait blocks until it has stopped.
+func (s *Server) Start(ctx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.every(ctx, sessionSweepEvery, func() {
+			n, err := s.sweepSessions()
+			if err != nil {
+				s.log.Error("sweeping expired sessions", "err", err)
+			} else if n > 0 {
+				s.log.Info("swept expired sessions", "count", n)
+			}
+		})
+	}()
+	return wg.Wait
+}
+
+// every runs fn now and then every d until ctx ends.
+func (s *Server) every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		fn()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
