@@ -78,15 +78,18 @@ func (s *smtpSender) send(ctx context.Context, to, subject, text, html string) e
 	if !ok {
 		deadline = s.now().Add(s.cfg.Timeout)
 	}
+	// Connections are closed when ctx ends (bounding the whole exchange,
+	// which go-mail's per-command deadlines do not) and in any case when
+	// the send returns (go-mail leaves a connection open when it fails
+	// after dialing).
+	var conns []net.Conn
 	var stops []func() bool
 	defer func() {
-		for _, stop := range stops {
-			stop()
+		for i, conn := range conns {
+			stops[i]()
+			conn.Close()
 		}
 	}()
-	// Our own dialer, so that the connection is closed when ctx ends: that
-	// bounds the whole exchange, which go-mail's per-command deadlines do
-	// not.
 	dial := func(dctx context.Context, network, addr string) (net.Conn, error) {
 		d := &net.Dialer{Timeout: time.Until(deadline)}
 		var conn net.Conn
@@ -99,6 +102,7 @@ func (s *smtpSender) send(ctx context.Context, to, subject, text, html string) e
 		if err != nil {
 			return nil, err
 		}
+		conns = append(conns, conn)
 		stops = append(stops, context.AfterFunc(ctx, func() { conn.Close() }))
 		return conn, nil
 	}
