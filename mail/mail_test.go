@@ -420,12 +420,16 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	for name, mut := range map[string]func(*SMSConfig){
-		"provider":      func(c *SMSConfig) { c.Provider = "openmarket" },
-		"country":       func(c *SMSConfig) { c.DenyCountries = []string{"gb"} },
-		"twilio":        func(c *SMSConfig) { c.Provider = "twilio" },
-		"webhook-url":   func(c *SMSConfig) { c.Provider = "webhook" },
-		"webhook-json":  func(c *SMSConfig) { c.Provider, c.Webhook.URL, c.Webhook.BodyTemplate = "webhook", "https://x.org", `{"to": {{.To}}, "t": "{{.Text}}"}` },
-		"webhook-field": func(c *SMSConfig) { c.Provider, c.Webhook.URL, c.Webhook.BodyTemplate = "webhook", "https://x.org", `{{json .Nope}}` },
+		"provider":    func(c *SMSConfig) { c.Provider = "openmarket" },
+		"country":     func(c *SMSConfig) { c.DenyCountries = []string{"gb"} },
+		"twilio":      func(c *SMSConfig) { c.Provider = "twilio" },
+		"webhook-url": func(c *SMSConfig) { c.Provider = "webhook" },
+		"webhook-json": func(c *SMSConfig) {
+			c.Provider, c.Webhook.URL, c.Webhook.BodyTemplate = "webhook", "https://x.org", `{"to": {{.To}}, "t": "{{.Text}}"}`
+		},
+		"webhook-field": func(c *SMSConfig) {
+			c.Provider, c.Webhook.URL, c.Webhook.BodyTemplate = "webhook", "https://x.org", `{{json .Nope}}`
+		},
 	} {
 		c := DefaultSMSConfig()
 		mut(&c)
