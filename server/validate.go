@@ -198,9 +198,11 @@ func (s *Server) readTokenRequest(body object) (tokenRequest, error) {
 	return tr, nil
 }
 
-// chargeSend spends the rate limits of one message. It runs inside the
-// session transaction, only when a message is going to be sent, so retries
-// that send nothing cost nothing.
+// chargeSend spends the rate limits of one message: all of them or none,
+// so a refusal by one limit does not use up another (a requester over its
+// own limit cannot drain a victim address's budget). It runs inside the
+// session transaction, which the store serialises, and only when a message
+// is going to be sent, so retries that send nothing cost nothing.
 func (s *Server) chargeSend(r *http.Request, tr tokenRequest) error {
 	type check struct {
 		l   *limiter
@@ -213,11 +215,35 @@ func (s *Server) chargeSend(r *http.Request, tr tokenRequest) error {
 		checks = append(checks, check{s.limits.msisdnNumber, tr.address}, check{s.limits.msisdnCountry, tr.region})
 	}
 	for _, c := range checks {
+		if ok, wait := c.l.available(c.key); !ok {
+			return errLimited(wait)
+		}
+	}
+	for _, c := range checks {
 		if ok, wait := c.l.take(c.key, 1); !ok {
 			return errLimited(wait)
 		}
 	}
 	return nil
+}
+
+// available reports whether key's bucket holds a token, without spending it.
+func (l *limiter) available(key string) (bool, time.Duration) {
+	if l == nil || l.rate.Burst == 0 {
+		return true, 0
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim := l.byKey[key]
+	if lim == nil {
+		return true, 0
+	}
+	tokens := lim.TokensAt(now)
+	if tokens >= 1 {
+		return true, 0
+	}
+	return false, time.Duration((1 - tokens) * float64(l.rate.Every))
 }
 
 func newToken(medium string) string {
@@ -361,13 +387,27 @@ func (s *Server) postEmailRequestToken(w http.ResponseWriter, r *http.Request) e
 		return errorf(http.StatusBadRequest, "M_INVALID_EMAIL", "The email address is not valid")
 	}
 	tr.medium, tr.address, tr.display = threepid.Email, canonical, email
-	tr.sendTo = email[:strings.LastIndexByte(email, '@')+1] + domain
+	// The mail goes to the address as given; only an internationalised
+	// domain is written in its ASCII form for SMTP.
+	tr.sendTo = email
+	if at := strings.LastIndexByte(email, '@'); !isASCII(email[at+1:]) {
+		tr.sendTo = email[:at+1] + domain
+	}
 	sess, err := s.requestToken(r, tr)
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"sid": sess.ID})
 	return nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // postMSISDNRequestToken implements POST /_matrix/identity/v2/validate/msisdn/requestToken.
