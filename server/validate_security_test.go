@@ -110,7 +110,7 @@ func TestBadInputCatalogue(t *testing.T) {
 	// Rows 15-17, 19: addresses that are not one plain address.
 	for _, email := range []string{
 		"a@b.com@c.com", "Alice <a@b.com>", `"a@b"@c.org`, "a@b.com, c@d.com", // 15
-		"a@b.com\r\nBcc: v@x.org", // 16
+		"a@b.com\r\nBcc: v@x.org",                                                                                                        // 16
 		"a@[127.0.0.1]", "a@localhost", "a@example.org.", strings.Repeat("a", 250) + "@x.org", "", strings.Repeat("a", 10000) + "@x.org", // 17
 		"a\u200b@x.org", "a\u202e@x.org", // 19
 	} {
