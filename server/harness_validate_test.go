@@ -84,6 +84,7 @@ type harnessOpts struct {
 	email  *mail.EmailConfig // nil: plain SMTP to a fresh smtptest server
 	sms    *mail.SMSConfig   // nil: log
 	smtp   *smtptest.Server
+	clock  *testClock // nil: a new one at the current time
 }
 
 // generousLimits keeps rate limits out of the way of tests about other things.
@@ -94,7 +95,10 @@ func generousLimits() RateLimitConfig {
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: newTestClock(), binds: &recordingListener{}}
+	h := &harness{t: t, clock: o.clock, binds: &recordingListener{}}
+	if h.clock == nil {
+		h.clock = newTestClock()
+	}
 	var handler http.Handler
 	h.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
 	t.Cleanup(h.ts.Close)

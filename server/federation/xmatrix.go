@@ -228,8 +228,8 @@ func (c *KeyCache) verifyOne(ctx context.Context, req SignedRequest, header stri
 // server's keys when they are not cached, expired, or lack keyID (at most
 // once a minute for the latter).
 func (c *KeyCache) Key(ctx context.Context, server, keyID string) (ed25519.PublicKey, error) {
-	now := c.now()
 	c.mu.Lock()
+	now := c.now()
 	e := c.servers[server]
 	if e != nil && now.Before(e.validUntil) {
 		if k, ok := e.keys[keyID]; ok {
