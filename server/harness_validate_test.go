@@ -68,7 +68,7 @@ func (l *recordingListener) counts() (int, int) {
 // harness is a running mxid API (real store, real SMTP listener) for the
 // validation tests.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *Server
 	ts    *httptest.Server
 	store *db.Store
@@ -93,7 +93,7 @@ func generousLimits() RateLimitConfig {
 	return RateLimitConfig{RequestToken: r, EmailAddress: r, MSISDNNumber: r, MSISDNCountry: r, Attempts: r}
 }
 
-func newHarness(t *testing.T, o harnessOpts) *harness {
+func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
 	h := &harness{t: t, clock: o.clock, binds: &recordingListener{}}
 	if h.clock == nil {
@@ -226,7 +226,7 @@ func (h *harness) call(method, path, token string, body any, header http.Header)
 const v2 = "/_matrix/identity/v2"
 
 // want checks a reply's status and errcode ("" for a success).
-func want(t *testing.T, what string, r reply, status int, errcode string) {
+func want(t testing.TB, what string, r reply, status int, errcode string) {
 	t.Helper()
 	if r.status != status || r.code() != errcode {
 		t.Errorf("%s: got %d %s (%s), want %d %s", what, r.status, r.code(), truncate(string(r.raw), 200), status, errcode)
