@@ -20,71 +20,71 @@ import (
 	"mxid/server/signing"
 )
 
-// testClock is an injectable clock tests move by hand.
-type testClock struct {
+// manualClock is an injectable clock tests move by hand.
+type manualClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func newTestClock() *testClock { return &testClock{t: time.Now()} }
+func newManualClock() *manualClock { return &manualClock{t: time.Now()} }
 
-func (c *testClock) Now() time.Time {
+func (c *manualClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
-func (c *testClock) Advance(d time.Duration) {
+func (c *manualClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
 }
 
-// recordingListener counts binding changes.
-type recordingListener struct {
+// bindRecorder counts binding changes.
+type bindRecorder struct {
 	mu      sync.Mutex
 	bound   []string
 	unbound []string
 }
 
-func (l *recordingListener) Bound(medium, address, mxid string) {
+func (l *bindRecorder) Bound(medium, address, mxid string) {
 	l.mu.Lock()
 	l.bound = append(l.bound, medium+" "+address+" "+mxid)
 	l.mu.Unlock()
 }
 
-func (l *recordingListener) Unbound(medium, address string) {
+func (l *bindRecorder) Unbound(medium, address string) {
 	l.mu.Lock()
 	l.unbound = append(l.unbound, medium+" "+address)
 	l.mu.Unlock()
 }
 
-func (l *recordingListener) counts() (int, int) {
+func (l *bindRecorder) counts() (int, int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.bound), len(l.unbound)
 }
 
-// harness is a running mxid API (real store, real SMTP listener) for the
+// idHarness is a running mxid API (real store, real SMTP listener) for the
 // validation tests.
-type harness struct {
+type idHarness struct {
 	t     testing.TB
 	srv   *Server
 	ts    *httptest.Server
 	store *db.Store
-	clock *testClock
+	clock *manualClock
 	smtp  *smtptest.Server
-	binds *recordingListener
+	binds *bindRecorder
 	key   *signing.Key
 	cfg   Config
 }
 
-type harnessOpts struct {
+type idHarnessOpts struct {
 	config func(*Config)
 	email  *mail.EmailConfig // nil: plain SMTP to a fresh smtptest server
 	sms    *mail.SMSConfig   // nil: log
 	smtp   *smtptest.Server
-	clock  *testClock // nil: a new one at the current time
+	clock  *manualClock // nil: a new one at the current time
 }
 
 // generousLimits keeps rate limits out of the way of tests about other things.
@@ -93,11 +93,11 @@ func generousLimits() RateLimitConfig {
 	return RateLimitConfig{RequestToken: r, EmailAddress: r, MSISDNNumber: r, MSISDNCountry: r, Attempts: r}
 }
 
-func newHarness(t testing.TB, o harnessOpts) *harness {
+func newIDHarness(t testing.TB, o idHarnessOpts) *idHarness {
 	t.Helper()
-	h := &harness{t: t, clock: o.clock, binds: &recordingListener{}}
+	h := &idHarness{t: t, clock: o.clock, binds: &bindRecorder{}}
 	if h.clock == nil {
-		h.clock = newTestClock()
+		h.clock = newManualClock()
 	}
 	var handler http.Handler
 	h.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
@@ -156,7 +156,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 }
 
 // account creates an identity-server account for userID and returns its token.
-func (h *harness) account(userID string) string {
+func (h *idHarness) account(userID string) string {
 	h.t.Helper()
 	tok := randomString(32, alphanumeric)
 	if err := h.store.CreateAccountToken(tok, userID, h.clock.Now()); err != nil {
@@ -165,20 +165,20 @@ func (h *harness) account(userID string) string {
 	return tok
 }
 
-type reply struct {
+type apiReply struct {
 	status int
 	body   map[string]any
 	raw    []byte
 	header http.Header
 }
 
-func (r reply) code() string { s, _ := r.body["errcode"].(string); return s }
+func (r apiReply) code() string { s, _ := r.body["errcode"].(string); return s }
 
-func (r reply) str(k string) string { s, _ := r.body[k].(string); return s }
+func (r apiReply) str(k string) string { s, _ := r.body[k].(string); return s }
 
 // call sends a request: body may be nil, a string / []byte (sent as is) or
 // anything else (JSON-encoded). header may be nil.
-func (h *harness) call(method, path, token string, body any, header http.Header) reply {
+func (h *idHarness) call(method, path, token string, body any, header http.Header) apiReply {
 	h.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
@@ -214,7 +214,7 @@ func (h *harness) call(method, path, token string, body any, header http.Header)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	r := reply{status: resp.StatusCode, raw: raw, header: resp.Header}
+	r := apiReply{status: resp.StatusCode, raw: raw, header: resp.Header}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		if err := json.Unmarshal(raw, &r.body); err != nil {
 			h.t.Fatalf("%s %s: invalid JSON %q", method, path, raw)
@@ -223,10 +223,10 @@ func (h *harness) call(method, path, token string, body any, header http.Header)
 	return r
 }
 
-const v2 = "/_matrix/identity/v2"
+const v2Path = "/_matrix/identity/v2"
 
-// want checks a reply's status and errcode ("" for a success).
-func want(t testing.TB, what string, r reply, status int, errcode string) {
+// want checks a apiReply's status and errcode ("" for a success).
+func wantReply(t testing.TB, what string, r apiReply, status int, errcode string) {
 	t.Helper()
 	if r.status != status || r.code() != errcode {
 		t.Errorf("%s: got %d %s (%s), want %d %s", what, r.status, r.code(), truncate(string(r.raw), 200), status, errcode)
@@ -234,20 +234,20 @@ func want(t testing.TB, what string, r reply, status int, errcode string) {
 }
 
 // requestEmail asks for an email token.
-func (h *harness) requestEmail(token, email, secret string, attempt any, extra map[string]any) reply {
+func (h *idHarness) requestEmail(token, email, secret string, attempt any, extra map[string]any) apiReply {
 	h.t.Helper()
 	body := map[string]any{"email": email, "client_secret": secret, "send_attempt": attempt}
 	for k, v := range extra {
 		body[k] = v
 	}
-	return h.call("POST", v2+"/validate/email/requestToken", token, body, nil)
+	return h.call("POST", v2Path+"/validate/email/requestToken", token, body, nil)
 }
 
 var linkRE = regexp.MustCompile(`https?://\S+/submitToken\?\S+`)
 
 // mailLink reads the n-th received mail and returns its submitToken link
 // and the token in it.
-func (h *harness) mailLink(n int) (link, token string, m smtptest.Message) {
+func (h *idHarness) mailLink(n int) (link, token string, m smtptest.Message) {
 	h.t.Helper()
 	m = h.smtp.Wait(h.t, n)
 	p, err := m.Parse()
@@ -270,13 +270,13 @@ func (h *harness) mailLink(n int) (link, token string, m smtptest.Message) {
 }
 
 // validatedEmail runs requestToken + POST submitToken and returns the sid.
-func (h *harness) validatedEmail(token, email, secret string) string {
+func (h *idHarness) validatedEmail(token, email, secret string) string {
 	h.t.Helper()
 	n := len(h.smtp.Messages())
 	r := h.requestEmail(token, email, secret, 1, nil)
-	want(h.t, "requestToken", r, 200, "")
+	wantReply(h.t, "requestToken", r, 200, "")
 	_, tok, _ := h.mailLink(n + 1)
-	r2 := h.call("POST", v2+"/validate/email/submitToken", token, map[string]any{"sid": r.str("sid"), "client_secret": secret, "token": tok}, nil)
-	want(h.t, "submitToken", r2, 200, "")
+	r2 := h.call("POST", v2Path+"/validate/email/submitToken", token, map[string]any{"sid": r.str("sid"), "client_secret": secret, "token": tok}, nil)
+	wantReply(h.t, "submitToken", r2, 200, "")
 	return r.str("sid")
 }

@@ -17,25 +17,25 @@ import (
 	"mxid/server/signing"
 )
 
-// fakeHS is a homeserver with its own ed25519 key, serving
+// signingHS is a homeserver with its own ed25519 key, serving
 // /_matrix/key/v2/server over TLS.
-type fakeHS struct {
+type signingHS struct {
 	name    string
 	key     *signing.Key
 	ts      *httptest.Server
 	mu      sync.Mutex
 	fetches int
 	doc     func() any // the key answer; nil: valid for clock+1h
-	clock   *testClock
+	clock   *manualClock
 }
 
-func newFakeHS(t *testing.T, name string, clock *testClock) *fakeHS {
+func newSigningHS(t *testing.T, name string, clock *manualClock) *signingHS {
 	t.Helper()
 	key, err := signing.NewKey("ed25519:hs1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeHS{name: name, key: key, clock: clock}
+	f := &signingHS{name: name, key: key, clock: clock}
 	f.ts = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/_matrix/key/v2/server" {
 			http.NotFound(w, r)
@@ -59,7 +59,7 @@ func newFakeHS(t *testing.T, name string, clock *testClock) *fakeHS {
 }
 
 // keyDoc is a key answer listing key and signed by signer.
-func (f *fakeHS) keyDoc(signer *signing.Key, validUntil time.Time) map[string]any {
+func (f *signingHS) keyDoc(signer *signing.Key, validUntil time.Time) map[string]any {
 	doc := map[string]any{
 		"server_name":     f.name,
 		"verify_keys":     map[string]any{f.key.ID: map[string]string{"key": f.key.PublicBase64()}},
@@ -73,7 +73,7 @@ func (f *fakeHS) keyDoc(signer *signing.Key, validUntil time.Time) map[string]an
 	return signed
 }
 
-func (f *fakeHS) fetchCount() int {
+func (f *signingHS) fetchCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.fetches
@@ -82,7 +82,7 @@ func (f *fakeHS) fetchCount() int {
 // authHeader signs a request as origin with signer; field is
 // "destination_is" (what Synapse signs) or "destination" (the
 // server-server spec).
-func authHeader(signer *signing.Key, origin, field, dest, method, uri string, content any) string {
+func xMatrixHeader(signer *signing.Key, origin, field, dest, method, uri string, content any) string {
 	obj := map[string]any{"method": method, "uri": uri, "origin": origin, field: dest, "content": content}
 	signed, err := signer.Sign(obj, origin)
 	if err != nil {
@@ -92,7 +92,7 @@ func authHeader(signer *signing.Key, origin, field, dest, method, uri string, co
 	return fmt.Sprintf(`X-Matrix origin=%s,key="%s",sig="%s",destination="%s"`, origin, signer.ID, sig, dest)
 }
 
-func writeCertPEM(t *testing.T, servers ...*httptest.Server) string {
+func writeServerCertsPEM(t *testing.T, servers ...*httptest.Server) string {
 	t.Helper()
 	var b []byte
 	for _, s := range servers {
@@ -106,15 +106,15 @@ func writeCertPEM(t *testing.T, servers ...*httptest.Server) string {
 }
 
 func TestUnbindSignedByHomeserver(t *testing.T) {
-	clock := newTestClock()
-	hs := newFakeHS(t, "hs.test", clock)
-	other := newFakeHS(t, "other.test", clock)
-	stale := newFakeHS(t, "stale.test", clock)
+	clock := newManualClock()
+	hs := newSigningHS(t, "hs.test", clock)
+	other := newSigningHS(t, "other.test", clock)
+	stale := newSigningHS(t, "stale.test", clock)
 	stale.doc = func() any { return stale.keyDoc(stale.key, clock.Now().Add(-time.Minute)) }
-	bad := newFakeHS(t, "bad.test", clock)
-	h := newHarness(t, harnessOpts{config: func(c *Config) {
+	bad := newSigningHS(t, "bad.test", clock)
+	h := newIDHarness(t, idHarnessOpts{config: func(c *Config) {
 		c.Outbound.Pins = map[string]string{"hs.test": hs.ts.URL, "other.test": other.ts.URL, "stale.test": stale.ts.URL, "bad.test": bad.ts.URL, "down.test": "https://127.0.0.1:1"}
-		c.Outbound.CAFile = writeCertPEM(t, hs.ts, other.ts, stale.ts, bad.ts)
+		c.Outbound.CAFile = writeServerCertsPEM(t, hs.ts, other.ts, stale.ts, bad.ts)
 		c.Outbound.Timeout = 3 * time.Second
 	}, clock: clock})
 
@@ -133,21 +133,21 @@ func TestUnbindSignedByHomeserver(t *testing.T) {
 	content := func(mxid, address string) map[string]any {
 		return map[string]any{"mxid": mxid, "threepid": map[string]any{"medium": "email", "address": address}}
 	}
-	send := func(body map[string]any, auth ...string) reply {
+	send := func(body map[string]any, auth ...string) apiReply {
 		return h.call("POST", uri, "", body, http.Header{"Authorization": auth})
 	}
 
 	// Synapse's form: destination_is in the signed object.
 	bindAs("@alice:hs.test", "alice@example.org")
 	c := content("@alice:hs.test", "alice@example.org")
-	want(t, "signed (destination_is)", send(c, authHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, c)), 200, "")
+	wantReply(t, "signed (destination_is)", send(c, xMatrixHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, c)), 200, "")
 	if bound("alice@example.org") {
 		t.Error("binding still there after a signed unbind")
 	}
 	// The server-server spec's form: destination, here the public base URL's host.
 	bindAs("@alice:hs.test", "alice@example.org")
 	dest := strings.TrimPrefix(h.ts.URL, "http://")
-	want(t, "signed (destination)", send(c, authHeader(hs.key, "hs.test", "destination", dest, "POST", uri, c)), 200, "")
+	wantReply(t, "signed (destination)", send(c, xMatrixHeader(hs.key, "hs.test", "destination", dest, "POST", uri, c)), 200, "")
 	if bound("alice@example.org") {
 		t.Error("binding still there after a signed unbind (destination)")
 	}
@@ -164,20 +164,20 @@ func TestUnbindSignedByHomeserver(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"forged key", c, []string{authHeader(forger, "hs.test", "destination_is", "id.example.test", "POST", uri, c)}, 403, "M_FORBIDDEN"},
-		{"tampered content", content("@alice:hs.test", "alice@example.org"), []string{authHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, content("@alice:hs.test", "bob@example.org"))}, 403, "M_FORBIDDEN"},
-		{"other uri", c, []string{authHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", "/_matrix/identity/v2/3pid/bind", c)}, 403, "M_FORBIDDEN"},
-		{"other destination", c, []string{authHeader(hs.key, "hs.test", "destination_is", "evil-is.example", "POST", uri, c)}, 403, "M_FORBIDDEN"},
-		{"wrong origin", c, []string{authHeader(other.key, "other.test", "destination_is", "id.example.test", "POST", uri, c)}, 403, "M_FORBIDDEN"},
-		{"stale keys", content("@alice:stale.test", "alice@example.org"), []string{authHeader(stale.key, "stale.test", "destination_is", "id.example.test", "POST", uri, content("@alice:stale.test", "alice@example.org"))}, 403, "M_FORBIDDEN"},
-		{"unknown key id", c, []string{strings.Replace(authHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, c), "ed25519:hs1", "ed25519:nope", 1)}, 403, "M_FORBIDDEN"},
+		{"forged key", c, []string{xMatrixHeader(forger, "hs.test", "destination_is", "id.example.test", "POST", uri, c)}, 403, "M_FORBIDDEN"},
+		{"tampered content", content("@alice:hs.test", "alice@example.org"), []string{xMatrixHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, content("@alice:hs.test", "bob@example.org"))}, 403, "M_FORBIDDEN"},
+		{"other uri", c, []string{xMatrixHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", "/_matrix/identity/v2/3pid/bind", c)}, 403, "M_FORBIDDEN"},
+		{"other destination", c, []string{xMatrixHeader(hs.key, "hs.test", "destination_is", "evil-is.example", "POST", uri, c)}, 403, "M_FORBIDDEN"},
+		{"wrong origin", c, []string{xMatrixHeader(other.key, "other.test", "destination_is", "id.example.test", "POST", uri, c)}, 403, "M_FORBIDDEN"},
+		{"stale keys", content("@alice:stale.test", "alice@example.org"), []string{xMatrixHeader(stale.key, "stale.test", "destination_is", "id.example.test", "POST", uri, content("@alice:stale.test", "alice@example.org"))}, 403, "M_FORBIDDEN"},
+		{"unknown key id", c, []string{strings.Replace(xMatrixHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, c), "ed25519:hs1", "ed25519:nope", 1)}, 403, "M_FORBIDDEN"},
 		{"no sig", c, []string{`X-Matrix origin=hs.test,key="ed25519:hs1"`}, 401, "M_UNAUTHORIZED"},
 		{"bad origin", c, []string{`X-Matrix origin="hs.test/x",key="ed25519:hs1",sig="abc"`}, 401, "M_UNAUTHORIZED"},
 		{"bearer only", c, []string{"Bearer abc"}, 401, "M_UNAUTHORIZED"},
 		{"none", c, nil, 401, "M_UNAUTHORIZED"},
-		{"unreachable", content("@alice:down.test", "alice@example.org"), []string{authHeader(hs.key, "down.test", "destination_is", "id.example.test", "POST", uri, content("@alice:down.test", "alice@example.org"))}, 502, "M_UNKNOWN"},
+		{"unreachable", content("@alice:down.test", "alice@example.org"), []string{xMatrixHeader(hs.key, "down.test", "destination_is", "id.example.test", "POST", uri, content("@alice:down.test", "alice@example.org"))}, 502, "M_UNKNOWN"},
 	} {
-		want(t, tc.name, send(tc.body, tc.auth...), tc.status, tc.code)
+		wantReply(t, tc.name, send(tc.body, tc.auth...), tc.status, tc.code)
 		if !bound("alice@example.org") {
 			t.Fatalf("%s: the binding was removed", tc.name)
 		}
@@ -206,7 +206,7 @@ func TestUnbindSignedByHomeserver(t *testing.T) {
 		bad.mu.Lock()
 		bad.doc = doc
 		bad.mu.Unlock()
-		r := send(bc, authHeader(bad.key, "bad.test", "destination_is", "id.example.test", "POST", uri, bc))
+		r := send(bc, xMatrixHeader(bad.key, "bad.test", "destination_is", "id.example.test", "POST", uri, bc))
 		if r.status != 403 && r.status != 502 {
 			t.Errorf("key answer %s: %d %s", name, r.status, r.raw)
 		}
@@ -217,7 +217,7 @@ func TestUnbindSignedByHomeserver(t *testing.T) {
 
 	// After valid_until_ts the keys are fetched again.
 	clock.Advance(2 * time.Hour)
-	want(t, "after expiry", send(c, authHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, c)), 200, "")
+	wantReply(t, "after expiry", send(c, xMatrixHeader(hs.key, "hs.test", "destination_is", "id.example.test", "POST", uri, c)), 200, "")
 	if n := hs.fetchCount(); n != 2 {
 		t.Errorf("keys fetched %d times, want 2", n)
 	}

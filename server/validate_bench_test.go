@@ -11,7 +11,7 @@ import (
 // in log mode, submitToken, bind): three store commits, each fsynced.
 func BenchmarkValidateAndBind(b *testing.B) {
 	logMode := mail.DefaultEmailConfig()
-	h := newHarness(b, harnessOpts{email: &logMode})
+	h := newIDHarness(b, idHarnessOpts{email: &logMode})
 	tok := h.account("@alice:hs.test")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -20,7 +20,7 @@ func BenchmarkValidateAndBind(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		want(b, "submit", h.call("POST", v2+"/validate/email/submitToken", tok, map[string]any{"sid": sess.ID, "client_secret": "s", "token": sess.Token}, nil), 200, "")
-		want(b, "bind", h.call("POST", v2+"/3pid/bind", tok, map[string]any{"sid": sess.ID, "client_secret": "s", "mxid": "@alice:hs.test"}, nil), 200, "")
+		wantReply(b, "submit", h.call("POST", v2Path+"/validate/email/submitToken", tok, map[string]any{"sid": sess.ID, "client_secret": "s", "token": sess.Token}, nil), 200, "")
+		wantReply(b, "bind", h.call("POST", v2Path+"/3pid/bind", tok, map[string]any{"sid": sess.ID, "client_secret": "s", "mxid": "@alice:hs.test"}, nil), 200, "")
 	}
 }
