@@ -10,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"mxid/mail"
 	"mxid/server"
 )
 
@@ -21,6 +22,12 @@ type Config struct {
 	// DataDir holds mxid.db and the signing key.
 	DataDir string    `toml:"data_dir"`
 	Log     LogConfig `toml:"log"`
+
+	// TemplatesDir holds files that replace the embedded templates of the
+	// same name (emails, SMS, submitToken pages); "" uses the embedded ones.
+	TemplatesDir string           `toml:"templates_dir"`
+	Email        mail.EmailConfig `toml:"email"`
+	SMS          mail.SMSConfig   `toml:"sms"`
 }
 
 // LogConfig is the [log] section.
@@ -36,6 +43,9 @@ func DefaultConfig() Config {
 		Config:  server.DefaultConfig(),
 		DataDir: "./mxid-data",
 		Log:     LogConfig{Level: "info", Format: "text"},
+
+		Email: mail.DefaultEmailConfig(),
+		SMS:   mail.DefaultSMSConfig(),
 	}
 }
 
@@ -54,6 +64,13 @@ func (c *Config) Validate() []error {
 	case "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("log.format: %q must be text or json", c.Log.Format))
+	}
+	errs = append(errs, c.Email.Validate()...)
+	errs = append(errs, c.SMS.Validate()...)
+	if c.TemplatesDir != "" {
+		if _, err := mail.LoadTemplates(c.TemplatesDir); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/mail"
 	"mxid/server"
 	"mxid/server/outbound"
 	"mxid/server/signing"
@@ -192,6 +193,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer app.close()
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	waitBackground := app.srv.Start(bgCtx)
+	defer func() { stopBackground(); waitBackground() }()
 
 	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
 	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
@@ -238,11 +242,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log.Info("serving", "tls_mode", tlsm.Mode(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
 	// Shutdown order: every listener (graceful, bounded), background loops,
 	// certmagic's cache (tlsm.Stop), the store (app.close).
-	bgCtx, stopBackground := context.WithCancel(context.Background())
-	waitBackground := app.srv.Background(bgCtx)
 	err = app.srv.ServeAll(ctx, lns)
-	stopBackground()
-	waitBackground()
 	log.Info("stopped")
 	return err
 }
@@ -281,7 +281,27 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	if cfg.Metrics.Enabled {
 		metrics = server.NewMetrics(store)
 	}
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Metrics: metrics})
+	templates, err := mail.LoadTemplates(cfg.TemplatesDir)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	// SMS gateways are reached through the outbound policy like any other
+	// server (allow_cidrs lets a gateway on a private network through).
+	sender, err := mail.New(cfg.Email, cfg.SMS, mail.Options{
+		Templates:  templates,
+		HTTPClient: policy.Client(outbound.ClientOptions{MaxResponseBytes: 64 << 10}),
+		Logger:     log,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if emailLog, smsLog := sender.LogMode(); emailLog || smsLog {
+		email, sms := sender.Describe()
+		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
+	}
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Mail: sender, InviteMail: sender, Metrics: metrics})
 	if err != nil {
 		store.Close()
 		return nil, err

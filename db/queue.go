@@ -35,58 +35,6 @@ func putJob(tx *bolt.Tx, j Job) error {
 	return tx.Bucket(bucketQueue).Put(jobKey(j.DueTS, j.ID), v)
 }
 
-// OnbindFunc builds the delivery for a bind: it gets the invites of the
-// 3PID that are still pending and returns where to send what. It runs
-// inside the bind's transaction, so it must only compute.
-type OnbindFunc func(pending []Invite) (destination string, body []byte, err error)
-
-// Bind stores a binding and, in the same transaction, queues its onbind
-// delivery carrying every pending invite of the 3PID (marking them queued so
-// no other bind carries them again). A rebind to the same MXID with no
-// pending invites queues nothing. onbind may be nil (no delivery).
-func (s *Store) Bind(b Binding, nowMS int64, onbind OnbindFunc) (previous *Binding, queued *Job, err error) {
-	if err := b.check(); err != nil {
-		return nil, nil, err
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		previous, err = putBinding(tx, b)
-		if err != nil || onbind == nil {
-			return err
-		}
-		pending, err := pendingInvites(tx, b.Medium, b.Address, nowMS)
-		if err != nil {
-			return err
-		}
-		if previous != nil && previous.MXID == b.MXID && len(pending) == 0 {
-			return nil
-		}
-		dest, body, err := onbind(pending)
-		if err != nil {
-			return err
-		}
-		id, err := tx.Bucket(bucketQueue).NextSequence()
-		if err != nil {
-			return err
-		}
-		j := Job{ID: id, Destination: dest, Body: body, DueTS: nowMS, CreatedTS: nowMS}
-		for _, inv := range pending {
-			inv.QueuedJob = id
-			v, err := json.Marshal(inv)
-			if err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketInvites).Put([]byte(inv.Token), v); err != nil {
-				return err
-			}
-			j.InviteTokens = append(j.InviteTokens, inv.Token)
-		}
-		queued = &j
-		return putJob(tx, j)
-	})
-	return previous, queued, err
-}
-
 // DueJobs returns up to limit jobs due at or before nowMS, earliest first.
 func (s *Store) DueJobs(nowMS int64, limit int) ([]Job, error) {
 	var out []Job

@@ -19,9 +19,13 @@
 //	bindings_by_mxid
 //	            mxid 0x00 medium 0x00 address -> empty (reverse index, for
 //	            unbind by homeservers and onbind; never exposed as a lookup)
-//	sessions    sid -> Session (validation sessions; see sessions.go)
+//	sessions    sid -> Session{sid, medium, address, client_secret, token,
+//	            failures, send_attempt…, next_link, created_ts,
+//	            modified_ts, validated_ts} (validation sessions; see
+//	            sessions.go; address canonical; swept after expiry)
 //	sessions_by_3pid
-//	            medium 0x00 address 0x00 client_secret -> sid
+//	            medium 0x00 address 0x00 client_secret -> sid (at most one
+//	            live session per 3PID and client_secret)
 //	invites     token -> Invite (pending third-party invites)
 //	invites_by_3pid
 //	            medium 0x00 address 0x00 token -> empty

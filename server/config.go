@@ -13,8 +13,8 @@ import (
 )
 
 // Config is the part of mxid's configuration the HTTP API owns: the
-// top-level identity keys and the [http], [accounts], [terms] and [outbound]
-// sections. main embeds it in the whole configuration.
+// top-level identity keys and the [http], [accounts], [terms], [outbound],
+// [validation] and [ratelimit] sections. main embeds it in the whole configuration.
 type Config struct {
 	// ServerName is the name mxid signs associations with.
 	ServerName string `toml:"server_name"`
@@ -31,6 +31,9 @@ type Config struct {
 	Invites  InvitesConfig   `toml:"invites"`
 	TLS      TLSConfig       `toml:"tls"`
 	Metrics  MetricsConfig   `toml:"metrics"`
+
+	Validation ValidationConfig `toml:"validation"`
+	RateLimit  RateLimitConfig  `toml:"ratelimit"`
 }
 
 // HTTPConfig is the [http] section.
@@ -89,6 +92,9 @@ func DefaultConfig() Config {
 		Invites:  DefaultInvitesConfig(),
 		TLS:      DefaultTLSConfig(),
 		Metrics:  DefaultMetricsConfig(),
+
+		Validation: DefaultValidationConfig(),
+		RateLimit:  DefaultRateLimitConfig(),
 	}
 }
 
@@ -156,6 +162,8 @@ func (c *Config) Validate() []error {
 	errs = append(errs, c.Invites.validate()...)
 	errs = append(errs, c.TLS.Validate(c.PublicBaseURL)...)
 	errs = append(errs, c.Metrics.Validate()...)
+	errs = append(errs, c.Validation.validate()...)
+	errs = append(errs, c.RateLimit.validate()...)
 	return errs
 }
 

@@ -154,6 +154,10 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, "M_INVALID_EMAIL", "Invalid email address")
 	}
+	sendTo, err := threepid.SMTPAddress(req["address"])
+	if err != nil {
+		return errorf(http.StatusBadRequest, "M_INVALID_EMAIL", "Invalid email address")
+	}
 	if s.inviteRefused(req, senderServer) {
 		return errorf(http.StatusForbidden, "M_FORBIDDEN", "Invite not allowed")
 	}
@@ -184,7 +188,7 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 		return errInternal(err)
 	}
 	msg := mail.Invite{
-		To:                req["address"],
+		To:                sendTo,
 		RoomID:            inv.RoomID,
 		RoomName:          clip(req["room_name"], maxRoomNameLen),
 		RoomAlias:         clip(req["room_alias"], 255),
@@ -247,7 +251,7 @@ func (s *Server) inviteLink(req map[string]string, inv db.Invite, ephemeral *sig
 	}
 	sign := url.Values{"token": {inv.Token}, "private_key": {signing.EncodeBase64URL(ephemeral.Private.Seed())}}
 	q := url.Values{
-		"email":   {msg.To},
+		"email":   {req["address"]},
 		"signurl": {strings.TrimSuffix(s.cfg.PublicBaseURL, "/") + signPath + "?" + sign.Encode()},
 	}
 	for k, v := range map[string]string{"room_name": msg.RoomName, "room_avatar_url": msg.RoomAvatarURL, "inviter_name": msg.SenderDisplayName, "room_type": req["room_type"]} {

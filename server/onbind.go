@@ -12,33 +12,6 @@ import (
 	"mxid/server/federation"
 )
 
-// association is the spec's 3PID association, the body of a bind response.
-func association(b db.Binding) map[string]any {
-	return map[string]any{
-		"medium": b.Medium, "address": b.Address, "mxid": b.MXID,
-		"ts": b.TS, "not_before": b.NotBefore, "not_after": b.NotAfter,
-	}
-}
-
-// storeBinding writes a binding and queues its onbind delivery (with every
-// pending invite of the 3PID) in one transaction, then tells the lookup
-// index and wakes the delivery worker. It returns the signed association.
-func (s *Server) storeBinding(b db.Binding) (map[string]any, error) {
-	_, queued, err := s.store.Bind(b, s.now().UnixMilli(), func(pending []db.Invite) (string, []byte, error) {
-		return s.onbindBody(b, pending)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if s.binds != nil {
-		s.binds.Bound(b.Medium, b.Address, b.MXID)
-	}
-	if queued != nil {
-		s.kickDelivery()
-	}
-	return s.key.Sign(association(b), s.cfg.ServerName)
-}
-
 // onbindBody is what the homeserver of the bound user receives: the
 // association with its pending invites, each carrying a "signed" block
 // {mxid, token} signed with the long-term key, the whole signed too.
@@ -72,7 +45,7 @@ type delivery struct {
 
 func (s *Server) kickDelivery() {
 	select {
-	case s.deliver.kick <- struct{}{}:
+	case s.onbind.kick <- struct{}{}:
 	default:
 	}
 }
@@ -89,7 +62,7 @@ func (s *Server) runDelivery(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
-		case <-s.deliver.kick:
+		case <-s.onbind.kick:
 		}
 		s.deliverDue(ctx)
 		wait := deliveryPollPeriod

@@ -69,11 +69,6 @@ func storeTestInvite(t *testing.T, e *testEnv, token, address string) {
 	}
 }
 
-func testBinding(e *testEnv, address, mxid string) db.Binding {
-	ts := e.clock.Now().UnixMilli()
-	return db.Binding{Medium: "email", Address: address, MXID: mxid, TS: ts, NotBefore: ts, NotAfter: ts + 1000}
-}
-
 // checkOnbindBody verifies what a homeserver checks: every invite's signed
 // block is signed by mxid's published long-term key, for the bound user.
 func checkOnbindBody(t *testing.T, e *testEnv, body map[string]any, mxid string, tokens ...string) {
@@ -106,7 +101,7 @@ func TestOnbindRetriesThenDelivers(t *testing.T) {
 	storeTestInvite(t, e, "tok1", "alice@example.org")
 	storeTestInvite(t, e, "tok2", "alice@example.org")
 	storeTestInvite(t, e, "other", "carol@example.org")
-	if _, err := e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test")); err != nil {
+	if _, err := e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -142,7 +137,7 @@ func TestOnbindRetriesThenDelivers(t *testing.T) {
 		t.Errorf("another address's invite was removed: %v", err)
 	}
 	// A rebind to the same user with nothing pending sends nothing more.
-	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
 	e.srv.deliverDue(ctx)
 	if n := len(hs.got()); n != 4 {
 		t.Errorf("an idle rebind caused another onbind (%d calls)", n)
@@ -153,7 +148,7 @@ func TestOnbindFallsBackToPut(t *testing.T) {
 	hs := newOnbindHS(t, http.StatusMethodNotAllowed)
 	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
 	storeTestInvite(t, e, "tok", "alice@example.org")
-	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
 	e.srv.deliverDue(context.Background())
 	calls := hs.got()
 	if len(calls) != 2 || calls[0].method != "POST" || calls[1].method != "PUT" {
@@ -172,7 +167,7 @@ func TestOnbindGivesUpAfterMaxAttempts(t *testing.T) {
 		c.Invites.DeliveryMaxAttempts = 2
 	})
 	storeTestInvite(t, e, "tok", "alice@example.org")
-	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
 	for i := 0; i < 3; i++ {
 		e.srv.deliverDue(context.Background())
 		e.clock.Advance(time.Hour * 2)
@@ -197,7 +192,7 @@ func TestOnbindSurvivesRestart(t *testing.T) {
 	hs := newOnbindHS(t, 503)
 	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
 	storeTestInvite(t, e, "tok", "alice@example.org")
-	e.srv.storeBinding(testBinding(e, "alice@example.org", "@alice:hs.test"))
+	e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
 	e.srv.deliverDue(context.Background()) // fails; retry scheduled
 	e.clock.Advance(time.Hour)
 
@@ -206,7 +201,7 @@ func TestOnbindSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	wait := srv2.Background(ctx)
+	wait := srv2.Start(ctx)
 	deadline := time.Now().Add(5 * time.Second)
 	for len(hs.got()) < 2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)

@@ -27,11 +27,39 @@ func (s *Server) routes() {
 	s.handle("POST "+v2+"/store-invite", authed, s.postStoreInvite)
 	s.handle("POST "+v2+"/sign-ed25519", authed, s.postSignEd25519)
 
-	// The legacy v1 API, without accounts, as sydent serves it.
+	// 3PID validation sessions and associations. GET submitToken is the
+	// link opened from the message (no token); unbind is authorised by
+	// the session or by the homeserver's X-Matrix signature.
+	s.handle("POST "+v2+"/validate/email/requestToken", authed, s.postEmailRequestToken)
+	s.handle("POST "+v2+"/validate/email/submitToken", authed, s.postSubmitToken("email"))
+	s.handle("GET "+v2+"/validate/email/submitToken", public, s.getSubmitToken("email"))
+	s.handle("POST "+v2+"/validate/msisdn/requestToken", authed, s.postMSISDNRequestToken)
+	s.handle("POST "+v2+"/validate/msisdn/submitToken", authed, s.postSubmitToken("msisdn"))
+	s.handle("GET "+v2+"/validate/msisdn/submitToken", public, s.getSubmitToken("msisdn"))
+	s.handle("GET "+v2+"/3pid/getValidated3pid", authed, s.getValidated3pid)
+	s.handle("POST "+v2+"/3pid/bind", authed, s.postBind)
+	s.handle("POST "+v2+"/3pid/unbind", public, s.postUnbind)
+
+	// The legacy v1 API (removed from the spec), off unless v1 = true: the
+	// same handlers without account auth, as sydent serves them.
 	if s.cfg.V1 {
-		const v1 = "/_matrix/identity/api/v1"
-		s.handle("POST "+v1+"/store-invite", public, s.postStoreInvite)
-		s.handle("POST "+v1+"/sign-ed25519", public, s.postSignEd25519)
+		const v1p = "/_matrix/identity/api/v1"
+		s.handle("GET "+v1p, public, s.getStatus)
+		s.handle("GET "+v1p+"/{$}", public, s.getStatus)
+		s.handle("GET "+v1p+"/pubkey/isvalid", public, s.getPubkeyIsValid)
+		s.handle("GET "+v1p+"/pubkey/ephemeral/isvalid", public, s.getEphemeralPubkeyIsValid)
+		s.handle("GET "+v1p+"/pubkey/{keyId}", public, s.getPubkey)
+		s.handle("POST "+v1p+"/validate/email/requestToken", public, v1(s.postEmailRequestToken))
+		s.handle("POST "+v1p+"/validate/email/submitToken", public, v1(s.postSubmitToken("email")))
+		s.handle("GET "+v1p+"/validate/email/submitToken", public, v1(s.getSubmitToken("email")))
+		s.handle("POST "+v1p+"/validate/msisdn/requestToken", public, v1(s.postMSISDNRequestToken))
+		s.handle("POST "+v1p+"/validate/msisdn/submitToken", public, v1(s.postSubmitToken("msisdn")))
+		s.handle("GET "+v1p+"/validate/msisdn/submitToken", public, v1(s.getSubmitToken("msisdn")))
+		s.handle("GET "+v1p+"/3pid/getValidated3pid", public, v1(s.getValidated3pid))
+		s.handle("POST "+v1p+"/3pid/bind", public, v1(s.postBind))
+		s.handle("POST "+v1p+"/3pid/unbind", public, v1(s.postUnbind))
+		s.handle("POST "+v1p+"/store-invite", public, v1(s.postStoreInvite))
+		s.handle("POST "+v1p+"/sign-ed25519", public, v1(s.postSignEd25519))
 	}
 }
 

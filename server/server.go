@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/mail"
 	"mxid/server/federation"
 	"mxid/server/outbound"
 	"mxid/server/signing"
@@ -50,6 +51,9 @@ type Deps struct {
 	// Metrics, when set, counts requests (and is what the metrics
 	// listener serves).
 	Metrics *Metrics
+	// Mail delivers verification emails and SMS and renders the
+	// submitToken pages; nil means the embedded default (log mode).
+	Mail *mail.Sender
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -73,8 +77,11 @@ type Server struct {
 
 	inviteMail  InviteMailer
 	inviteLimit *limiter
-	deliver     delivery
+	onbind      delivery
 	metrics     *Metrics
+	mail        *mail.Sender
+	limits      *limits
+	keys        *federation.KeyCache
 	mux         *http.ServeMux
 	handler     http.Handler
 }
@@ -90,6 +97,13 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
+	if d.Mail == nil {
+		m, err := mail.New(mail.DefaultEmailConfig(), mail.DefaultSMSConfig(), mail.Options{Logger: d.Logger, Now: d.Now})
+		if err != nil {
+			return nil, err
+		}
+		d.Mail = m
+	}
 	s := &Server{
 		cfg:    cfg,
 		store:  d.Store,
@@ -103,9 +117,12 @@ func New(cfg Config, d Deps) (*Server, error) {
 
 		inviteMail:  d.InviteMail,
 		inviteLimit: newLimiter(cfg.Invites.RateLimit, d.Now),
-		deliver:     delivery{kick: make(chan struct{}, 1)},
+		onbind:      delivery{kick: make(chan struct{}, 1)},
+		metrics:     d.Metrics,
+		mail:        d.Mail,
+		limits:      newLimits(cfg.RateLimit, d.Now),
 	}
-	s.metrics = d.Metrics
+	s.keys = federation.NewKeyCache(s.fed, d.Now)
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
 		if err != nil {
@@ -132,20 +149,6 @@ func (s *Server) HTTPServer() *http.Server {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-}
-
-// Background runs the server's background work (the onbind delivery queue,
-// expiry sweeps) until ctx ends; wait blocks until all of it has stopped.
-func (s *Server) Background(ctx context.Context) (wait func()) {
-	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.runDelivery, s.runInviteSweep} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			loop(ctx)
-		}()
-	}
-	return wg.Wait
 }
 
 // Serve serves the API on ln until ctx ends, then shuts down gracefully

@@ -150,3 +150,22 @@ func Hash(address, medium, pepper string) string {
 	h.Write([]byte(pepper))
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
 }
+
+// SMTPAddress is where mail for a valid address goes: the address as given,
+// with an internationalised domain written in its ASCII (punycode) form.
+func SMTPAddress(address string) (string, error) {
+	at := strings.LastIndexByte(address, '@')
+	if at < 0 {
+		return "", ErrInvalidEmail
+	}
+	for i := at + 1; i < len(address); i++ {
+		if address[i] >= utf8.RuneSelf {
+			domain, err := EmailDomain(address)
+			if err != nil {
+				return "", ErrInvalidEmail
+			}
+			return address[:at+1] + domain, nil
+		}
+	}
+	return address, nil
+}

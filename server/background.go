@@ -1,0 +1,49 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Start runs the server's background work until ctx ends: the onbind
+// delivery queue, the sweeps of expired invites and of expired validation
+// sessions (once at start, then every sessionSweepEvery). The returned wait
+// blocks until all of it has stopped.
+func (s *Server) Start(ctx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){s.runDelivery, s.runInviteSweep} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop(ctx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.every(ctx, sessionSweepEvery, func() {
+			n, err := s.sweepSessions()
+			if err != nil {
+				s.log.Error("sweeping expired sessions", "err", err)
+			} else if n > 0 {
+				s.log.Info("swept expired sessions", "count", n)
+			}
+		})
+	}()
+	return wg.Wait
+}
+
+// every runs fn now and then every d until ctx ends.
+func (s *Server) every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		fn()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

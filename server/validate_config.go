@@ -1,0 +1,89 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"mxid/server/federation"
+)
+
+// ValidationConfig is the [validation] section: rules for 3PID validation
+// sessions.
+type ValidationConfig struct {
+	// NextLinkHosts, when not empty, are the only hosts a next_link may
+	// point at (exact host names, compared case-insensitively).
+	NextLinkHosts []string `toml:"next_link_hosts"`
+}
+
+// RateLimitConfig is the [ratelimit] section. Each limit is a token bucket;
+// burst = 0 turns one off.
+type RateLimitConfig struct {
+	// RequestToken: messages sent by requestToken per account (v2) or per
+	// client IP (v1), email and SMS together.
+	RequestToken Rate `toml:"request_token"`
+	// EmailAddress: verification emails per email address.
+	EmailAddress Rate `toml:"email_address"`
+	// MSISDNNumber: verification SMS per phone number.
+	MSISDNNumber Rate `toml:"msisdn_number"`
+	// MSISDNCountry: verification SMS per destination country.
+	MSISDNCountry Rate `toml:"msisdn_country"`
+	// Attempts: requestToken, submitToken, getValidated3pid, bind and
+	// unbind calls per client IP, whether they send anything or not.
+	Attempts Rate `toml:"attempts"`
+}
+
+// DefaultValidationConfig allows next_link to any http(s) host.
+func DefaultValidationConfig() ValidationConfig { return ValidationConfig{} }
+
+// DefaultRateLimitConfig has sydent's values where sydent has a limit
+// (sender 5 per 5 minutes, number 5 per hour, country 50 then one a
+// minute) and modest ones elsewhere.
+func DefaultRateLimitConfig() RateLimitConfig {
+	return RateLimitConfig{
+		RequestToken:  Rate{Burst: 5, Every: 5 * time.Minute},
+		EmailAddress:  Rate{Burst: 5, Every: time.Hour},
+		MSISDNNumber:  Rate{Burst: 5, Every: time.Hour},
+		MSISDNCountry: Rate{Burst: 50, Every: time.Minute},
+		Attempts:      Rate{Burst: 60, Every: time.Second},
+	}
+}
+
+func (c *ValidationConfig) validate() []error {
+	var errs []error
+	for _, h := range c.NextLinkHosts {
+		host, port, ok := federation.SplitServerName(h)
+		if !ok || port != 0 || strings.HasPrefix(host, "[") || !federation.ValidServerName(host) {
+			errs = append(errs, fmt.Errorf("validation.next_link_hosts: %q must be a host name like \"app.example.org\"", h))
+		}
+	}
+	return errs
+}
+
+func (c *RateLimitConfig) validate() []error {
+	var errs []error
+	for name, r := range map[string]Rate{
+		"request_token": c.RequestToken, "email_address": c.EmailAddress, "msisdn_number": c.MSISDNNumber,
+		"msisdn_country": c.MSISDNCountry, "attempts": c.Attempts,
+	} {
+		if err := r.validate("ratelimit." + name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// limits are the limiters built from [ratelimit].
+type limits struct {
+	requestToken, emailAddress, msisdnNumber, msisdnCountry, attempts *limiter
+}
+
+func newLimits(c RateLimitConfig, now func() time.Time) *limits {
+	return &limits{
+		requestToken:  newLimiter(c.RequestToken, now),
+		emailAddress:  newLimiter(c.EmailAddress, now),
+		msisdnNumber:  newLimiter(c.MSISDNNumber, now),
+		msisdnCountry: newLimiter(c.MSISDNCountry, now),
+		attempts:      newLimiter(c.Attempts, now),
+	}
+}
