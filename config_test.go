@@ -137,6 +137,9 @@ func TestExampleConfigMatchesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := loadConfig("mxid.toml.example"); err != nil {
+		t.Errorf("mxid.toml.example does not load as a configuration: %v", err)
+	}
 	var got Config
 	md, err := toml.Decode(string(data), &got)
 	if err != nil {
