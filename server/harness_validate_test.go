@@ -147,7 +147,7 @@ func newIDHarness(t testing.TB, o idHarnessOpts) *idHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = New(cfg, Deps{Store: store, Key: h.key, Policy: policy, Now: h.clock.Now, Bindings: h.binds, Mail: sender})
+	h.srv, err = New(cfg, Deps{Store: store, Key: h.key, Policy: policy, Now: h.clock.Now, Bindings: h.binds, Mail: sender, InviteMail: sender})
 	if err != nil {
 		t.Fatal(err)
 	}
