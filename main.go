@@ -301,6 +301,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		email, sms := sender.Describe()
 		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
 	}
+	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
 	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Mail: sender, InviteMail: sender, Metrics: metrics})
 	if err != nil {
 		store.Close()

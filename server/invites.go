@@ -203,7 +203,9 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 		msg.RoomType = "space"
 	}
 	msg.Link = s.inviteLink(req, inv, ephemeral, msg)
-	if err := s.inviteMail.SendInvite(r.Context(), msg); err != nil {
+	err = s.inviteMail.SendInvite(r.Context(), msg)
+	s.metrics.Delivery("email", outcome(err))
+	if err != nil {
 		if derr := s.store.DeleteInvite(inv.Token); derr != nil {
 			s.log.Error("removing an invite whose email failed", "request_id", requestID(r), "err", derr)
 		}

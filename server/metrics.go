@@ -200,6 +200,14 @@ func (m *Metrics) Delivery(channel, outcome string) {
 	m.delivery.WithLabelValues(channel, outcome).Inc()
 }
 
+// outcome is the Delivery outcome of a send's error.
+func outcome(err error) string {
+	if err != nil {
+		return "failed"
+	}
+	return "sent"
+}
+
 // SetIndexSize reports the lookup hash index's entry count.
 func (m *Metrics) SetIndexSize(fn func() int) {
 	if m == nil {

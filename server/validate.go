@@ -336,7 +336,9 @@ func (s *Server) deliver(r *http.Request, tr tokenRequest, sess db.Session) erro
 	}
 	ctx := context.WithoutCancel(r.Context())
 	if tr.medium == threepid.Email {
-		if err := s.mail.SendVerificationEmail(ctx, tr.sendTo, v); err != nil {
+		err := s.mail.SendVerificationEmail(ctx, tr.sendTo, v)
+		s.metrics.Delivery("email", outcome(err))
+		if err != nil {
 			return errorf(http.StatusInternalServerError, "M_EMAIL_SEND_ERROR", "The verification email could not be sent").withCause(err)
 		}
 		s.log.Info("verification email sent", "request_id", requestID(r), "sid", sess.ID)
@@ -344,7 +346,9 @@ func (s *Server) deliver(r *http.Request, tr tokenRequest, sess db.Session) erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.policy.Timeout())
 	defer cancel()
-	if err := s.mail.SendVerificationSMS(ctx, tr.sendTo, v); err != nil {
+	err := s.mail.SendVerificationSMS(ctx, tr.sendTo, v)
+	s.metrics.Delivery("sms", outcome(err))
+	if err != nil {
 		return errorf(http.StatusInternalServerError, "M_SEND_ERROR", "The verification SMS could not be sent").withCause(err)
 	}
 	s.log.Info("verification SMS sent", "request_id", requestID(r), "sid", sess.ID, "country", tr.region)
