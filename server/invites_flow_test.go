@@ -95,8 +95,13 @@ func TestInviteChain(t *testing.T) {
 	if len(calls) != 1 {
 		t.Fatalf("homeserver saw %d onbind calls, want 1", len(calls))
 	}
-	e := &testEnv{t: t, srv: h.srv, key: h.key}
-	checkOnbindBody(t, e, calls[0].body, "@alice:hs.test", token)
+	// The homeserver checks the signatures against the key mxid publishes.
+	pk := h.call("GET", v2Path+"/pubkey/ed25519:0", "", nil, nil)
+	published, err := signing.DecodeBase64(pk.str("public_key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOnbindBody(t, h.srv.cfg.ServerName, published, calls[0].body, "@alice:hs.test", token)
 	if inv := calls[0].body["invites"].([]any)[0].(map[string]any); inv["address"] != "alice@example.org" {
 		t.Errorf("invite address %v, want the canonical form", inv["address"])
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -71,12 +72,12 @@ func storeTestInvite(t *testing.T, e *testEnv, token, address string) {
 
 // checkOnbindBody verifies what a homeserver checks: every invite's signed
 // block is signed by mxid's published long-term key, for the bound user.
-func checkOnbindBody(t *testing.T, e *testEnv, body map[string]any, mxid string, tokens ...string) {
+func checkOnbindBody(t *testing.T, serverName string, pub ed25519.PublicKey, body map[string]any, mxid string, tokens ...string) {
 	t.Helper()
 	if body["mxid"] != mxid || body["medium"] != "email" {
 		t.Errorf("onbind body %v", body)
 	}
-	if err := signing.Verify(body, e.srv.cfg.ServerName, "ed25519:0", e.key.Public()); err != nil {
+	if err := signing.Verify(body, serverName, "ed25519:0", pub); err != nil {
 		t.Errorf("onbind body signature: %v", err)
 	}
 	invites, _ := body["invites"].([]any)
@@ -89,7 +90,7 @@ func checkOnbindBody(t *testing.T, e *testEnv, body map[string]any, mxid string,
 		if inv["token"] != tokens[i] || signed["token"] != tokens[i] || signed["mxid"] != mxid || inv["room_id"] != "!room:hs.test" || inv["sender"] != "@bob:hs.test" {
 			t.Errorf("invite %d: %v", i, inv)
 		}
-		if err := signing.Verify(signed, e.srv.cfg.ServerName, "ed25519:0", e.key.Public()); err != nil {
+		if err := signing.Verify(signed, serverName, "ed25519:0", pub); err != nil {
 			t.Errorf("invite %d signed block: %v", i, err)
 		}
 	}
@@ -124,7 +125,7 @@ func TestOnbindRetriesThenDelivers(t *testing.T) {
 	if len(calls) != 4 {
 		t.Fatalf("%d calls, want 4", len(calls))
 	}
-	checkOnbindBody(t, e, calls[3].body, "@alice:hs.test", "tok1", "tok2")
+	checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[3].body, "@alice:hs.test", "tok1", "tok2")
 	if depth, _ := e.store.QueueDepth(); depth != 0 {
 		t.Errorf("queue depth %d after delivery", depth)
 	}
@@ -154,7 +155,7 @@ func TestOnbindFallsBackToPut(t *testing.T) {
 	if len(calls) != 2 || calls[0].method != "POST" || calls[1].method != "PUT" {
 		t.Fatalf("calls %+v, want POST then PUT", calls)
 	}
-	checkOnbindBody(t, e, calls[1].body, "@alice:hs.test", "tok")
+	checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[1].body, "@alice:hs.test", "tok")
 	if depth, _ := e.store.QueueDepth(); depth != 0 {
 		t.Errorf("queue depth %d", depth)
 	}
@@ -212,7 +213,7 @@ func TestOnbindSurvivesRestart(t *testing.T) {
 	if len(calls) != 2 {
 		t.Fatalf("%d calls after restart, want 2", len(calls))
 	}
-	checkOnbindBody(t, e, calls[1].body, "@alice:hs.test", "tok")
+	checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[1].body, "@alice:hs.test", "tok")
 	if _, err := e.store.GetInvite("tok"); err != db.ErrNotFound {
 		t.Errorf("invite after delivery: %v", err)
 	}
