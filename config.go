@@ -10,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"mxid/lookup"
 	"mxid/server"
 )
 
@@ -21,6 +22,11 @@ type Config struct {
 	// DataDir holds mxid.db and the signing key.
 	DataDir string    `toml:"data_dir"`
 	Log     LogConfig `toml:"log"`
+
+	Lookup     lookup.Config            `toml:"lookup"`
+	LDAP       lookup.LDAPConfig        `toml:"ldap"`
+	DNS        lookup.DNSConfig         `toml:"dns"`
+	Forwarders []lookup.ForwarderConfig `toml:"forwarders"`
 }
 
 // LogConfig is the [log] section.
@@ -36,12 +42,20 @@ func DefaultConfig() Config {
 		Config:  server.DefaultConfig(),
 		DataDir: "./mxid-data",
 		Log:     LogConfig{Level: "info", Format: "text"},
+
+		Lookup: lookup.DefaultConfig(),
+		LDAP:   lookup.DefaultLDAPConfig(),
+		DNS:    lookup.DefaultDNSConfig(),
 	}
 }
 
 // Validate reports every problem in the configuration, not just the first.
 func (c *Config) Validate() []error {
 	errs := c.Config.Validate()
+	errs = append(errs, c.Lookup.Validate()...)
+	errs = append(errs, c.LDAP.Validate()...)
+	errs = append(errs, c.DNS.Validate()...)
+	errs = append(errs, lookup.ValidateForwarders(c.Forwarders)...)
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir must not be empty"))
 	}

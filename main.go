@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/lookup"
 	"mxid/server"
 	"mxid/server/outbound"
 	"mxid/server/signing"
@@ -197,9 +199,11 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // app is a wired mxid: what serve (and tests) run.
 type app struct {
-	store *db.Store
-	srv   *server.Server
-	log   *slog.Logger
+	store  *db.Store
+	srv    *server.Server
+	log    *slog.Logger
+	lookup *lookup.Service
+	stop   context.CancelFunc // ends the background work
 }
 
 // newApp opens the store, loads (or creates) the signing key and builds the
@@ -224,16 +228,51 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		store.Close()
 		return nil, err
 	}
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log})
+	lk, err := newLookup(cfg, store, policy, log)
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Lookup: lk, Bindings: lk.Index})
+	if err != nil {
+		lk.Close()
+		store.Close()
+		return nil, err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	lk.Start(ctx)
 	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())
-	return &app{store: store, srv: srv, log: log}, nil
+	return &app{store: store, srv: srv, log: log, lookup: lk, stop: stop}, nil
+}
+
+// newLookup builds the lookup service: the hash index over the local
+// bindings (built here, before serving), the cascade and its sources.
+func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger) (*lookup.Service, error) {
+	self := []string{cfg.ServerName}
+	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
+		self = append(self, u.Host, u.Hostname())
+	}
+	start := time.Now()
+	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
+		Store:      store,
+		HTTPClient: policy.Client(outbound.ClientOptions{MaxResponseBytes: 4 << 20}),
+		DNSServer:  cfg.Outbound.DNSServer,
+		Self:       self,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lookup: %w", err)
+	}
+	log.Info("lookup index built", "entries", lk.Index.Size(), "duration_ms", time.Since(start).Milliseconds())
+	return lk, nil
 }
 
 func (a *app) close() {
+	if a.stop != nil {
+		a.stop()
+		a.lookup.Wait()
+		a.lookup.Close()
+	}
 	if err := a.store.Close(); err != nil {
 		a.log.Error("closing the store", "err", err)
 	}

@@ -20,4 +20,13 @@ func (s *Server) routes() {
 	s.handle("POST "+v2+"/account/logout", authedNoTerms, s.postLogout)
 	s.handle("GET "+v2+"/terms", public, s.getTerms)
 	s.handle("POST "+v2+"/terms", authedNoTerms, s.postTerms)
+
+	// Lookups.
+	s.handle("GET "+v2+"/hash_details", authed, s.getHashDetails)
+	s.handle("POST "+v2+"/lookup", authed, s.postLookup)
+	if s.cfg.V1 {
+		const v1 = "/_matrix/identity/api/v1"
+		s.handle("GET "+v1+"/lookup", public, s.getV1Lookup)
+		s.handle("POST "+v1+"/bulk_lookup", public, s.postV1BulkLookup)
+	}
 }

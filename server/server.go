@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/lookup"
 	"mxid/server/federation"
 	"mxid/server/outbound"
 	"mxid/server/signing"
@@ -41,6 +42,9 @@ type Deps struct {
 	// bindings after it is committed (the lookup hash index keeps up
 	// through it).
 	Bindings BindingListener
+	// Lookup answers lookups (hash index, cascade). nil builds a
+	// local-only one over Store (tests of other areas).
+	Lookup *lookup.Service
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -61,6 +65,7 @@ type Server struct {
 	now     func() time.Time
 	proxies []netip.Prefix
 	binds   BindingListener
+	lk      *lookupAPI
 	mux     *http.ServeMux
 	handler http.Handler
 }
@@ -86,6 +91,14 @@ func New(cfg Config, d Deps) (*Server, error) {
 		now:    d.Now,
 		mux:    http.NewServeMux(),
 		binds:  d.Bindings,
+	}
+	lk, listener, err := newLookupAPI(d.Lookup, d)
+	if err != nil {
+		return nil, err
+	}
+	s.lk = lk
+	if s.binds == nil {
+		s.binds = listener
 	}
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)

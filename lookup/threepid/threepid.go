@@ -140,13 +140,36 @@ func EmailDomain(address string) (string, error) {
 	return idna.Lookup.ToASCII(address[at+1:])
 }
 
-// Hash is the spec's sha256 lookup hash of a canonical address.
+// Hash is the spec's sha256 lookup hash of a canonical address: SHA-256 of
+// "<address> <medium> <pepper>", URL-safe unpadded base64.
 func Hash(address, medium, pepper string) string {
-	h := sha256.New()
-	h.Write([]byte(address))
-	h.Write([]byte{' '})
-	h.Write([]byte(medium))
-	h.Write([]byte{' '})
-	h.Write([]byte(pepper))
-	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+	h := HashRaw(address, medium, pepper)
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// HashRaw is Hash before the base64 encoding (the lookup index keeps the 32
+// raw bytes).
+func HashRaw(address, medium, pepper string) [32]byte {
+	var stack [256]byte
+	n := len(address) + len(medium) + len(pepper) + 2
+	buf := stack[:0]
+	if n > len(stack) {
+		buf = make([]byte, 0, n)
+	}
+	buf = append(buf, address...)
+	buf = append(buf, ' ')
+	buf = append(buf, medium...)
+	buf = append(buf, ' ')
+	buf = append(buf, pepper...)
+	return sha256.Sum256(buf)
+}
+
+// DecodeHash decodes a hash as clients send it (URL-safe unpadded base64 of
+// 32 bytes); ok is false for anything else.
+func DecodeHash(s string) (h [32]byte, ok bool) {
+	if len(s) != 43 {
+		return h, false
+	}
+	n, err := base64.RawURLEncoding.Strict().Decode(h[:], []byte(s))
+	return h, err == nil && n == 32
 }
