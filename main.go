@@ -51,6 +51,8 @@ const usage = `mxid: a Matrix identity server
 Usage:
   mxid [serve] [-config PATH]     run the server (the default command)
   mxid check-config [-config PATH] validate the configuration, list every problem
+  mxid import [-config PATH] FILE  load bindings from JSON lines {"medium","address","mxid"[,"ts"]}
+  mxid bench-lookup [flags]       load benchmark of POST /v2/lookup (see -h)
   mxid version                    print the version
   mxid help                       print this help
 
@@ -71,6 +73,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, args, stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args, stdout, stderr)
+	case "import":
+		return cmdImport(args, stdout, stderr)
+	case "bench-lookup":
+		return cmdBenchLookup(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mxid", buildVersion())
 		return nil
@@ -187,6 +193,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer app.close()
 
+	go rotateOnSignal(ctx, app)
+
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTP.Listen, err)
@@ -265,6 +273,25 @@ func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.L
 	}
 	log.Info("lookup index built", "entries", lk.Index.Size(), "duration_ms", time.Since(start).Milliseconds())
 	return lk, nil
+}
+
+// rotateOnSignal rotates the lookup pepper when the process gets SIGUSR1
+// (an operator who suspects a leak; the load benchmark).
+func rotateOnSignal(ctx context.Context, a *app) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	defer signal.Stop(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			a.log.Info("SIGUSR1: rotating the lookup pepper")
+			if err := a.lookup.Index.Rotate(ctx); err != nil {
+				a.log.Error("pepper rotation failed", "err", err)
+			}
+		}
+	}
 }
 
 func (a *app) close() {
