@@ -232,16 +232,18 @@ func (b *bench) rss() string {
 	if err != nil {
 		return "n/a"
 	}
-	var cur, peak string
+	f := map[string]string{}
 	for _, l := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			cur = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			peak = strings.TrimSpace(v)
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			f[k] = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 		}
 	}
-	return cur + " (peak " + peak + ")"
+	mb := func(k string) string {
+		var n int
+		fmt.Sscan(f[k], &n)
+		return fmt.Sprintf("%d MB", n/1024)
+	}
+	return fmt.Sprintf("%s (anon %s, file %s; peak %s)", mb("VmRSS"), mb("RssAnon"), mb("RssFile"), mb("VmHWM"))
 }
 
 func (b *bench) fetchPepper() error {

@@ -9,7 +9,8 @@ import (
 	"log/slog"
 	"math/big"
 	"math/bits"
-	"runtime"
+	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,9 @@ import (
 
 // MetaKey is the meta key holding the pepper state.
 const MetaKey = "lookup_pepper"
+
+// sizeKey holds the size of the last index build (a hint for the next).
+const sizeKey = "lookup_index_size"
 
 const (
 	// idDirectory marks entries from the directory (LDAP): local bindings
@@ -86,11 +90,20 @@ func (t *table) get(h *[32]byte) (string, bool) {
 		}
 	}
 	lo, hi := t.bucket(h)
+	found := uint32(idDeleted)
 	for i := lo; i < hi; i++ {
 		e := &t.entries[i]
 		if e.h == *h && e.id&idMask != idDeleted {
-			return t.name(e.id & idMask), true
+			if e.id&idDirectory == 0 {
+				return t.name(e.id), true // a local binding wins over the directory
+			}
+			if found == idDeleted {
+				found = e.id & idMask
+			}
 		}
+	}
+	if found != idDeleted {
+		return t.name(found), true
 	}
 	return "", false
 }
@@ -121,7 +134,7 @@ func (t *table) size() int {
 // builder collects records and builds one table per pepper.
 type builder struct {
 	peppers []string
-	raw     [][]entry
+	raw     [][]entry // per pepper, unsorted
 	names   []byte
 	ends    []uint32
 }
@@ -131,15 +144,15 @@ func newBuilder(sizeHint int, peppers ...string) *builder {
 	for i := range b.raw {
 		b.raw[i] = make([]entry, 0, sizeHint)
 	}
-	b.names = make([]byte, 0, sizeHint*24)
+	b.names = make([]byte, 0, sizeHint*28)
 	b.ends = make([]uint32, 0, sizeHint)
 	return b
 }
 
-func (b *builder) add(medium, address, mxid string, directory bool) {
+func addRecord[S ~string | ~[]byte](b *builder, medium, address, mxid S, directory bool) {
 	id := uint32(len(b.ends))
-	if id >= idDeleted {
-		return // 2^31 entries: far beyond what fits in memory anyway
+	if id >= idDeleted || len(b.names)+len(mxid) > 1<<32-1 {
+		return // beyond 2^31 entries or 4 GiB of names: far beyond what fits anyway
 	}
 	b.names = append(b.names, mxid...)
 	b.ends = append(b.ends, uint32(len(b.names)))
@@ -151,17 +164,20 @@ func (b *builder) add(medium, address, mxid string, directory bool) {
 	}
 }
 
-// build turns the collected records into tables (one per pepper); the
-// builder must not be used afterwards.
+// build turns the collected records into tables (one per pepper): a
+// counting sort of the entries into their buckets by the hash's leading
+// bits (an in-place permutation saves the second array but is several times
+// slower: every move is a cache miss).
 func (b *builder) build(created time.Time) []*table {
 	names := b.names[:len(b.names):len(b.names)]
+	ends := b.ends[:len(b.ends):len(b.ends)]
 	out := make([]*table, len(b.peppers))
 	for i, p := range b.peppers {
 		raw := b.raw[i]
-		n := len(raw)
-		nb := max(8, bits.Len(uint(n))) // about one entry per bucket
+		b.raw[i] = nil
+		nb := max(8, bits.Len(uint(len(raw)))) // about one entry per bucket
 		nb = min(nb, 24)
-		t := &table{pepper: p, created: created, shift: uint(64 - nb), names: names, ends: b.ends, extra: map[[32]byte]string{}}
+		t := &table{pepper: p, created: created, shift: uint(64 - nb), names: names, ends: ends, extra: map[[32]byte]string{}}
 		t.starts = make([]uint32, 1<<nb+1)
 		for j := range raw {
 			t.starts[t.bucketOf(&raw[j].h)+1]++
@@ -169,15 +185,14 @@ func (b *builder) build(created time.Time) []*table {
 		for j := 1; j < len(t.starts); j++ {
 			t.starts[j] += t.starts[j-1]
 		}
-		t.entries = make([]entry, n)
+		t.entries = make([]entry, len(raw))
 		next := make([]uint32, 1<<nb)
 		copy(next, t.starts[:1<<nb])
-		for j := range raw { // stable: local entries (added first) stay ahead
+		for j := range raw {
 			bk := t.bucketOf(&raw[j].h)
 			t.entries[next[bk]] = raw[j]
 			next[bk]++
 		}
-		b.raw[i] = nil
 		out[i] = t
 	}
 	return out
@@ -306,6 +321,7 @@ func NewIndex(opt IndexOptions) (*Index, error) {
 	}
 	x.state.Store(st)
 	x.lastBuild.Store(int64(time.Since(start)))
+	releaseMemory()
 	return x, nil
 }
 
@@ -322,11 +338,15 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 	hint := 1024
 	if cur := x.state.Load(); cur != nil {
 		hint = cur.current.size() + 1024
+	} else if raw, ok, _ := x.opt.Store.GetMeta(sizeKey); ok {
+		if n, err := strconv.Atoi(string(raw)); err == nil && n >= 0 && n < 1<<30 {
+			hint = n + n/64 + 1024
+		}
 	}
 	b := newBuilder(hint, peppers...)
 	n := 0
-	err := x.opt.Store.ForEachBinding(func(medium, address, mxid string) error {
-		b.add(medium, address, mxid, false)
+	err := x.opt.Store.ScanBindings(func(medium, address, mxid []byte) error {
+		addRecord(b, medium, address, mxid, false)
 		if n++; n%65536 == 0 {
 			return ctx.Err()
 		}
@@ -336,10 +356,19 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 		return nil, fmt.Errorf("lookup index: reading local bindings: %w", err)
 	}
 	for _, d := range x.opt.Directories {
-		d.Records(func(medium, address, mxid string) { b.add(medium, address, mxid, true) })
+		d.Records(func(medium, address, mxid string) { addRecord(b, medium, address, mxid, true) })
 	}
-	return b.build(created), nil
+	tables := b.build(created)
+	if err := x.opt.Store.PutMeta(sizeKey, []byte(strconv.Itoa(len(tables[0].entries)))); err != nil {
+		x.opt.Logger.Debug("lookup index: saving its size", "err", err)
+	}
+	return tables, nil
 }
+
+// releaseMemory hands the memory of a build's scratch space and of dropped
+// tables back to the OS now rather than over the next minutes: the resident
+// size is what operators of small machines watch.
+func releaseMemory() { debug.FreeOSMemory() }
 
 // rebuild builds new tables in the background for peppers[0] (and keeps the
 // rest of the state as finish decides), replaying concurrent changes.
@@ -371,6 +400,7 @@ func (x *Index) rebuild(ctx context.Context, pepper string, created time.Time, f
 	}
 	x.state.Store(next)
 	x.lastBuild.Store(int64(time.Since(start)))
+	go releaseMemory() // the lock is held here; lookups need no memory back in a hurry
 	return nil
 }
 
@@ -446,7 +476,7 @@ func (x *Index) Run(ctx context.Context) {
 					x.state.Store(&indexState{current: cur.current})
 				}
 				x.mu.Unlock()
-				runtime.GC() // hand the old table's memory back soon
+				releaseMemory() // the previous table is garbage now
 				continue
 			}
 			wait = min(wait, st.prevExpires.Sub(now))

@@ -16,11 +16,11 @@ import (
 // bbolt (the load benchmark, mxid bench-lookup, measures the whole server).
 type memStore struct {
 	mu   sync.Mutex
-	rows [][3]string
+	rows [][3][]byte
 	meta map[string][]byte
 }
 
-func (m *memStore) ForEachBinding(fn func(medium, address, mxid string) error) error {
+func (m *memStore) ScanBindings(fn func(medium, address, mxid []byte) error) error {
 	for _, r := range m.rows {
 		if err := fn(r[0], r[1], r[2]); err != nil {
 			return err
@@ -51,7 +51,7 @@ func benchIndex(b *testing.B, n int) (*lookup.Index, *memStore) {
 	b.Helper()
 	st := &memStore{meta: map[string][]byte{}}
 	for i := range n {
-		st.rows = append(st.rows, [3]string{"email", fmt.Sprintf("user%d@example.org", i), fmt.Sprintf("@user%d:example.org", i)})
+		st.rows = append(st.rows, [3][]byte{[]byte("email"), fmt.Appendf(nil, "user%d@example.org", i), fmt.Appendf(nil, "@user%d:example.org", i)})
 	}
 	x, err := lookup.NewIndex(lookup.IndexOptions{Store: st, Rotation: time.Hour, Grace: time.Minute})
 	if err != nil {

@@ -37,8 +37,9 @@ type Source interface {
 // Store is what lookup needs from mxid's database: the local bindings and a
 // place for the pepper.
 type Store interface {
-	// ForEachBinding calls fn for every local binding.
-	ForEachBinding(fn func(medium, address, mxid string) error) error
+	// ScanBindings calls fn for every local binding; the slices are valid
+	// only during the call.
+	ScanBindings(fn func(medium, address, mxid []byte) error) error
 	// BoundMXIDs returns, for each {medium, address}, the bound Matrix ID
 	// or "".
 	BoundMXIDs(threepids [][2]string) ([]string, error)

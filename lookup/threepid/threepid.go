@@ -149,7 +149,7 @@ func Hash(address, medium, pepper string) string {
 
 // HashRaw is Hash before the base64 encoding (the lookup index keeps the 32
 // raw bytes).
-func HashRaw(address, medium, pepper string) [32]byte {
+func HashRaw[S ~string | ~[]byte](address, medium S, pepper string) [32]byte {
 	var stack [256]byte
 	n := len(address) + len(medium) + len(pepper) + 2
 	buf := stack[:0]
