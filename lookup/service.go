@@ -58,7 +58,7 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 	links := []*Link{{Source: Local{Store: d.Store}, Deadline: cfg.Deadlines.Local}}
 	var dirs []Directory
 	if ldapCfg.Enabled() {
-		l, err := NewLDAP(ldapCfg, d.Logger)
+		l, err := NewLDAP(ldapCfg, cfg.Deadlines.LDAP, d.Logger)
 		if err != nil {
 			return nil, err
 		}
