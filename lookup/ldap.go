@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -30,8 +31,9 @@ type LDAP struct {
 	log     *slog.Logger
 	attrs   []string
 
-	mu   sync.Mutex
-	conn *ldap.Conn
+	mu      sync.Mutex
+	conn    *ldap.Conn
+	entries atomic.Int64 // entries returned by lookup searches
 
 	snapMu   sync.RWMutex
 	snap     []Record
@@ -260,6 +262,7 @@ func (l *LDAP) search(ctx context.Context, base, filter string, fn func(*ldap.En
 		req := ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, int(max(1, l.timeout/time.Second)), false, filter, l.attrs, nil)
 		res := c.SearchAsync(ctx, req, 64)
 		for res.Next() {
+			l.entries.Add(1)
 			fn(res.Entry())
 		}
 		err = res.Err()
