@@ -80,3 +80,15 @@ func TestImport(t *testing.T) {
 		t.Errorf("dry run: %v %q", err, stdout.String())
 	}
 }
+
+// The example configuration is valid and says what the defaults are.
+func TestExampleConfigLookupSections(t *testing.T) {
+	cfg, err := loadConfig("mxid.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := DefaultConfig()
+	if fmt.Sprint(cfg.Lookup) != fmt.Sprint(def.Lookup) || fmt.Sprint(cfg.LDAP) != fmt.Sprint(def.LDAP) || fmt.Sprint(cfg.DNS) != fmt.Sprint(def.DNS) {
+		t.Errorf("mxid.toml.example differs from the defaults:\n%+v\n%+v\n%+v\n%+v", cfg.Lookup, def.Lookup, cfg.LDAP, def.LDAP)
+	}
+}

@@ -139,7 +139,7 @@ func (e *lookupEnv) lookup(alg, pepper string, addresses ...string) (int, map[st
 	return e.do("POST", "/_matrix/identity/v2/lookup", e.token, map[string]any{"algorithm": alg, "pepper": pepper, "addresses": addresses})
 }
 
-func mappings(t *testing.T, body map[string]any) map[string]string {
+func lookupMappings(t *testing.T, body map[string]any) map[string]string {
 	t.Helper()
 	m, ok := body["mappings"].(map[string]any)
 	if !ok {
@@ -176,7 +176,7 @@ func TestLookupSpecExample(t *testing.T) {
 	e.bind("email", "alice@example.com", "@alice:example.org")
 	h := threepid.Hash("alice@example.com", "email", "matrixrocksmatrixrocks")
 	code, body := e.lookup("sha256", "matrixrocksmatrixrocks", h, "nlo35_T5fzSGZzJApqu8lgIudJvmOQtDaHtr-I4rU7I")
-	if code != 200 || fmt.Sprint(mappings(t, body)) != fmt.Sprintf("map[%s:@alice:example.org]", h) {
+	if code != 200 || fmt.Sprint(lookupMappings(t, body)) != fmt.Sprintf("map[%s:@alice:example.org]", h) {
 		t.Errorf("%d %v", code, body)
 	}
 }
@@ -189,21 +189,21 @@ func TestLookupBindUnbindEveryAlgorithm(t *testing.T) {
 	e.bind("msisdn", "447700900001", "@phone:example.org")
 	hE, hM := threepid.Hash("strauss@example.com", "email", p), threepid.Hash("447700900001", "msisdn", p)
 	_, body := e.lookup("sha256", p, hE, hM, hE)
-	if got := mappings(t, body); got[hE] != "@strauss:example.org" || got[hM] != "@phone:example.org" || len(got) != 2 {
+	if got := lookupMappings(t, body); got[hE] != "@strauss:example.org" || got[hM] != "@phone:example.org" || len(got) != 2 {
 		t.Errorf("sha256: %v", got)
 	}
 	// Plaintext: the address is canonicalised (case folding), the key echoes the client's string.
 	_, body = e.lookup("none", p, "Strauß@Example.COM email", "447700900001 msisdn", "nobody@example.com email", "garbage", "a@b.c msisdn")
-	if got := mappings(t, body); got["Strauß@Example.COM email"] != "@strauss:example.org" || got["447700900001 msisdn"] != "@phone:example.org" || len(got) != 2 {
+	if got := lookupMappings(t, body); got["Strauß@Example.COM email"] != "@strauss:example.org" || got["447700900001 msisdn"] != "@phone:example.org" || len(got) != 2 {
 		t.Errorf("none: %v", got)
 	}
 	e.unbind("email", "strauss@example.com", "@strauss:example.org")
 	_, body = e.lookup("sha256", p, hE, hM)
-	if got := mappings(t, body); len(got) != 1 || got[hM] == "" {
+	if got := lookupMappings(t, body); len(got) != 1 || got[hM] == "" {
 		t.Errorf("sha256 after unbind: %v", got)
 	}
 	_, body = e.lookup("none", p, "strauss@example.com email")
-	if got := mappings(t, body); len(got) != 0 {
+	if got := lookupMappings(t, body); len(got) != 0 {
 		t.Errorf("none after unbind: %v", got)
 	}
 }
@@ -238,8 +238,8 @@ func TestLookupBadInput(t *testing.T) {
 		{"addresses not a list", `{"algorithm":"sha256","pepper":"` + p + `","addresses":"x"}`, 400, "M_INVALID_PARAM"},
 		{"addresses with numbers", `{"algorithm":"sha256","pepper":"` + p + `","addresses":["x",1]}`, 400, "M_INVALID_PARAM"},
 		{"addresses with objects", `{"algorithm":"sha256","pepper":"` + p + `","addresses":[{}]}`, 400, "M_INVALID_PARAM"},
-		{"too many", mustJSON(map[string]any{"algorithm": "sha256", "pepper": p, "addresses": many}), 400, "M_TOO_LARGE"},
-		{"malformed hashes", mustJSON(map[string]any{"algorithm": "sha256", "pepper": p, "addresses": []string{"!!!", long, ""}}), 200, ""},
+		{"too many", lookupJSON(map[string]any{"algorithm": "sha256", "pepper": p, "addresses": many}), 400, "M_TOO_LARGE"},
+		{"malformed hashes", lookupJSON(map[string]any{"algorithm": "sha256", "pepper": p, "addresses": []string{"!!!", long, ""}}), 200, ""},
 	} {
 		code, body := e.do("POST", "/_matrix/identity/v2/lookup", e.token, c.body)
 		if code != c.status || (c.code != "" && body["errcode"] != c.code) {
@@ -248,7 +248,7 @@ func TestLookupBadInput(t *testing.T) {
 		if c.code == "M_INVALID_PEPPER" && (body["lookup_pepper"] != p || body["algorithm"] != "sha256") {
 			t.Errorf("%s: the error must carry algorithm and the current pepper: %v", c.name, body)
 		}
-		if c.status == 200 && len(mappings(t, body)) != 0 {
+		if c.status == 200 && len(lookupMappings(t, body)) != 0 {
 			t.Errorf("%s: %v", c.name, body)
 		}
 	}
@@ -272,7 +272,7 @@ func TestLookupBadInput(t *testing.T) {
 	}
 }
 
-func mustJSON(v any) string {
+func lookupJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
@@ -293,7 +293,7 @@ func TestLookupPepperRotation(t *testing.T) {
 	e.bind("email", "bob@example.org", "@bob:example.org") // after the rotation: found with both
 	for _, p := range []string{old, cur} {
 		code, body := e.lookup("sha256", p, threepid.Hash("alice@example.org", "email", p), threepid.Hash("bob@example.org", "email", p))
-		if code != 200 || len(mappings(t, body)) != 2 {
+		if code != 200 || len(lookupMappings(t, body)) != 2 {
 			t.Errorf("pepper %s: %d %v", p[:4], code, body)
 		}
 	}
