@@ -19,7 +19,7 @@ func TestImport(t *testing.T) {
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf("data_dir = %q\n", filepath.Join(dir, "data"))), 0o600)
 	lines := []string{
 		`{"medium":"email","address":"Alice@Example.ORG","mxid":"@alice:example.org","ts":1600000000000}`, // 1: canonicalised
-		`{"medium":"msisdn","address":"447700900001","mxid":"@bob:example.org"}`,                            // 2
+		`{"medium":"msisdn","address":"447700900001","mxid":"@bob:example.org"}`,                          // 2
 		``, // 3: blank
 		`{"medium":"msisdn","address":"+44 7700 900002","mxid":"@carol:example.org"}`, // 4: normalised
 		`{"medium":"email","address":"a@b.com, c@d.com","mxid":"@x:example.org"}`,     // 5: two addresses
@@ -29,8 +29,8 @@ func TestImport(t *testing.T) {
 		`not json`, // 9
 		`{"medium":"email","address":"f@example.org","mxid":"@f:example.org","extra":1}`, // 10: unknown key
 		`{"medium":"email","address":"g@example.org","mxid":"@g:example.org","ts":-5}`,   // 11: bad ts
-		`{"medium":"email","address":"g@example.org","mxid":"@g:exa mple.org"}`,         // 12: bad server name
-		`{"medium":"email","address":"h@example.org","mxid":"@h:example.org"} {}`,       // 13: two values
+		`{"medium":"email","address":"g@example.org","mxid":"@g:exa mple.org"}`,          // 12: bad server name
+		`{"medium":"email","address":"h@example.org","mxid":"@h:example.org"} {}`,        // 13: two values
 	}
 	file := filepath.Join(dir, "bindings.jsonl")
 	os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600)

@@ -24,11 +24,19 @@ func TestConfigProblems(t *testing.T) {
 		mod  func(*lookup.Config, *lookup.LDAPConfig, *[]lookup.ForwarderConfig)
 		want string
 	}{
-		{"no sha256", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) { c.Algorithms = []string{"none"} }, `must contain "sha256"`},
-		{"md5", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) { c.Algorithms = []string{"sha256", "md5"} }, `"md5"`},
+		{"no sha256", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) {
+			c.Algorithms = []string{"none"}
+		}, `must contain "sha256"`},
+		{"md5", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) {
+			c.Algorithms = []string{"sha256", "md5"}
+		}, `"md5"`},
 		{"short pepper", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) { c.Pepper = "short" }, "lookup.pepper"},
-		{"grace > rotation", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) { c.PepperGrace = 48 * time.Hour }, "pepper_grace"},
-		{"bad cidr", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) { c.RecursionCIDRs = []string{"10.0.0/8"} }, "recursion_cidrs"},
+		{"grace > rotation", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) {
+			c.PepperGrace = 48 * time.Hour
+		}, "pepper_grace"},
+		{"bad cidr", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) {
+			c.RecursionCIDRs = []string{"10.0.0/8"}
+		}, "recursion_cidrs"},
 		{"burst below cap", func(c *lookup.Config, _ *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) { c.RatePerIP.Burst = 10 }, "rate_per_ip"},
 		{"ldap url", func(_ *lookup.Config, l *lookup.LDAPConfig, _ *[]lookup.ForwarderConfig) {
 			l.URLs, l.BaseDNs, l.Preset, l.UIDDomain = []string{"http://dc"}, []string{"dc=x"}, "ad", "x.org"

@@ -73,3 +73,16 @@ func TestParsePhone(t *testing.T) {
 		t.Error("CanonicalMSISDN accepted a leading +")
 	}
 }
+
+func TestDecodeHash(t *testing.T) {
+	h := Hash("alice@example.com", Email, "matrixrocks")
+	raw, ok := DecodeHash(h)
+	if !ok || raw != HashRaw("alice@example.com", Email, "matrixrocks") || raw != HashRaw([]byte("alice@example.com"), []byte(Email), "matrixrocks") {
+		t.Fatalf("DecodeHash(%q) = %x, %v", h, raw, ok)
+	}
+	for _, bad := range []string{"", "!!!", h[:42], h + "A", h[:42] + "=", h[:42] + "+", h[:42] + "/"} {
+		if _, ok := DecodeHash(bad); ok {
+			t.Errorf("DecodeHash(%q) accepted", bad)
+		}
+	}
+}
