@@ -34,7 +34,7 @@ func (c *lookupClock) add(d time.Duration) {
 
 // lookupEnv is a server with a lookup service over a real store.
 type lookupEnv struct {
-	t     *testing.T
+	t     testing.TB
 	store *db.Store
 	svc   *lookup.Service
 	srv   *Server
@@ -43,7 +43,7 @@ type lookupEnv struct {
 	clock *lookupClock
 }
 
-func newLookupEnv(t *testing.T, mod func(*Config, *lookup.Config)) *lookupEnv {
+func newLookupEnv(t testing.TB, mod func(*Config, *lookup.Config)) *lookupEnv {
 	t.Helper()
 	store, err := db.Open(t.TempDir())
 	if err != nil {
@@ -333,5 +333,37 @@ func TestLookupV1(t *testing.T) {
 	e2 := newLookupEnv(t, nil)
 	if code, _ := e2.do("GET", "/_matrix/identity/api/v1/lookup?medium=email&address=a@b.org", "", nil); code != 404 {
 		t.Errorf("v1 off: %d", code)
+	}
+}
+
+func TestPlainStrList(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []string
+		ok   bool
+	}{
+		{`[]`, []string{}, true},
+		{` [ "a" , "bc" ] `[1:], nil, false}, // leading space already trimmed by the validator; trailing space is not ours
+		{`["a","bc"]`, []string{"a", "bc"}, true},
+		{"[ \"a\",\n\t\"b\" ]", []string{"a", "b"}, true},
+		{`["a\"b"]`, nil, false}, // escapes: encoding/json decodes
+		{`["\u0041"]`, nil, false},
+		{`["a",1]`, nil, false},
+		{`["a",]`, nil, false},
+		{`"a"`, nil, false},
+		{`["a"]x`, nil, false},
+	} {
+		got, ok := plainStrList(json.RawMessage(c.in))
+		if ok != c.ok || (ok && fmt.Sprint(got) != fmt.Sprint(c.want)) {
+			t.Errorf("plainStrList(%q) = %q, %v", c.in, got, ok)
+		}
+	}
+	// Through the accessor, escapes still work.
+	o, err := parseObject([]byte(`{"a":["x\"y","\u00e9"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := o.strList("a", true); err != nil || l[0] != `x"y` || l[1] != "é" {
+		t.Errorf("strList with escapes: %q, %v", l, err)
 	}
 }
