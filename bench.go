@@ -43,6 +43,7 @@ func cmdBenchLookup(ctx context.Context, args []string, stdout, stderr io.Writer
 	target := fs.String("url", "", "drive this server instead of starting one (e.g. http://127.0.0.1:8090)")
 	token := fs.String("token", "", "access token at -url")
 	gen := fs.String("gen", "", "only write the generated bindings to this JSON-lines file and exit")
+	genSydent := fs.String("gen-sydent", "", "only write the generated bindings as SQL for sydent's database and exit")
 	logLevel := fs.String("log-level", "warn", "log level of the started server (info logs every request)")
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
@@ -53,6 +54,9 @@ func cmdBenchLookup(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if *gen != "" {
 		return writeBenchBindings(*gen, *n)
+	}
+	if *genSydent != "" {
+		return writeSydentSQL(*genSydent, *n)
 	}
 	b := &bench{n: *n, out: stdout}
 	if *target != "" {
@@ -98,6 +102,31 @@ func writeBenchBindings(path string, n int) error {
 	for i := range n {
 		fmt.Fprintf(w, `{"medium":"email","address":%q,"mxid":%q,"ts":1700000000000}`+"\n", benchAddress(i), benchMXID(i))
 	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// writeSydentSQL writes the generated bindings as SQL for sydent's SQLite
+// database (its local and global association tables, lookup_hash left
+// empty): sydent computes the hashes when it starts without a pepper in
+// hashing_metadata, which the script deletes.
+func writeSydentSQL(path string, n int) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	fmt.Fprintln(w, "BEGIN;")
+	for i := range n {
+		a, m := benchAddress(i), benchMXID(i)
+		fmt.Fprintf(w, "INSERT INTO local_threepid_associations (medium, address, mxid, ts, notBefore, notAfter) VALUES ('email', '%s', '%s', 1700000000000, 1700000000000, 4853600000000);\n", a, m)
+		fmt.Fprintf(w, "INSERT INTO global_threepid_associations (medium, address, mxid, ts, notBefore, notAfter, originServer, originId, sgAssoc) VALUES ('email', '%s', '%s', 1700000000000, 1700000000000, 4853600000000, 'bench', %d, '{}');\n", a, m, i+1)
+	}
+	fmt.Fprintln(w, "DELETE FROM hashing_metadata;")
+	fmt.Fprintln(w, "COMMIT;")
 	if err := w.Flush(); err != nil {
 		f.Close()
 		return err
