@@ -229,3 +229,40 @@ func TestLDAPDown(t *testing.T) {
 		t.Errorf("directory back: %v", got)
 	}
 }
+
+// LDAPS and StartTLS, with the directory's CA from ca_file; without it the
+// certificate is refused, unless insecure_skip_verify.
+func TestLDAPTLS(t *testing.T) {
+	d := startSlapdTLS(t, seedDirectory(), true)
+	bob := lookup.ThreePID{Medium: "email", Address: "bob@example.org"}
+	for _, c := range []struct {
+		name     string
+		url      string
+		starttls bool
+		ca       bool
+		insecure bool
+		ok       bool
+	}{
+		{"ldaps with ca_file", d.tlsURL, false, true, false, true},
+		{"starttls with ca_file", d.url, true, true, false, true},
+		{"ldaps without the CA", d.tlsURL, false, false, false, false},
+		{"starttls without the CA", d.url, true, false, false, false},
+		{"ldaps, insecure_skip_verify", d.tlsURL, false, false, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := ldapConfig(c.url)
+			cfg.StartTLS, cfg.InsecureSkipVerify = c.starttls, c.insecure
+			if c.ca {
+				cfg.CAFile = d.caFile
+			}
+			l := newLDAP(t, cfg, 3*time.Second)
+			got, err := l.Lookup(context.Background(), []lookup.ThreePID{bob})
+			if c.ok && (err != nil || got[bob] != "@bob:example.org") {
+				t.Errorf("got %v, %v", got, err)
+			}
+			if !c.ok && (err == nil || len(got) != 0) {
+				t.Errorf("an unverified directory was used: %v, %v", got, err)
+			}
+		})
+	}
+}

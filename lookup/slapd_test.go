@@ -1,7 +1,14 @@
 package lookup_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -23,6 +30,8 @@ type slapd struct {
 	t       *testing.T
 	dir     string
 	url     string
+	tlsURL  string // ldaps://, when started with TLS
+	caFile  string // the CA that signed the server's certificate
 	cmd     *exec.Cmd
 	stopped bool
 }
@@ -34,7 +43,11 @@ const (
 	ldapPW     = "readerpw"
 )
 
-func startSlapd(t *testing.T, seed string) *slapd {
+func startSlapd(t *testing.T, seed string) *slapd { return startSlapdTLS(t, seed, false) }
+
+// startSlapdTLS also serves ldaps:// and StartTLS with a certificate for
+// 127.0.0.1 signed by a CA made for the test (caFile).
+func startSlapdTLS(t *testing.T, seed string, withTLS bool) *slapd {
 	t.Helper()
 	bin := "/usr/sbin/slapd"
 	if _, err := os.Stat(bin); err != nil {
@@ -50,7 +63,13 @@ func startSlapd(t *testing.T, seed string) *slapd {
 	os.Chmod(dir, 0o755)
 	s := &slapd{t: t, dir: dir}
 	t.Cleanup(func() { s.stop(); os.RemoveAll(dir) })
-	conf := fmt.Sprintf(`include /etc/ldap/schema/core.schema
+	tlsConf := ""
+	if withTLS {
+		s.caFile = filepath.Join(dir, "ca.pem")
+		writeTestCerts(t, dir)
+		tlsConf = fmt.Sprintf("TLSCACertificateFile %[1]s/ca.pem\nTLSCertificateFile %[1]s/cert.pem\nTLSCertificateKeyFile %[1]s/key.pem\n", dir)
+	}
+	conf := tlsConf + fmt.Sprintf(`include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
@@ -107,6 +126,14 @@ ou: people
 	}
 	s.url = "ldap://" + ln.Addr().String()
 	ln.Close()
+	if withTLS {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.tlsURL = "ldaps://" + ln.Addr().String()
+		ln.Close()
+	}
 	s.start()
 	return s
 }
@@ -114,7 +141,11 @@ ou: people
 // start runs slapd (again) on the same port and data.
 func (s *slapd) start() {
 	s.t.Helper()
-	args := []string{"/usr/sbin/slapd", "-f", filepath.Join(s.dir, "slapd.conf"), "-h", s.url + "/", "-d", "0"}
+	urls := s.url + "/"
+	if s.tlsURL != "" {
+		urls += " " + s.tlsURL + "/"
+	}
+	args := []string{"/usr/sbin/slapd", "-f", filepath.Join(s.dir, "slapd.conf"), "-h", urls, "-d", "0"}
 	if os.Geteuid() == 0 {
 		if out, err := exec.Command("chown", "-R", "nobody:nogroup", s.dir).CombinedOutput(); err != nil {
 			s.t.Fatalf("chown: %v %s", err, out)
@@ -167,6 +198,37 @@ func (s *slapd) stop() {
 // pause freezes slapd (SIGSTOP): connections hang rather than fail.
 func (s *slapd) pause()  { s.cmd.Process.Signal(syscall.SIGSTOP) }
 func (s *slapd) resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
+
+// writeTestCerts writes ca.pem, cert.pem (for 127.0.0.1, signed by the CA)
+// and key.pem into dir.
+func writeTestCerts(t *testing.T, dir string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mxid test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	for name, block := range map[string]*pem.Block{
+		"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "cert.pem": {Type: "CERTIFICATE", Bytes: der}, "key.pem": {Type: "PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 // person is one inetOrgPerson entry of the seed.
 func person(uid string, attrs ...string) string {
