@@ -217,7 +217,7 @@ func TestIndexNoLostUpdates(t *testing.T) {
 			}
 		}
 	}()
-	for i := range 3000 {
+	for i := range 1200 {
 		bind(t, s, x, "email", fmt.Sprintf("new%d@example.org", i), fmt.Sprintf("@new%d:example.org", i))
 		if i%3 == 0 {
 			unbind(t, s, x, "email", fmt.Sprintf("u%d@example.org", i), fmt.Sprintf("@u%d:example.org", i))
@@ -225,8 +225,11 @@ func TestIndexNoLostUpdates(t *testing.T) {
 	}
 	stop.Store(true)
 	wg.Wait()
+	if r := x.Stats().Rotations; r < 5 {
+		t.Fatalf("only %d rotations ran during the binds", r)
+	}
 	p := x.Pepper()
-	for i := range 3000 {
+	for i := range 1200 {
 		if got, _ := find(t, x, p, "email", fmt.Sprintf("new%d@example.org", i)); got != fmt.Sprintf("@new%d:example.org", i) {
 			t.Fatalf("bind %d lost across rotation: %q", i, got)
 		}

@@ -196,7 +196,19 @@ func (s *slapd) stop() {
 }
 
 // pause freezes slapd (SIGSTOP): connections hang rather than fail.
-func (s *slapd) pause()  { s.cmd.Process.Signal(syscall.SIGSTOP) }
+// It returns once the kernel shows the process stopped: the signal is
+// asynchronous.
+func (s *slapd) pause() {
+	s.cmd.Process.Signal(syscall.SIGSTOP)
+	for range 200 {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+		if _, rest, ok := strings.Cut(string(stat), ") "); ok && (strings.HasPrefix(rest, "T") || strings.HasPrefix(rest, "t")) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.t.Fatal("slapd did not stop")
+}
 func (s *slapd) resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
 
 // writeTestCerts writes ca.pem, cert.pem (for 127.0.0.1, signed by the CA)
