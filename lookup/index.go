@@ -10,7 +10,6 @@ import (
 	"math/big"
 	"math/bits"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,13 +138,16 @@ type builder struct {
 	ends    []uint32
 }
 
-func newBuilder(sizeHint int, peppers ...string) *builder {
+// newBuilder sizes the builder for about entries records holding
+// nameBytes of Matrix IDs: growing a slice of a million entries by append
+// would briefly hold it twice.
+func newBuilder(entries, nameBytes int, peppers ...string) *builder {
 	b := &builder{peppers: peppers, raw: make([][]entry, len(peppers))}
 	for i := range b.raw {
-		b.raw[i] = make([]entry, 0, sizeHint)
+		b.raw[i] = make([]entry, 0, entries)
 	}
-	b.names = make([]byte, 0, sizeHint*28)
-	b.ends = make([]uint32, 0, sizeHint)
+	b.names = make([]byte, 0, nameBytes)
+	b.ends = make([]uint32, 0, entries)
 	return b
 }
 
@@ -164,38 +166,78 @@ func addRecord[S ~string | ~[]byte](b *builder, medium, address, mxid S, directo
 	}
 }
 
-// build turns the collected records into tables (one per pepper): a
-// counting sort of the entries into their buckets by the hash's leading
-// bits (an in-place permutation saves the second array but is several times
-// slower: every move is a cache miss).
+// build turns the collected records into tables (one per pepper), in
+// place, so building needs no second array of entries: an MSD radix sort on
+// the bucket bits of the hash, first by the top 8 bits (256 sequential write
+// streams: cache-friendly), then each of those partitions, which fit in
+// cache, by the remaining bucket bits.
 func (b *builder) build(created time.Time) []*table {
 	names := b.names[:len(b.names):len(b.names)]
 	ends := b.ends[:len(b.ends):len(b.ends)]
 	out := make([]*table, len(b.peppers))
 	for i, p := range b.peppers {
-		raw := b.raw[i]
+		es := b.raw[i][:len(b.raw[i]):len(b.raw[i])]
 		b.raw[i] = nil
-		nb := max(8, bits.Len(uint(len(raw)))) // about one entry per bucket
+		nb := max(8, bits.Len(uint(len(es)))) // about one entry per bucket
 		nb = min(nb, 24)
-		t := &table{pepper: p, created: created, shift: uint(64 - nb), names: names, ends: ends, extra: map[[32]byte]string{}}
+		t := &table{pepper: p, created: created, shift: uint(64 - nb), entries: es, names: names, ends: ends, extra: map[[32]byte]string{}}
+		lo := uint(nb - 8) // bits below the top 8
+		var pos, fill []uint32
+		permute(es, 64-8, 8, &pos, &fill)
+		part := append([]uint32(nil), pos...) // partitions by the top 8 bits
+		if lo > 0 {
+			for k := 0; k < 256; k++ {
+				permute(es[part[k]:part[k+1]], t.shift, lo, &pos, &fill)
+			}
+		}
 		t.starts = make([]uint32, 1<<nb+1)
-		for j := range raw {
-			t.starts[t.bucketOf(&raw[j].h)+1]++
+		for j := range es {
+			t.starts[t.bucketOf(&es[j].h)+1]++
 		}
 		for j := 1; j < len(t.starts); j++ {
 			t.starts[j] += t.starts[j-1]
 		}
-		t.entries = make([]entry, len(raw))
-		next := make([]uint32, 1<<nb)
-		copy(next, t.starts[:1<<nb])
-		for j := range raw {
-			bk := t.bucketOf(&raw[j].h)
-			t.entries[next[bk]] = raw[j]
-			next[bk]++
-		}
 		out[i] = t
 	}
 	return out
+}
+
+func prefix(h *[32]byte) uint64 {
+	return uint64(h[0])<<56 | uint64(h[1])<<48 | uint64(h[2])<<40 | uint64(h[3])<<32
+}
+
+// permute orders es in place by key (prefix >> shift) & (1<<nbits - 1)
+// (an American flag sort). pos and fill are scratch space; on return pos
+// holds the bucket boundaries.
+func permute(es []entry, shift, nbits uint, pos, fill *[]uint32) {
+	n := 1 << nbits
+	mask := uint64(n - 1)
+	if cap(*pos) < n+1 {
+		*pos, *fill = make([]uint32, n+1), make([]uint32, n)
+	}
+	ps, fs := (*pos)[:n+1], (*fill)[:n]
+	clear(ps)
+	for j := range es {
+		ps[(prefix(&es[j].h)>>shift)&mask+1]++
+	}
+	for j := 1; j <= n; j++ {
+		ps[j] += ps[j-1]
+	}
+	copy(fs, ps[:n])
+	for bk := 0; bk < n; bk++ {
+		end := ps[bk+1]
+		for fs[bk] < end {
+			e := es[fs[bk]]
+			for to := (prefix(&e.h) >> shift) & mask; to != uint64(bk); to = (prefix(&e.h) >> shift) & mask {
+				j := fs[to]
+				fs[to]++
+				e, es[j] = es[j], e
+			}
+			es[fs[bk]] = e
+			fs[bk]++
+		}
+	}
+	*pos = ps
 }
 
 func (t *table) bucketOf(h *[32]byte) uint64 {
@@ -335,15 +377,15 @@ func (x *Index) savePepper(ps pepperState) error {
 
 // scan reads every source and builds one table per pepper.
 func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) ([]*table, error) {
-	hint := 1024
+	// The last build's size, plus room for what was bound since.
+	entries, nameBytes := 0, 0
 	if cur := x.state.Load(); cur != nil {
-		hint = cur.current.size() + 1024
+		entries, nameBytes = cur.current.size(), len(cur.current.names)+32*len(cur.current.extra)
 	} else if raw, ok, _ := x.opt.Store.GetMeta(sizeKey); ok {
-		if n, err := strconv.Atoi(string(raw)); err == nil && n >= 0 && n < 1<<30 {
-			hint = n + n/64 + 1024
-		}
+		fmt.Sscanf(string(raw), "%d %d", &entries, &nameBytes)
+		entries, nameBytes = min(max(entries, 0), 1<<30), min(max(nameBytes, 0), 1<<32)
 	}
-	b := newBuilder(hint, peppers...)
+	b := newBuilder(entries+entries/64+1024, nameBytes+nameBytes/64+32*1024, peppers...)
 	n := 0
 	err := x.opt.Store.ScanBindings(func(medium, address, mxid []byte) error {
 		addRecord(b, medium, address, mxid, false)
@@ -359,7 +401,7 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 		d.Records(func(medium, address, mxid string) { addRecord(b, medium, address, mxid, true) })
 	}
 	tables := b.build(created)
-	if err := x.opt.Store.PutMeta(sizeKey, []byte(strconv.Itoa(len(tables[0].entries)))); err != nil {
+	if err := x.opt.Store.PutMeta(sizeKey, fmt.Appendf(nil, "%d %d", len(tables[0].entries), len(tables[0].names))); err != nil {
 		x.opt.Logger.Debug("lookup index: saving its size", "err", err)
 	}
 	return tables, nil
@@ -380,6 +422,7 @@ func (x *Index) rebuild(ctx context.Context, pepper string, created time.Time, f
 	log := []event{}
 	x.pending = &log
 	x.mu.Unlock()
+	releaseMemory() // start the build from a compact heap: the peak is old + new table
 	tables, err := x.scan(ctx, []string{pepper}, created)
 	x.mu.Lock()
 	defer x.mu.Unlock()
