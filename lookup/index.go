@@ -25,8 +25,8 @@ import (
 //
 // A table is built once, in the background, from a scan of the sources:
 // entries {hash, name id} placed in buckets by the hash's leading bits (a
-// counting sort: hashes are uniform, so a bucket holds about one entry and a
-// lookup is two memory reads), Matrix IDs in one byte arena. Changes after
+// radix sort in place: hashes are uniform, so a bucket holds about one entry
+// and a lookup is two memory reads), Matrix IDs in one byte arena. Changes after
 // the build (binds, unbinds) go to a small overlay map and tombstones. The
 // tables in use hang off an atomic pointer, so a rebuild never blocks a
 // lookup; binds and unbinds made while a rebuild runs are logged and replayed
@@ -39,8 +39,8 @@ const MetaKey = "lookup_pepper"
 const sizeKey = "lookup_index_size"
 
 const (
-	// idDirectory marks entries from the directory (LDAP): local bindings
-	// come first in a bucket and win.
+	// idDirectory marks entries from the directory (LDAP); a local binding
+	// of the same 3PID wins over them.
 	idDirectory = 1 << 31
 	idMask      = idDirectory - 1
 	idDeleted   = idMask
@@ -76,8 +76,7 @@ func (t *table) name(id uint32) string {
 }
 
 func (t *table) bucket(h *[32]byte) (lo, hi uint32) {
-	p := uint64(h[0])<<56 | uint64(h[1])<<48 | uint64(h[2])<<40 | uint64(h[3])<<32
-	b := p >> t.shift
+	b := prefix(h) >> t.shift
 	return t.starts[b], t.starts[b+1]
 }
 
@@ -240,10 +239,7 @@ func permute(es []entry, shift, nbits uint, pos, fill *[]uint32) {
 	*pos = ps
 }
 
-func (t *table) bucketOf(h *[32]byte) uint64 {
-	p := uint64(h[0])<<56 | uint64(h[1])<<48 | uint64(h[2])<<40 | uint64(h[3])<<32
-	return p >> t.shift
-}
+func (t *table) bucketOf(h *[32]byte) uint64 { return prefix(h) >> t.shift }
 
 // Directory is a source whose whole content the index holds (LDAP, after a
 // sync).
@@ -634,7 +630,7 @@ func (x *Index) Resolve(medium, address string) (string, bool) {
 
 // IndexStats are cheap counters for metrics.
 type IndexStats struct {
-	Entries       int           // current table, overlay included
+	Entries       int           // current table, overlay included (an estimate: unbinds leave tombstones)
 	Hits, Misses  int64         // sha256 addresses answered / not found
 	Rotations     int64         // since start
 	PepperAge     time.Duration // age of the current pepper
