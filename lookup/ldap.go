@@ -288,6 +288,15 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 		return false, 0, err
 	}
 	defer c.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // a shutdown does not wait for a page in flight
+		select {
+		case <-ctx.Done():
+			c.Close()
+		case <-done:
+		}
+	}()
 	var terms []string
 	for _, a := range append(append([]string{}, l.cfg.EmailAttributes...), l.cfg.MSISDNAttributes...) {
 		terms = append(terms, "("+a+"=*)")
