@@ -10,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"mxid/lookup"
 	"mxid/mail"
 	"mxid/server"
 )
@@ -25,9 +26,13 @@ type Config struct {
 
 	// TemplatesDir holds files that replace the embedded templates of the
 	// same name (emails, SMS, submitToken pages); "" uses the embedded ones.
-	TemplatesDir string           `toml:"templates_dir"`
-	Email        mail.EmailConfig `toml:"email"`
-	SMS          mail.SMSConfig   `toml:"sms"`
+	TemplatesDir string                   `toml:"templates_dir"`
+	Email        mail.EmailConfig         `toml:"email"`
+	SMS          mail.SMSConfig           `toml:"sms"`
+	Lookup       lookup.Config            `toml:"lookup"`
+	LDAP         lookup.LDAPConfig        `toml:"ldap"`
+	DNS          lookup.DNSConfig         `toml:"dns"`
+	Forwarders   []lookup.ForwarderConfig `toml:"forwarders"`
 }
 
 // LogConfig is the [log] section.
@@ -44,14 +49,21 @@ func DefaultConfig() Config {
 		DataDir: "./mxid-data",
 		Log:     LogConfig{Level: "info", Format: "text"},
 
-		Email: mail.DefaultEmailConfig(),
-		SMS:   mail.DefaultSMSConfig(),
+		Email:  mail.DefaultEmailConfig(),
+		SMS:    mail.DefaultSMSConfig(),
+		Lookup: lookup.DefaultConfig(),
+		LDAP:   lookup.DefaultLDAPConfig(),
+		DNS:    lookup.DefaultDNSConfig(),
 	}
 }
 
 // Validate reports every problem in the configuration, not just the first.
 func (c *Config) Validate() []error {
 	errs := c.Config.Validate()
+	errs = append(errs, c.Lookup.Validate()...)
+	errs = append(errs, c.LDAP.Validate()...)
+	errs = append(errs, c.DNS.Validate()...)
+	errs = append(errs, lookup.ValidateForwarders(c.Forwarders)...)
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir must not be empty"))
 	}

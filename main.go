@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/lookup"
 	"mxid/mail"
 	"mxid/server"
 	"mxid/server/outbound"
@@ -52,6 +54,8 @@ Usage:
   mxid backup [-config PATH] FILE  write a checked copy of the database (also while serving)
   mxid install --domain NAME ...   install as a systemd service (user, config, unit); --dry-run shows the plan
   mxid check WHAT [ARGS]           self-tests with the configured settings (mxid check help lists them)
+  mxid import [-config PATH] FILE  load bindings from JSON lines {"medium","address","mxid"[,"ts"]}
+  mxid bench-lookup [flags]       load benchmark of POST /v2/lookup (see -h)
   mxid version                    print the version
   mxid help                       print this help
 
@@ -78,6 +82,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdInstall(ctx, args, stdout, stderr)
 	case "check":
 		return cmdCheck(ctx, args, stdout, stderr)
+	case "import":
+		return cmdImport(args, stdout, stderr)
+	case "bench-lookup":
+		return cmdBenchLookup(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mxid", buildVersion())
 		return nil
@@ -188,6 +196,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("configuration loaded", "path", source)
 	}
 
+	if os.Getenv("GOGC") == "" {
+		// Most of mxid's heap is the lookup index: large and pointer-free,
+		// so a collection costs little to mark, and collecting at +25%
+		// rather than +100% keeps the resident size near the live size.
+		debug.SetGCPercent(25)
+	}
 	app, err := newApp(cfg, log)
 	if err != nil {
 		return err
@@ -197,6 +211,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	waitBackground := app.srv.Start(bgCtx)
 	defer func() { stopBackground(); waitBackground() }()
 
+	go rotateOnSignal(ctx, app)
 	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
 	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
 	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, log)
@@ -253,6 +268,8 @@ type app struct {
 	srv     *server.Server
 	log     *slog.Logger
 	metrics *server.Metrics
+	lookup  *lookup.Service
+	stop    context.CancelFunc // ends the lookup service's background work
 }
 
 // newApp opens the store, loads (or creates) the signing key and builds the
@@ -302,16 +319,73 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
 	}
 	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log, Mail: sender, InviteMail: sender, Metrics: metrics})
+	lk, err := newLookup(cfg, store, policy, log)
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
+	metrics.SetIndexSize(lk.Index.Size)
+	metrics.SetPepperAge(func() time.Duration { return lk.Index.Stats().PepperAge })
+	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log,
+		Mail: sender, InviteMail: sender, Metrics: metrics, Lookup: lk, Bindings: lk.Index})
+	if err != nil {
+		lk.Close()
+		store.Close()
+		return nil, err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	lk.Start(ctx)
 	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())
-	return &app{store: store, srv: srv, log: log, metrics: metrics}, nil
+	return &app{store: store, srv: srv, log: log, metrics: metrics, lookup: lk, stop: stop}, nil
+}
+
+// newLookup builds the lookup service: the hash index over the local
+// bindings (built here, before serving), the cascade and its sources.
+func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger) (*lookup.Service, error) {
+	self := []string{cfg.ServerName}
+	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
+		self = append(self, u.Host, u.Hostname())
+	}
+	start := time.Now()
+	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
+		Store:      store,
+		HTTPClient: policy.Client(outbound.ClientOptions{MaxResponseBytes: 4 << 20}),
+		DNSServer:  cfg.Outbound.DNSServer,
+		Self:       self,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lookup: %w", err)
+	}
+	log.Info("lookup index built", "entries", lk.Index.Size(), "duration_ms", time.Since(start).Milliseconds())
+	return lk, nil
+}
+
+// rotateOnSignal rotates the lookup pepper when the process gets SIGUSR1
+// (an operator who suspects a leak; the load benchmark).
+func rotateOnSignal(ctx context.Context, a *app) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	defer signal.Stop(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			a.log.Info("SIGUSR1: rotating the lookup pepper")
+			if err := a.lookup.Index.Rotate(ctx); err != nil {
+				a.log.Error("pepper rotation failed", "err", err)
+			}
+		}
+	}
 }
 
 func (a *app) close() {
+	if a.stop != nil {
+		a.stop()
+		a.lookup.Wait()
+		a.lookup.Close()
+	}
 	if err := a.store.Close(); err != nil {
 		a.log.Error("closing the store", "err", err)
 	}

@@ -12,7 +12,9 @@
 //
 //	meta        "schema" -> uint64 schema version (drives migrations)
 //	            other keys -> small JSON documents owned by a feature
-//	            (e.g. "pepper" for the lookup pepper and its age)
+//	            (e.g. "lookup_pepper": the lookup pepper, its age and the
+//	            previous one in its grace period; "lookup_index_size": the
+//	            size of the last lookup index build)
 //	accounts    sha256(token) -> Account{user_id, created_ts}
 //	terms       user_id -> TermsAcceptance{accepted: {policy: version}}
 //	bindings    medium 0x00 address -> Binding{medium, address, mxid, ts, not_before, not_after}

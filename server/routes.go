@@ -27,6 +27,10 @@ func (s *Server) routes() {
 	s.handle("POST "+v2+"/store-invite", authed, s.postStoreInvite)
 	s.handle("POST "+v2+"/sign-ed25519", authed, s.postSignEd25519)
 
+	// Lookups.
+	s.handle("GET "+v2+"/hash_details", authed, s.getHashDetails)
+	s.handle("POST "+v2+"/lookup", authed, s.postLookup)
+
 	// 3PID validation sessions and associations. GET submitToken is the
 	// link opened from the message (no token); unbind is authorised by
 	// the session or by the homeserver's X-Matrix signature.
@@ -60,6 +64,8 @@ func (s *Server) routes() {
 		s.handle("POST "+v1p+"/3pid/unbind", public, v1(s.postUnbind))
 		s.handle("POST "+v1p+"/store-invite", public, v1(s.postStoreInvite))
 		s.handle("POST "+v1p+"/sign-ed25519", public, v1(s.postSignEd25519))
+		s.handle("GET "+v1p+"/lookup", public, v1(s.getV1Lookup))
+		s.handle("POST "+v1p+"/bulk_lookup", public, v1(s.postV1BulkLookup))
 	}
 }
 

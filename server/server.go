@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/lookup"
 	"mxid/mail"
 	"mxid/server/federation"
 	"mxid/server/outbound"
@@ -54,6 +55,9 @@ type Deps struct {
 	// Mail delivers verification emails and SMS and renders the
 	// submitToken pages; nil means the embedded default (log mode).
 	Mail *mail.Sender
+	// Lookup answers lookups (hash index, cascade). nil builds a
+	// local-only one over Store (tests of other areas).
+	Lookup *lookup.Service
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -82,6 +86,7 @@ type Server struct {
 	mail        *mail.Sender
 	limits      *limits
 	keys        *federation.KeyCache
+	lk          *lookupAPI
 	mux         *http.ServeMux
 	handler     http.Handler
 }
@@ -123,6 +128,14 @@ func New(cfg Config, d Deps) (*Server, error) {
 		limits:      newLimits(cfg.RateLimit, d.Now),
 	}
 	s.keys = federation.NewKeyCache(s.fed, d.Now)
+	lk, listener, err := newLookupAPI(d.Lookup, d)
+	if err != nil {
+		return nil, err
+	}
+	s.lk = lk
+	if s.binds == nil {
+		s.binds = listener
+	}
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
 		if err != nil {

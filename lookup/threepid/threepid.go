@@ -140,15 +140,11 @@ func EmailDomain(address string) (string, error) {
 	return idna.Lookup.ToASCII(address[at+1:])
 }
 
-// Hash is the spec's sha256 lookup hash of a canonical address.
+// Hash is the spec's sha256 lookup hash of a canonical address: SHA-256 of
+// "<address> <medium> <pepper>", URL-safe unpadded base64.
 func Hash(address, medium, pepper string) string {
-	h := sha256.New()
-	h.Write([]byte(address))
-	h.Write([]byte{' '})
-	h.Write([]byte(medium))
-	h.Write([]byte{' '})
-	h.Write([]byte(pepper))
-	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+	h := HashRaw(address, medium, pepper)
+	return base64.RawURLEncoding.EncodeToString(h[:])
 }
 
 // SMTPAddress is where mail for a valid address goes: the address as given,
@@ -169,3 +165,57 @@ func SMTPAddress(address string) (string, error) {
 	}
 	return address, nil
 }
+
+// HashRaw is Hash before the base64 encoding (the lookup index keeps the 32
+// raw bytes).
+func HashRaw[S ~string | ~[]byte](address, medium S, pepper string) [32]byte {
+	var stack [256]byte
+	n := len(address) + len(medium) + len(pepper) + 2
+	buf := stack[:0]
+	if n > len(stack) {
+		buf = make([]byte, 0, n)
+	}
+	buf = append(buf, address...)
+	buf = append(buf, ' ')
+	buf = append(buf, medium...)
+	buf = append(buf, ' ')
+	buf = append(buf, pepper...)
+	return sha256.Sum256(buf)
+}
+
+// DecodeHash decodes a hash as clients send it (URL-safe unpadded base64 of
+// 32 bytes, canonical: the unused low bits of the last character zero); ok
+// is false for anything else. It is on the path of every sha256 lookup, so
+// it decodes by table, without allocating.
+func DecodeHash(s string) (h [32]byte, ok bool) {
+	if len(s) != 43 {
+		return h, false
+	}
+	for g := 0; g < 10; g++ {
+		a, b, c, d := urlDecode[s[4*g]], urlDecode[s[4*g+1]], urlDecode[s[4*g+2]], urlDecode[s[4*g+3]]
+		if (a|b|c|d)&0xC0 != 0 {
+			return h, false
+		}
+		v := uint32(a)<<18 | uint32(b)<<12 | uint32(c)<<6 | uint32(d)
+		h[3*g], h[3*g+1], h[3*g+2] = byte(v>>16), byte(v>>8), byte(v)
+	}
+	a, b, c := urlDecode[s[40]], urlDecode[s[41]], urlDecode[s[42]]
+	if (a|b|c)&0xC0 != 0 || c&3 != 0 {
+		return h, false
+	}
+	v := uint32(a)<<12 | uint32(b)<<6 | uint32(c)
+	h[30], h[31] = byte(v>>10), byte(v>>2)
+	return h, true
+}
+
+// urlDecode maps URL-safe base64 characters to their 6 bits, 0xFF for
+// anything else.
+var urlDecode = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xFF
+	}
+	for i, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" {
+		t[c] = byte(i)
+	}
+	return t
+}()

@@ -1,6 +1,11 @@
 package threepid
 
-import "testing"
+import (
+	"bytes"
+	"encoding/base64"
+	"math/rand/v2"
+	"testing"
+)
 
 // The spec's hashing examples (pepper "matrixrocks").
 func TestHashSpecVectors(t *testing.T) {
@@ -71,5 +76,40 @@ func TestParsePhone(t *testing.T) {
 	}
 	if _, err := CanonicalMSISDN("+447700900001"); err == nil {
 		t.Error("CanonicalMSISDN accepted a leading +")
+	}
+}
+
+func TestDecodeHash(t *testing.T) {
+	h := Hash("alice@example.com", Email, "matrixrocks")
+	raw, ok := DecodeHash(h)
+	if !ok || raw != HashRaw("alice@example.com", Email, "matrixrocks") || raw != HashRaw([]byte("alice@example.com"), []byte(Email), "matrixrocks") {
+		t.Fatalf("DecodeHash(%q) = %x, %v", h, raw, ok)
+	}
+	for _, bad := range []string{"", "!!!", h[:42], h + "A", h[:42] + "=", h[:42] + "+", h[:42] + "/"} {
+		if _, ok := DecodeHash(bad); ok {
+			t.Errorf("DecodeHash(%q) accepted", bad)
+		}
+	}
+}
+
+// DecodeHash agrees with encoding/base64's strict decoder on random and
+// mangled input.
+func TestDecodeHashAgainstBase64(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	alphabet := "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=!"
+	for range 20000 {
+		var raw [32]byte
+		for i := range raw {
+			raw[i] = byte(rnd.IntN(256))
+		}
+		s := []byte(base64.RawURLEncoding.EncodeToString(raw[:]))
+		if rnd.IntN(2) == 0 { // mangle one character
+			s[rnd.IntN(len(s))] = alphabet[rnd.IntN(len(alphabet))]
+		}
+		want, err := base64.RawURLEncoding.Strict().DecodeString(string(s))
+		got, ok := DecodeHash(string(s))
+		if ok != (err == nil && len(want) == 32) || (ok && !bytes.Equal(got[:], want)) {
+			t.Fatalf("DecodeHash(%q) = %x, %v; base64: %x, %v", s, got, ok, want, err)
+		}
 	}
 }

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package db
+
+// ReleaseMapped does nothing outside Linux.
+func (s *Store) ReleaseMapped() error { return nil }

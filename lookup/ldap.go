@@ -1,0 +1,351 @@
+package lookup
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"mxid/lookup/threepid"
+)
+
+// LDAP is the directory source: live searches for plaintext and v1 lookups
+// (batched into OR filters, every value escaped), and a paged sync of the
+// whole directory whose snapshot the hash index holds.
+type LDAP struct {
+	cfg     LDAPConfig // preset applied
+	timeout time.Duration
+	tls     *tls.Config
+	log     *slog.Logger
+	attrs   []string
+
+	mu      sync.Mutex
+	conn    *ldap.Conn
+	entries atomic.Int64 // entries returned by lookup searches
+
+	snapMu   sync.RWMutex
+	snap     []Record
+	snapSum  uint64
+	snapDone bool
+}
+
+// Record is one 3PID of a directory snapshot.
+type Record struct{ Medium, Address, MXID string }
+
+// NewLDAP builds the directory source from a validated [ldap] section;
+// timeout bounds each operation. It does not connect yet.
+func NewLDAP(cfg LDAPConfig, timeout time.Duration, log *slog.Logger) (*LDAP, error) {
+	cfg = cfg.WithPreset()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l := &LDAP{cfg: cfg, timeout: timeout, log: log}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // operator switch, off by default
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ldap.ca_file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ldap.ca_file: %s holds no PEM certificate", cfg.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	l.tls = tc
+	for _, a := range append(append([]string{cfg.UIDAttribute, cfg.MXIDAttribute}, cfg.EmailAttributes...), cfg.MSISDNAttributes...) {
+		if a != "" {
+			l.attrs = append(l.attrs, a)
+		}
+	}
+	return l, nil
+}
+
+// Name implements Source.
+func (l *LDAP) Name() string { return "ldap" }
+
+// Close closes the connection.
+func (l *LDAP) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil {
+		l.conn.Close()
+		l.conn = nil
+	}
+}
+
+// dial connects to the first URL that answers, upgrades with StartTLS when
+// configured and binds.
+func (l *LDAP) dial(timeout time.Duration) (*ldap.Conn, error) {
+	var errs []error
+	for _, raw := range l.cfg.URLs {
+		u, err := url.Parse(raw)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		tc := l.tls.Clone()
+		tc.ServerName = u.Hostname()
+		c, err := ldap.DialURL(raw, ldap.DialWithDialer(&net.Dialer{Timeout: timeout}), ldap.DialWithTLSConfig(tc))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", raw, err))
+			continue
+		}
+		c.SetTimeout(timeout)
+		if l.cfg.StartTLS {
+			if err := c.StartTLS(tc); err != nil {
+				c.Close()
+				errs = append(errs, fmt.Errorf("%s: StartTLS: %w", raw, err))
+				continue
+			}
+		}
+		if l.cfg.BindDN != "" {
+			if err := c.Bind(l.cfg.BindDN, l.cfg.BindPassword); err != nil {
+				c.Close()
+				errs = append(errs, fmt.Errorf("%s: bind as %s: %w", raw, l.cfg.BindDN, err))
+				continue
+			}
+		}
+		return c, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+// shared returns the lookup connection, connecting if there is none.
+func (l *LDAP) shared() (*ldap.Conn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil && !l.conn.IsClosing() {
+		return l.conn, nil
+	}
+	c, err := l.dial(l.timeout)
+	if err != nil {
+		return nil, err
+	}
+	l.conn = c
+	return c, nil
+}
+
+// drop forgets a connection that failed, so the next call reconnects.
+func (l *LDAP) drop(c *ldap.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == c {
+		l.conn.Close()
+		l.conn = nil
+	}
+}
+
+func (l *LDAP) withFilter(inner string) string {
+	if l.cfg.Filter == "" {
+		return inner
+	}
+	f := l.cfg.Filter
+	if !strings.HasPrefix(f, "(") {
+		f = "(" + f + ")"
+	}
+	return "(&" + f + inner + ")"
+}
+
+// mxidOf maps an entry to its Matrix ID, "" when it has none.
+func (l *LDAP) mxidOf(e *ldap.Entry) string {
+	if l.cfg.MXIDAttribute != "" {
+		if m := strings.TrimSpace(e.GetEqualFoldAttributeValue(l.cfg.MXIDAttribute)); ValidMXID(m) {
+			return m
+		}
+		return ""
+	}
+	uid := strings.TrimSpace(e.GetEqualFoldAttributeValue(l.cfg.UIDAttribute))
+	if uid == "" {
+		return ""
+	}
+	if m := "@" + strings.ToLower(uid) + ":" + l.cfg.UIDDomain; ValidMXID(m) {
+		return m
+	}
+	return ""
+}
+
+// threepidsOf returns an entry's 3PIDs in canonical form: emails
+// case-folded, phone numbers as E.164 digits.
+func (l *LDAP) threepidsOf(e *ldap.Entry, fn func(ThreePID)) {
+	for _, a := range l.cfg.EmailAttributes {
+		for _, v := range e.GetEqualFoldAttributeValues(a) {
+			if c, err := threepid.CanonicalEmail(strings.TrimSpace(v)); err == nil {
+				fn(ThreePID{threepid.Email, c})
+			}
+		}
+	}
+	for _, a := range l.cfg.MSISDNAttributes {
+		for _, v := range e.GetEqualFoldAttributeValues(a) {
+			if c, err := threepid.NormalizePhone(v, l.cfg.DefaultRegion); err == nil {
+				fn(ThreePID{threepid.MSISDN, c})
+			}
+		}
+	}
+}
+
+// Lookup implements Source: one search per base DN and batch of addresses,
+// with an OR filter over every attribute of the medium.
+func (l *LDAP) Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]string, error) {
+	want := make(map[ThreePID]bool, len(threepids))
+	var terms []string
+	for _, tp := range threepids {
+		if want[tp] {
+			continue
+		}
+		want[tp] = true
+		switch tp.Medium {
+		case threepid.Email:
+			for _, a := range l.cfg.EmailAttributes {
+				terms = append(terms, "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
+			}
+		case threepid.MSISDN:
+			// Directories hold numbers as people typed them; telephoneNumber
+			// matching ignores spaces and hyphens, so "+<digits>" finds
+			// "+44 20 7946 0018". The plain digits catch the rest.
+			for _, a := range l.cfg.MSISDNAttributes {
+				terms = append(terms, "("+a+"=+"+ldap.EscapeFilter(tp.Address)+")", "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
+			}
+		}
+	}
+	out := map[ThreePID]string{}
+	if len(terms) == 0 {
+		return out, nil
+	}
+	per := max(1, l.cfg.BatchSize*max(1, len(terms)/max(1, len(want))))
+	for start := 0; start < len(terms); start += per {
+		filter := l.withFilter("(|" + strings.Join(terms[start:min(len(terms), start+per)], "") + ")")
+		for _, base := range l.cfg.BaseDNs {
+			if err := l.search(ctx, base, filter, func(e *ldap.Entry) {
+				m := l.mxidOf(e)
+				if m == "" {
+					return
+				}
+				l.threepidsOf(e, func(tp ThreePID) {
+					if want[tp] {
+						if _, dup := out[tp]; !dup {
+							out[tp] = m
+						}
+					}
+				})
+			}); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// search runs one search on the shared connection, reconnecting once when
+// the connection turns out to be dead.
+func (l *LDAP) search(ctx context.Context, base, filter string, fn func(*ldap.Entry)) error {
+	for attempt := 0; ; attempt++ {
+		c, err := l.shared()
+		if err != nil {
+			return err
+		}
+		req := ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, int(max(1, l.timeout/time.Second)), false, filter, l.attrs, nil)
+		res := c.SearchAsync(ctx, req, 64)
+		for res.Next() {
+			l.entries.Add(1)
+			fn(res.Entry())
+		}
+		err = res.Err()
+		if err == nil {
+			return ctx.Err()
+		}
+		if ldap.IsErrorAnyOf(err, ldap.ErrorNetwork, ldap.LDAPResultServerDown, ldap.ErrorUnexpectedMessage) || c.IsClosing() {
+			l.drop(c)
+			if attempt == 0 && ctx.Err() == nil {
+				continue
+			}
+		}
+		return err
+	}
+}
+
+// Sync reads the whole directory with paged searches (on its own
+// connection) and keeps the result as the snapshot the index holds. changed
+// says whether the snapshot differs from the previous one; n is its size.
+func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
+	c, err := l.dial(max(l.timeout, 30*time.Second))
+	if err != nil {
+		return false, 0, err
+	}
+	defer c.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // a shutdown does not wait for a page in flight
+		select {
+		case <-ctx.Done():
+			c.Close()
+		case <-done:
+		}
+	}()
+	var terms []string
+	for _, a := range append(append([]string{}, l.cfg.EmailAttributes...), l.cfg.MSISDNAttributes...) {
+		terms = append(terms, "("+a+"=*)")
+	}
+	filter := l.withFilter("(|" + strings.Join(terms, "") + ")")
+	var recs []Record
+	var sum uint64
+	for _, base := range l.cfg.BaseDNs {
+		paging := ldap.NewControlPaging(uint32(l.cfg.PageSize))
+		req := ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false, filter, l.attrs, []ldap.Control{paging})
+		for {
+			if err := ctx.Err(); err != nil {
+				return false, 0, err
+			}
+			res, err := c.Search(req)
+			if err != nil {
+				return false, 0, fmt.Errorf("ldap sync of %s: %w", base, err)
+			}
+			for _, e := range res.Entries {
+				m := l.mxidOf(e)
+				if m == "" {
+					continue
+				}
+				l.threepidsOf(e, func(tp ThreePID) {
+					recs = append(recs, Record{tp.Medium, tp.Address, m})
+					h := fnv.New64a()
+					h.Write([]byte(tp.Medium + "\x00" + tp.Address + "\x00" + m))
+					sum += h.Sum64() // order-independent
+				})
+			}
+			ctrl, ok := ldap.FindControl(res.Controls, ldap.ControlTypePaging).(*ldap.ControlPaging)
+			if !ok || len(ctrl.Cookie) == 0 {
+				break
+			}
+			paging.SetCookie(ctrl.Cookie)
+		}
+	}
+	l.snapMu.Lock()
+	changed = !l.snapDone || sum != l.snapSum || len(recs) != len(l.snap)
+	l.snap, l.snapSum, l.snapDone = recs, sum, true
+	l.snapMu.Unlock()
+	return changed, len(recs), nil
+}
+
+// Records implements Directory: the last snapshot.
+func (l *LDAP) Records(fn func(medium, address, mxid string)) {
+	l.snapMu.RLock()
+	defer l.snapMu.RUnlock()
+	for _, r := range l.snap {
+		fn(r.Medium, r.Address, r.MXID)
+	}
+}

@@ -1,0 +1,137 @@
+// Package lookup owns 3PID -> Matrix ID resolution: the Source interface,
+// the cascade of sources (Chain: local bindings, LDAP, DNS-discovered
+// identity servers, configured forwarders, most authoritative first), the
+// in-process hash index answering sha256 lookups (Index) with its pepper
+// rotation, and the sources themselves (ldap.go, dns.go, forward.go over the
+// remote identity-server client in remote.go).
+//
+// It imports no mxid package except its sub-package lookup/threepid (3PID
+// grammar and the lookup hash). Its collaborators come from main with builtin
+// types at the border: a Store (satisfied by *db.Store), an *http.Client built
+// by the outbound policy, the address of the DNS server to ask. go-ldap and
+// miekg/dns are used only here.
+package lookup
+
+import (
+	"context"
+	"strings"
+
+	"mxid/lookup/threepid"
+)
+
+// ThreePID is a medium and a canonical address.
+type ThreePID struct {
+	Medium  string
+	Address string
+}
+
+// Source answers plaintext lookups. Lookup returns the Matrix ID of each
+// 3PID it knows; 3PIDs it does not know are absent from the map. An error
+// means the source could not answer (the cascade logs it and moves on); a
+// partial answer may come with it.
+type Source interface {
+	Name() string
+	Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]string, error)
+}
+
+// Store is what lookup needs from mxid's database: the local bindings and a
+// place for the pepper.
+type Store interface {
+	// ScanBindings calls fn for every local binding; the slices are valid
+	// only during the call.
+	ScanBindings(fn func(medium, address, mxid []byte) error) error
+	// BoundMXIDs returns, for each {medium, address}, the bound Matrix ID
+	// or "".
+	BoundMXIDs(threepids [][2]string) ([]string, error)
+	GetMeta(key string) (value []byte, ok bool, err error)
+	PutMeta(key string, value []byte) error
+}
+
+// ValidMXID reports whether s is a well-formed Matrix user ID: "@", a
+// non-empty localpart of printable ASCII without ':', ":", a server name
+// (host name, IPv4 or [IPv6] literal, optional port), at most 255 bytes.
+// (The same rules as server/federation.ValidUserID; lookup may not import
+// server.)
+func ValidMXID(s string) bool {
+	if len(s) > 255 || len(s) < 4 || s[0] != '@' {
+		return false
+	}
+	i := strings.IndexByte(s, ':')
+	if i < 2 {
+		return false
+	}
+	for _, c := range []byte(s[1:i]) {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return validServerName(s[i+1:])
+}
+
+func validServerName(s string) bool {
+	if s == "" {
+		return false
+	}
+	host, port := s, ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return false
+		}
+		host, port = s[:end+1], s[end+1:]
+		if port != "" {
+			if port[0] != ':' {
+				return false
+			}
+			port = port[1:]
+			if port == "" {
+				return false
+			}
+		}
+		inner := host[1 : len(host)-1]
+		if inner == "" || strings.Trim(inner, "0123456789abcdefABCDEF:.") != "" || !strings.Contains(inner, ":") {
+			return false
+		}
+	} else {
+		if i := strings.LastIndexByte(s, ':'); i >= 0 {
+			host, port = s[:i], s[i+1:]
+			if port == "" {
+				return false
+			}
+		}
+		if host == "" || len(host) > 253 {
+			return false
+		}
+		for _, label := range strings.Split(host, ".") {
+			if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+				return false
+			}
+			for _, c := range []byte(label) {
+				if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+					return false
+				}
+			}
+		}
+	}
+	if port != "" {
+		if len(port) > 5 || port[0] == '0' || strings.Trim(port, "0123456789") != "" {
+			return false
+		}
+		n := 0
+		for _, c := range []byte(port) {
+			n = n*10 + int(c-'0')
+		}
+		if n < 1 || n > 65535 {
+			return false
+		}
+	}
+	return true
+}
+
+// Canonical returns the canonical form of an address for lookups (emails
+// case-folded, msisdns E.164 digits); ok is false for addresses that cannot
+// be bound.
+func Canonical(medium, address string) (string, bool) {
+	c, err := threepid.Canonical(medium, address)
+	return c, err == nil
+}

@@ -1,0 +1,148 @@
+package lookup
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Deps are the collaborators main hands to New.
+type Deps struct {
+	Store Store
+	// HTTPClient is built by the outbound policy (deadline, size cap,
+	// address blocklist); used for forwarders and DNS-discovered servers.
+	HTTPClient *http.Client
+	// DNSServer ("host:port") is asked for SRV records.
+	DNSServer string
+	// Self lists the names this server is reached by (server_name, the
+	// public base URL's host): DNS discovery never asks ourselves.
+	Self   []string
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Service is everything lookups need, wired: the hash index, the cascade
+// and the background work (rotation, directory sync).
+type Service struct {
+	Index *Index
+	Chain *Chain
+	LDAP  *LDAP // nil without a directory
+
+	cfg     Config
+	ldapCfg LDAPConfig
+	cidrs   []netip.Prefix
+	log     *slog.Logger
+	wg      sync.WaitGroup
+}
+
+// New builds the lookup service from validated configuration and builds
+// the index over the local bindings before it returns.
+func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []ForwarderConfig, d Deps) (*Service, error) {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	s := &Service{cfg: cfg, ldapCfg: ldapCfg, log: d.Logger}
+	for _, c := range cfg.RecursionCIDRs {
+		p, err := ParsePrefix(c)
+		if err != nil {
+			return nil, err
+		}
+		s.cidrs = append(s.cidrs, p)
+	}
+	links := []*Link{{Source: Local{Store: d.Store}, Deadline: cfg.Deadlines.Local}}
+	var dirs []Directory
+	if ldapCfg.Enabled() {
+		l, err := NewLDAP(ldapCfg, cfg.Deadlines.LDAP, d.Logger)
+		if err != nil {
+			return nil, err
+		}
+		s.LDAP = l
+		links = append(links, &Link{Source: l, Deadline: cfg.Deadlines.LDAP})
+		dirs = append(dirs, l)
+	}
+	if dnsCfg.Enabled {
+		links = append(links, &Link{Source: NewDNS(dnsCfg, d.DNSServer, d.HTTPClient, d.Self, d.Now), Deadline: cfg.Deadlines.DNS, Remote: true})
+	}
+	if len(forwarders) > 0 {
+		links = append(links, &Link{Source: NewForwarders(forwarders, d.HTTPClient), Deadline: cfg.Deadlines.Forwarders, Remote: true})
+	}
+	s.Chain = NewChain(d.Logger, links...)
+	idx, err := NewIndex(IndexOptions{
+		Store: d.Store, Directories: dirs, Rotation: cfg.PepperRotation, Grace: cfg.PepperGrace,
+		Fixed: cfg.Pepper, Now: d.Now, Logger: d.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Index = idx
+	return s, nil
+}
+
+// Config is the [lookup] section the service was built with.
+func (s *Service) Config() Config { return s.cfg }
+
+// MayRecurse reports whether a requester may have its lookups passed on to
+// other identity servers.
+func (s *Service) MayRecurse(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range s.cidrs {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// Start runs the background work (pepper rotation, directory sync) until
+// ctx ends; Wait waits for it to stop.
+func (s *Service) Start(ctx context.Context) {
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.Index.Run(ctx) }()
+	if s.LDAP != nil && s.ldapCfg.SyncInterval > 0 {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.syncLoop(ctx) }()
+	}
+}
+
+// Wait waits for the background work started by Start to end.
+func (s *Service) Wait() { s.wg.Wait() }
+
+// Close releases connections.
+func (s *Service) Close() {
+	if s.LDAP != nil {
+		s.LDAP.Close()
+	}
+}
+
+func (s *Service) syncLoop(ctx context.Context) {
+	for {
+		start := time.Now()
+		changed, n, err := s.LDAP.Sync(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			s.log.Error("ldap sync failed; sha256 lookups keep the last snapshot", "err", err)
+		default:
+			s.log.Info("ldap sync done", "threepids", n, "changed", changed, "duration_ms", time.Since(start).Milliseconds())
+			if changed {
+				if err := s.Index.Refresh(ctx); err != nil && ctx.Err() == nil {
+					s.log.Error("lookup index rebuild failed", "err", err)
+				}
+			}
+		}
+		t := time.NewTimer(s.ldapCfg.SyncInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
