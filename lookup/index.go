@@ -376,7 +376,10 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 	// The last build's size, plus room for what was bound since.
 	entries, nameBytes := 0, 0
 	if cur := x.state.Load(); cur != nil {
-		entries, nameBytes = cur.current.size(), len(cur.current.names)+32*len(cur.current.extra)
+		t := cur.current
+		t.mu.RLock()
+		entries, nameBytes = len(t.entries)+len(t.extra), len(t.names)+32*len(t.extra)
+		t.mu.RUnlock()
 	} else if raw, ok, _ := x.opt.Store.GetMeta(sizeKey); ok {
 		fmt.Sscanf(string(raw), "%d %d", &entries, &nameBytes)
 		entries, nameBytes = min(max(entries, 0), 1<<30), min(max(nameBytes, 0), 1<<32)
