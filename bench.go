@@ -213,6 +213,7 @@ format = "json"
 [lookup]
 rate_per_account = { burst = 0, every = "1s" }
 rate_per_ip = { burst = 0, every = "1s" }
+rate_per_homeserver = { burst = 0, every = "1s" }
 `, filepath.Join(dir, "data"), addr, addr, logLevel)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return fail(err)

@@ -92,3 +92,19 @@ func TestExampleConfigLookupSections(t *testing.T) {
 		t.Errorf("mxid.toml.example differs from the defaults:\n%+v\n%+v\n%+v\n%+v", cfg.Lookup, def.Lookup, cfg.LDAP, def.LDAP)
 	}
 }
+
+// The load benchmark's generated bindings are what `mxid import` accepts.
+func TestBenchBindingsImport(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "b.jsonl")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"bench-lookup", "-gen", file, "-n", "500"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "mxid.toml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("data_dir = %q\n", filepath.Join(dir, "data"))), 0o600)
+	out.Reset()
+	if err := run(context.Background(), []string{"import", "-n", "-config", cfgPath, file}, &out, &out); err != nil || !strings.Contains(out.String(), "500 bindings valid") {
+		t.Errorf("%v: %s", err, out.String())
+	}
+}

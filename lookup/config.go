@@ -30,6 +30,9 @@ type Config struct {
 	// RatePerAccount and RatePerIP are token buckets counted in addresses.
 	RatePerAccount Rate `toml:"rate_per_account"`
 	RatePerIP      Rate `toml:"rate_per_ip"`
+	// RatePerHomeserver is shared by all accounts of one homeserver
+	// (accounts are cheap to make).
+	RatePerHomeserver Rate `toml:"rate_per_homeserver"`
 	// RecursionCIDRs are the requesters whose plaintext and v1 lookups may
 	// be passed on to DNS-discovered servers and forwarders.
 	RecursionCIDRs []string `toml:"recursion_cidrs"`
@@ -118,13 +121,14 @@ type ForwarderConfig struct {
 // DefaultConfig is the [lookup] default.
 func DefaultConfig() Config {
 	return Config{
-		Algorithms:     []string{"sha256"},
-		PepperRotation: 24 * time.Hour,
-		PepperGrace:    10 * time.Minute,
-		MaxAddresses:   10000,
-		RatePerAccount: Rate{Burst: 20000, Every: 100 * time.Millisecond},
-		RatePerIP:      Rate{Burst: 50000, Every: 20 * time.Millisecond},
-		Deadlines:      Deadlines{Local: time.Second, LDAP: 3 * time.Second, DNS: 5 * time.Second, Forwarders: 5 * time.Second},
+		Algorithms:        []string{"sha256"},
+		PepperRotation:    24 * time.Hour,
+		PepperGrace:       10 * time.Minute,
+		MaxAddresses:      10000,
+		RatePerAccount:    Rate{Burst: 20000, Every: 100 * time.Millisecond},
+		RatePerIP:         Rate{Burst: 50000, Every: 20 * time.Millisecond},
+		RatePerHomeserver: Rate{Burst: 200000, Every: 5 * time.Millisecond},
+		Deadlines:         Deadlines{Local: time.Second, LDAP: 3 * time.Second, DNS: 5 * time.Second, Forwarders: 5 * time.Second},
 	}
 }
 
@@ -181,7 +185,7 @@ func (c *Config) Validate() []error {
 	if c.MaxAddresses < 1 || c.MaxAddresses > 100000 {
 		add("lookup.max_addresses must be between 1 and 100000")
 	}
-	for name, r := range map[string]Rate{"rate_per_account": c.RatePerAccount, "rate_per_ip": c.RatePerIP} {
+	for name, r := range map[string]Rate{"rate_per_account": c.RatePerAccount, "rate_per_ip": c.RatePerIP, "rate_per_homeserver": c.RatePerHomeserver} {
 		if r.Burst < 0 {
 			add("lookup.%s.burst must not be negative", name)
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/big"
 	"math/bits"
 	"runtime/debug"
@@ -152,7 +153,7 @@ func newBuilder(entries, nameBytes int, peppers ...string) *builder {
 
 func addRecord[S ~string | ~[]byte](b *builder, medium, address, mxid S, directory bool) {
 	id := uint32(len(b.ends))
-	if id >= idDeleted || len(b.names)+len(mxid) > 1<<32-1 {
+	if id >= idDeleted || uint64(len(b.names))+uint64(len(mxid)) > math.MaxUint32 {
 		return // beyond 2^31 entries or 4 GiB of names: far beyond what fits anyway
 	}
 	b.names = append(b.names, mxid...)
@@ -376,10 +377,13 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 	// The last build's size, plus room for what was bound since.
 	entries, nameBytes := 0, 0
 	if cur := x.state.Load(); cur != nil {
-		entries, nameBytes = cur.current.size(), len(cur.current.names)+32*len(cur.current.extra)
+		t := cur.current
+		t.mu.RLock()
+		entries, nameBytes = len(t.entries)+len(t.extra), len(t.names)+32*len(t.extra)
+		t.mu.RUnlock()
 	} else if raw, ok, _ := x.opt.Store.GetMeta(sizeKey); ok {
 		fmt.Sscanf(string(raw), "%d %d", &entries, &nameBytes)
-		entries, nameBytes = min(max(entries, 0), 1<<30), min(max(nameBytes, 0), 1<<32)
+		entries, nameBytes = min(max(entries, 0), 1<<30), min(max(nameBytes, 0), math.MaxInt32)
 	}
 	b := newBuilder(entries+entries/64+1024, nameBytes+nameBytes/64+32*1024, peppers...)
 	n := 0

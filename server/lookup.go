@@ -20,6 +20,7 @@ type lookupAPI struct {
 	cfg     lookup.Config
 	perAcct *limiter
 	perIP   *limiter
+	perHS   *limiter
 }
 
 // newLookupAPI wires the lookup service; without one (tests of other
@@ -41,6 +42,7 @@ func newLookupAPI(svc *lookup.Service, d Deps) (*lookupAPI, BindingListener, err
 		cfg:     cfg,
 		perAcct: newLimiter(Rate{Burst: cfg.RatePerAccount.Burst, Every: cfg.RatePerAccount.Every}, d.Now),
 		perIP:   newLimiter(Rate{Burst: cfg.RatePerIP.Burst, Every: cfg.RatePerIP.Every}, d.Now),
+		perHS:   newLimiter(Rate{Burst: cfg.RatePerHomeserver.Burst, Every: cfg.RatePerHomeserver.Every}, d.Now),
 	}, listener, nil
 }
 
@@ -60,8 +62,8 @@ func (l *lookupAPI) algorithms() []string {
 	return []string{"sha256"}
 }
 
-// spend charges n addresses to the caller's budgets (the account when
-// there is one, and the client IP).
+// spendLookups charges n addresses to the caller's budgets: the client IP
+// and, when there is an account, the account and its homeserver.
 func (s *Server) spendLookups(r *http.Request, n int) error {
 	if ok, retry := s.lk.perIP.take("ip:"+s.clientIP(r).String(), n); !ok {
 		return errLimited(retry)
@@ -69,6 +71,11 @@ func (s *Server) spendLookups(r *http.Request, n int) error {
 	if user := account(r).UserID; user != "" {
 		if ok, retry := s.lk.perAcct.take("user:"+user, n); !ok {
 			return errLimited(retry)
+		}
+		if _, hs, ok := strings.Cut(user, ":"); ok {
+			if ok, retry := s.lk.perHS.take("hs:"+hs, n); !ok {
+				return errLimited(retry)
+			}
 		}
 	}
 	return nil

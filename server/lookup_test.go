@@ -266,6 +266,20 @@ func TestLookupBadInput(t *testing.T) {
 	if ms, _ := body["retry_after_ms"].(float64); ms <= 0 {
 		t.Errorf("retry_after_ms = %v", body["retry_after_ms"])
 	}
+	// Accounts of one homeserver share its budget.
+	e2 := newLookupEnv(t, func(_ *Config, l *lookup.Config) {
+		l.MaxAddresses = 100
+		l.RatePerHomeserver = lookup.Rate{Burst: 150, Every: time.Hour}
+	})
+	e2.store.CreateAccountToken("other", "@other:example.org", e2.clock.now())
+	p2 := e2.pepper()
+	if code, body := e2.lookup("sha256", p2, hundred...); code != 200 {
+		t.Fatalf("first account: %d %v", code, body)
+	}
+	body2, _ := json.Marshal(map[string]any{"algorithm": "sha256", "pepper": p2, "addresses": hundred})
+	if code, body := e2.do("POST", "/_matrix/identity/v2/lookup", "other", string(body2)); code != 429 {
+		t.Errorf("second account of the same homeserver: %d %v", code, body)
+	}
 	// An over-cap request is refused before it costs anything: still 429 only by budget.
 	if code, body := e.lookup("sha256", p, many...); code != 400 || body["errcode"] != "M_TOO_LARGE" {
 		t.Errorf("over the cap: %d %v", code, body)
