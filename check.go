@@ -46,6 +46,11 @@ func checkCommands() map[string]checkCommand {
 			About: "find a homeserver, fetch and verify its signing keys, reach its OpenID endpoint (what registration needs)",
 			Run:   checkFederation,
 		},
+		"ldap": {
+			Args:  "[ADDRESS]",
+			About: "connect and bind to the [ldap] directory, look up ADDRESS (email or phone) if given, run the sync query, show what the mapping yields",
+			Run:   checkLDAP,
+		},
 		"smtp": {
 			Args:  "-to ADDRESS",
 			About: "send a real test email with the [email] settings, step by step (connect, TLS, login, send)",
