@@ -41,6 +41,11 @@ type checkCommand struct {
 // checkCommands are the self-tests, by name.
 func checkCommands() map[string]checkCommand {
 	return map[string]checkCommand{
+		"dns": {
+			Args:  "DOMAIN",
+			About: "discover the identity server of an email domain as lookups do (SRV _matrix-identity._tcp, else the domain), resolve it, check the outbound policy allows it and that it answers as an identity server",
+			Run:   checkDNS,
+		},
 		"federation": {
 			Args:  "SERVER_NAME",
 			About: "find a homeserver, fetch and verify its signing keys, reach its OpenID endpoint (what registration needs)",

@@ -342,16 +342,12 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 // newLookup builds the lookup service: the hash index over the local
 // bindings (built here, before serving), the cascade and its sources.
 func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger) (*lookup.Service, error) {
-	self := []string{cfg.ServerName}
-	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
-		self = append(self, u.Host, u.Hostname())
-	}
 	start := time.Now()
 	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
 		Store:      store,
 		HTTPClient: policy.Client(outbound.ClientOptions{MaxResponseBytes: 4 << 20}),
 		DNSServer:  cfg.Outbound.DNSServer,
-		Self:       self,
+		Self:       selfNames(cfg),
 		Logger:     log,
 	})
 	if err != nil {
@@ -359,6 +355,16 @@ func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.L
 	}
 	log.Info("lookup index built", "entries", lk.Index.Size(), "duration_ms", time.Since(start).Milliseconds())
 	return lk, nil
+}
+
+// selfNames are the names this server is reached by: DNS discovery never
+// asks them.
+func selfNames(cfg Config) []string {
+	self := []string{cfg.ServerName}
+	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
+		self = append(self, u.Host, u.Hostname())
+	}
+	return self
 }
 
 // rotateOnSignal rotates the lookup pepper when the process gets SIGUSR1

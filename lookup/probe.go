@@ -35,11 +35,15 @@ var (
 	ErrLDAPNoMXID      = errors.New("the entries yield no Matrix ID")
 	ErrLDAPEmpty       = errors.New("the sync query found no entries")
 
+	ErrDNSQuery     = errors.New("the DNS query failed")
 	ErrDNSOwnDomain = errors.New("this is one of this server's own names")
 	ErrDNSNoServer  = errors.New("the domain says it has no identity server")
 	ErrDNSBlocked   = errors.New("refused by the outbound policy")
 	ErrDNSNotIS     = errors.New("not an identity server")
 	ErrDNSNeedToken = errors.New("the identity server wants an access token")
+	// ErrDNSFallback marks a failure of https://<domain>, asked for want
+	// of an SRV record.
+	ErrDNSFallback = errors.New("no SRV record, and the domain itself does not work as its identity server")
 )
 
 // verifyingTLS returns a copy of base that verifies the peer itself (the
