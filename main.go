@@ -319,7 +319,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
 	}
 	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
-	lk, err := newLookup(cfg, store, policy, log)
+	lk, err := newLookup(cfg, store, policy, log, metrics.Lookup)
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -341,7 +341,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 
 // newLookup builds the lookup service: the hash index over the local
 // bindings (built here, before serving), the cascade and its sources.
-func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger) (*lookup.Service, error) {
+func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger, observe func(source, outcome string, d time.Duration)) (*lookup.Service, error) {
 	start := time.Now()
 	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
 		Store:      store,
@@ -349,6 +349,7 @@ func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.L
 		DNSServer:  cfg.Outbound.DNSServer,
 		Self:       selfNames(cfg),
 		Logger:     log,
+		Observe:    observe, // metrics.Lookup: nil-safe when metrics are off
 	})
 	if err != nil {
 		return nil, fmt.Errorf("lookup: %w", err)
