@@ -233,6 +233,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// Start-up decisions of the other features (sources enabled, pepper
 	// age) are logged as they are wired, here, before serving.
+	logLookupDecisions(log, cfg, app.lookup)
 	if err := tlsm.Start(ctx); err != nil {
 		lns.Close()
 		return err

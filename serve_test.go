@@ -161,12 +161,76 @@ enabled = true
 	}
 	s.stop(t)
 	log := s.log.String()
-	for _, want := range []string{"tls mode off", "serving metrics", "msg=stopped"} {
+	for _, want := range []string{"tls mode off", "serving metrics", "msg=stopped",
+		`msg="lookup algorithms" algorithms=[sha256] plaintext=false`,
+		`msg="lookup source" source=local enabled=true`,
+		`msg="lookup source" source=ldap enabled=false`,
+		`msg="lookup source" source=dns enabled=true dns_server=/etc/resolv.conf v1_fallback=false deadline=5s`,
+		`msg="lookup source" source=forwarders enabled=false`,
+		`level=WARN msg="lookup recursion: [lookup] recursion_cidrs is empty, so the dns and forwarder sources are asked for nobody"`,
+		`msg="lookup pepper" fixed=false age=0s next_rotation=`, "rotation=24h0m0s grace=10m0s",
+		`msg="v1 API" enabled=true`,
+	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)
 		}
 	}
 	if t.Failed() {
 		t.Logf("scrape:\n%s", body)
+	}
+}
+
+// TestServeStartupDecisions: with a directory, forwarders, a fixed pepper
+// and recursion allowed, the start-up log says so, one line per decision,
+// and holds none of the secrets.
+func TestServeStartupDecisions(t *testing.T) {
+	dir := t.TempDir()
+	ldapPort := freePort(t) // nothing listens: the background sync fails, serving does not
+	s := startServe(t, fmt.Sprintf(`data_dir = %q
+[http]
+listen = "127.0.0.1:%d"
+trusted_proxies = ["127.0.0.1"]
+[lookup]
+algorithms = ["sha256", "none"]
+pepper = "AFixedPepperOfTwentyChars"
+recursion_cidrs = ["10.0.0.0/8", "127.0.0.1"]
+[ldap]
+urls = ["ldap://127.0.0.1:%d", "ldaps://127.0.0.2:636"]
+bind_dn = "cn=reader,dc=example,dc=org"
+bind_password = "ldap-secret-pw"
+base_dns = ["ou=people,dc=example,dc=org"]
+preset = "openldap"
+uid_domain = "example.org"
+[[forwarders]]
+url = "https://matrix.example.net/"
+access_token = "forwarder-secret-token"
+`, dir, freePort(t), ldapPort))
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.log.String(), "msg=serving") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.stop(t)
+	log := s.log.String()
+	for _, want := range []string{
+		`msg="lookup algorithms" algorithms="[sha256 none]" plaintext=true`,
+		fmt.Sprintf(`msg="lookup source" source=ldap enabled=true urls="[ldap://127.0.0.1:%d ldaps://127.0.0.2:636]" starttls=false preset=openldap base_dns="[ou=people,dc=example,dc=org]" sync_interval=15m0s deadline=3s`, ldapPort),
+		`msg="lookup source" source=dns enabled=false`,
+		`msg="lookup source" source=forwarders enabled=true servers=[https://matrix.example.net] deadline=5s`,
+		`msg="lookup recursion" cidrs="[10.0.0.0/8 127.0.0.1]" trusted_proxies=[127.0.0.1]`,
+		`msg="lookup pepper" fixed=true age=0s`,
+		`msg="v1 API" enabled=false`,
+		"msg=\"metrics off\"",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	for _, secret := range []string{"ldap-secret-pw", "forwarder-secret-token", "AFixedPepperOfTwentyChars"} {
+		if strings.Contains(log, secret) {
+			t.Errorf("the log holds a secret: %q", secret)
+		}
+	}
+	if t.Failed() {
+		t.Logf("log:\n%s", log)
 	}
 }

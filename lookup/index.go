@@ -654,16 +654,23 @@ type IndexStats struct {
 	PepperAge     time.Duration // age of the current pepper
 	LastBuild     time.Duration // duration of the last (re)build
 	PreviousValid bool          // the previous pepper is still accepted
+	Fixed         bool          // the pepper is fixed by configuration: no rotation
+	NextRotation  time.Time     // when the pepper rotates next (zero when fixed)
 }
 
 // Stats returns the index's counters.
 func (x *Index) Stats() IndexStats {
 	st := x.state.Load()
-	return IndexStats{
+	s := IndexStats{
 		Entries: st.current.size(), Hits: x.hits.Load(), Misses: x.misses.Load(), Rotations: x.rotations.Load(),
 		PepperAge: x.opt.Now().Sub(st.current.created), LastBuild: time.Duration(x.lastBuild.Load()),
 		PreviousValid: st.previous != nil && x.opt.Now().Before(st.prevExpires),
+		Fixed:         x.opt.Fixed != "",
 	}
+	if !s.Fixed {
+		s.NextRotation = st.current.created.Add(x.opt.Rotation)
+	}
+	return s
 }
 
 // Size is the number of entries of the current table.
