@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"time"
 )
@@ -59,7 +60,10 @@ func (c *Chain) Lookup(ctx context.Context, threepids []ThreePID, recurse bool) 
 		start := time.Now()
 		got, err := l.Source.Lookup(lctx, todo)
 		took := time.Since(start)
-		timedOut := errors.Is(lctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)
+		// A source's own I/O deadline may fire just before the context's.
+		var netErr net.Error
+		timedOut := errors.Is(lctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+			(errors.As(err, &netErr) && netErr.Timeout()) || took >= l.Deadline
 		cancel()
 		if err != nil {
 			l.errors.Add(1)
