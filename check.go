@@ -41,10 +41,20 @@ type checkCommand struct {
 // checkCommands are the self-tests, by name.
 func checkCommands() map[string]checkCommand {
 	return map[string]checkCommand{
+		"dns": {
+			Args:  "DOMAIN",
+			About: "discover the identity server of an email domain as lookups do (SRV _matrix-identity._tcp, else the domain), resolve it, check the outbound policy allows it and that it answers as an identity server",
+			Run:   checkDNS,
+		},
 		"federation": {
 			Args:  "SERVER_NAME",
 			About: "find a homeserver, fetch and verify its signing keys, reach its OpenID endpoint (what registration needs)",
 			Run:   checkFederation,
+		},
+		"ldap": {
+			Args:  "[ADDRESS]",
+			About: "connect and bind to the [ldap] directory, look up ADDRESS (email or phone) if given, run the sync query, show what the mapping yields",
+			Run:   checkLDAP,
 		},
 		"smtp": {
 			Args:  "-to ADDRESS",

@@ -233,6 +233,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// Start-up decisions of the other features (sources enabled, pepper
 	// age) are logged as they are wired, here, before serving.
+	logLookupDecisions(log, cfg, app.lookup)
 	if err := tlsm.Start(ctx); err != nil {
 		lns.Close()
 		return err
@@ -319,7 +320,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
 	}
 	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
-	lk, err := newLookup(cfg, store, policy, log)
+	lk, err := newLookup(cfg, store, policy, log, metrics.Lookup)
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -341,24 +342,31 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 
 // newLookup builds the lookup service: the hash index over the local
 // bindings (built here, before serving), the cascade and its sources.
-func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger) (*lookup.Service, error) {
-	self := []string{cfg.ServerName}
-	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
-		self = append(self, u.Host, u.Hostname())
-	}
+func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger, observe func(source, outcome string, d time.Duration)) (*lookup.Service, error) {
 	start := time.Now()
 	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
 		Store:      store,
 		HTTPClient: policy.Client(outbound.ClientOptions{MaxResponseBytes: 4 << 20}),
 		DNSServer:  cfg.Outbound.DNSServer,
-		Self:       self,
+		Self:       selfNames(cfg),
 		Logger:     log,
+		Observe:    observe, // metrics.Lookup: nil-safe when metrics are off
 	})
 	if err != nil {
 		return nil, fmt.Errorf("lookup: %w", err)
 	}
 	log.Info("lookup index built", "entries", lk.Index.Size(), "duration_ms", time.Since(start).Milliseconds())
 	return lk, nil
+}
+
+// selfNames are the names this server is reached by: DNS discovery never
+// asks them.
+func selfNames(cfg Config) []string {
+	self := []string{cfg.ServerName}
+	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
+		self = append(self, u.Host, u.Hostname())
+	}
+	return self
 }
 
 // rotateOnSignal rotates the lookup pepper when the process gets SIGUSR1

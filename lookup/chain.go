@@ -2,7 +2,9 @@ package lookup
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"time"
 )
@@ -21,8 +23,9 @@ type Link struct {
 // the 3PIDs no earlier source knew. A failing or slow source is logged and
 // skipped, never fatal.
 type Chain struct {
-	links []*Link
-	log   *slog.Logger
+	links   []*Link
+	log     *slog.Logger
+	observe func(source, outcome string, d time.Duration) // Deps.Observe, may be nil
 }
 
 // NewChain builds a cascade over links, in order.
@@ -50,15 +53,21 @@ func (c *Chain) Lookup(ctx context.Context, threepids []ThreePID, recurse bool) 
 			break
 		}
 		if l.Remote && !recurse {
+			c.note(l.Source.Name(), "skipped", 0)
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, l.Deadline)
 		start := time.Now()
 		got, err := l.Source.Lookup(lctx, todo)
+		took := time.Since(start)
+		// A source's own I/O deadline may fire just before the context's.
+		var netErr net.Error
+		timedOut := errors.Is(lctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+			(errors.As(err, &netErr) && netErr.Timeout()) || took >= l.Deadline
 		cancel()
 		if err != nil {
 			l.errors.Add(1)
-			c.log.Warn("lookup source failed; skipped", "source", l.Source.Name(), "addresses", len(todo), "duration_ms", time.Since(start).Milliseconds(), "err", err)
+			c.log.Warn("lookup source failed; skipped", "source", l.Source.Name(), "addresses", len(todo), "duration_ms", took.Milliseconds(), "err", err)
 		}
 		rest := todo[:0:0]
 		for _, tp := range todo {
@@ -72,9 +81,26 @@ func (c *Chain) Lookup(ctx context.Context, threepids []ThreePID, recurse bool) 
 				}
 			}
 		}
+		switch {
+		case err != nil && timedOut && ctx.Err() == nil:
+			c.note(l.Source.Name(), "timeout", took)
+		case err != nil:
+			c.note(l.Source.Name(), "error", took)
+		case len(rest) < len(todo):
+			c.note(l.Source.Name(), "found", took)
+		default:
+			c.note(l.Source.Name(), "not_found", took)
+		}
 		todo = rest
 	}
 	return out
+}
+
+// note reports one source asked (or skipped) to Deps.Observe.
+func (c *Chain) note(source, outcome string, d time.Duration) {
+	if c.observe != nil {
+		c.observe(source, outcome, d)
+	}
 }
 
 func dedupe(tps []ThreePID) []ThreePID {

@@ -147,16 +147,8 @@ func (d *DNS) discover(ctx context.Context, domain string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var bases []string
-	for _, s := range srvs {
-		host := strings.ToLower(strings.TrimSuffix(s.Target, "."))
-		if host == "" || d.self[host] {
-			continue // "." means no service; never ask ourselves
-		}
-		bases = append(bases, "https://"+net.JoinHostPort(host, strconv.Itoa(int(s.Port))))
-	}
+	bases := d.bases(domain, srvs)
 	if len(srvs) == 0 {
-		bases = []string{"https://" + domain}
 		ttl = d.cfg.NegativeTTL
 	}
 	ttl = min(max(ttl, d.cfg.MinTTL), d.cfg.MaxTTL)
@@ -175,17 +167,44 @@ func (d *DNS) discover(ctx context.Context, domain string) ([]string, error) {
 	return bases, nil
 }
 
+// bases are the base URLs to try for a domain's SRV records, in order:
+// the targets (a "." target means "no service"; this server itself is never
+// asked), or https://<domain> when there is no record.
+func (d *DNS) bases(domain string, srvs []*dns.SRV) []string {
+	if len(srvs) == 0 {
+		return []string{"https://" + domain}
+	}
+	var bases []string
+	for _, s := range srvs {
+		host := strings.ToLower(strings.TrimSuffix(s.Target, "."))
+		if host == "" || d.self[host] {
+			continue
+		}
+		bases = append(bases, "https://"+net.JoinHostPort(host, strconv.Itoa(int(s.Port))))
+	}
+	return bases
+}
+
+// dnsServer is the DNS server asked: outbound.dns_server, else the first of
+// /etc/resolv.conf.
+func (d *DNS) dnsServer() (string, error) {
+	if d.server != "" {
+		return d.server, nil
+	}
+	conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+	if err != nil || len(conf.Servers) == 0 {
+		return "", fmt.Errorf("no DNS server: set outbound.dns_server (%v)", err)
+	}
+	return net.JoinHostPort(conf.Servers[0], conf.Port), nil
+}
+
 // querySRV asks the DNS server for SRV records (UDP, TCP when truncated)
 // and returns them by priority, then heavier weight first, with the
 // smallest TTL.
 func (d *DNS) querySRV(ctx context.Context, name string) ([]*dns.SRV, time.Duration, error) {
-	server := d.server
-	if server == "" {
-		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil || len(conf.Servers) == 0 {
-			return nil, 0, fmt.Errorf("no DNS server: set outbound.dns_server (%v)", err)
-		}
-		server = net.JoinHostPort(conf.Servers[0], conf.Port)
+	server, err := d.dnsServer()
+	if err != nil {
+		return nil, 0, err
 	}
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeSRV)

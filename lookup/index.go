@@ -259,6 +259,9 @@ type IndexOptions struct {
 	Fixed           string
 	Now             func() time.Time
 	Logger          *slog.Logger
+	// Observe is Deps.Observe: told once per LookupHashes call, as source
+	// "index", outcome "found" (at least one hit) or "not_found".
+	Observe func(source, outcome string, d time.Duration)
 }
 
 type indexState struct {
@@ -589,6 +592,10 @@ func (x *Index) LookupHashes(pepper string, hashes []string) (out []string, err 
 	if t == nil {
 		return nil, ErrPepper
 	}
+	var start time.Time
+	if x.opt.Observe != nil {
+		start = time.Now()
+	}
 	out = make([]string, len(hashes))
 	hit := 0
 	t.mu.RLock()
@@ -605,6 +612,13 @@ func (x *Index) LookupHashes(pepper string, hashes []string) (out []string, err 
 	t.mu.RUnlock()
 	x.hits.Add(int64(hit))
 	x.misses.Add(int64(len(hashes) - hit))
+	if x.opt.Observe != nil {
+		outcome := "not_found"
+		if hit > 0 {
+			outcome = "found"
+		}
+		x.opt.Observe("index", outcome, time.Since(start))
+	}
 	return out, nil
 }
 
@@ -640,16 +654,23 @@ type IndexStats struct {
 	PepperAge     time.Duration // age of the current pepper
 	LastBuild     time.Duration // duration of the last (re)build
 	PreviousValid bool          // the previous pepper is still accepted
+	Fixed         bool          // the pepper is fixed by configuration: no rotation
+	NextRotation  time.Time     // when the pepper rotates next (zero when fixed)
 }
 
 // Stats returns the index's counters.
 func (x *Index) Stats() IndexStats {
 	st := x.state.Load()
-	return IndexStats{
+	s := IndexStats{
 		Entries: st.current.size(), Hits: x.hits.Load(), Misses: x.misses.Load(), Rotations: x.rotations.Load(),
 		PepperAge: x.opt.Now().Sub(st.current.created), LastBuild: time.Duration(x.lastBuild.Load()),
 		PreviousValid: st.previous != nil && x.opt.Now().Before(st.prevExpires),
+		Fixed:         x.opt.Fixed != "",
 	}
+	if !s.Fixed {
+		s.NextRotation = st.current.created.Add(x.opt.Rotation)
+	}
+	return s
 }
 
 // Size is the number of entries of the current table.

@@ -94,25 +94,10 @@ func (l *LDAP) Close() {
 func (l *LDAP) dial(timeout time.Duration) (*ldap.Conn, error) {
 	var errs []error
 	for _, raw := range l.cfg.URLs {
-		u, err := url.Parse(raw)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		tc := l.tls.Clone()
-		tc.ServerName = u.Hostname()
-		c, err := ldap.DialURL(raw, ldap.DialWithDialer(&net.Dialer{Timeout: timeout}), ldap.DialWithTLSConfig(tc))
+		c, err := l.connect(raw, timeout, l.tls)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", raw, err))
 			continue
-		}
-		c.SetTimeout(timeout)
-		if l.cfg.StartTLS {
-			if err := c.StartTLS(tc); err != nil {
-				c.Close()
-				errs = append(errs, fmt.Errorf("%s: StartTLS: %w", raw, err))
-				continue
-			}
 		}
 		if l.cfg.BindDN != "" {
 			if err := c.Bind(l.cfg.BindDN, l.cfg.BindPassword); err != nil {
@@ -124,6 +109,29 @@ func (l *LDAP) dial(timeout time.Duration) (*ldap.Conn, error) {
 		return c, nil
 	}
 	return nil, errors.Join(errs...)
+}
+
+// connect opens one URL (TLS for ldaps://) and upgrades it with StartTLS
+// when configured; tc is verified against the URL's host.
+func (l *LDAP) connect(raw string, timeout time.Duration, tc *tls.Config) (*ldap.Conn, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	tc = tc.Clone()
+	tc.ServerName = u.Hostname()
+	c, err := ldap.DialURL(raw, ldap.DialWithDialer(&net.Dialer{Timeout: timeout}), ldap.DialWithTLSConfig(tc))
+	if err != nil {
+		return nil, err
+	}
+	c.SetTimeout(timeout)
+	if l.cfg.StartTLS {
+		if err := c.StartTLS(tc); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("StartTLS: %w", err)
+		}
+	}
+	return c, nil
 }
 
 // shared returns the lookup connection, connecting if there is none.
@@ -202,27 +210,7 @@ func (l *LDAP) threepidsOf(e *ldap.Entry, fn func(ThreePID)) {
 // Lookup implements Source: one search per base DN and batch of addresses,
 // with an OR filter over every attribute of the medium.
 func (l *LDAP) Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]string, error) {
-	want := make(map[ThreePID]bool, len(threepids))
-	var terms []string
-	for _, tp := range threepids {
-		if want[tp] {
-			continue
-		}
-		want[tp] = true
-		switch tp.Medium {
-		case threepid.Email:
-			for _, a := range l.cfg.EmailAttributes {
-				terms = append(terms, "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
-			}
-		case threepid.MSISDN:
-			// Directories hold numbers as people typed them; telephoneNumber
-			// matching ignores spaces and hyphens, so "+<digits>" finds
-			// "+44 20 7946 0018". The plain digits catch the rest.
-			for _, a := range l.cfg.MSISDNAttributes {
-				terms = append(terms, "("+a+"=+"+ldap.EscapeFilter(tp.Address)+")", "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
-			}
-		}
-	}
+	want, terms := l.lookupTerms(threepids)
 	out := map[ThreePID]string{}
 	if len(terms) == 0 {
 		return out, nil
@@ -249,6 +237,34 @@ func (l *LDAP) Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]s
 		}
 	}
 	return out, nil
+}
+
+// lookupTerms returns the set of 3PIDs asked and the filter terms that
+// find them: one per attribute of the medium and address, every value
+// escaped.
+func (l *LDAP) lookupTerms(threepids []ThreePID) (map[ThreePID]bool, []string) {
+	want := make(map[ThreePID]bool, len(threepids))
+	var terms []string
+	for _, tp := range threepids {
+		if want[tp] {
+			continue
+		}
+		want[tp] = true
+		switch tp.Medium {
+		case threepid.Email:
+			for _, a := range l.cfg.EmailAttributes {
+				terms = append(terms, "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
+			}
+		case threepid.MSISDN:
+			// Directories hold numbers as people typed them; telephoneNumber
+			// matching ignores spaces and hyphens, so "+<digits>" finds
+			// "+44 20 7946 0018". The plain digits catch the rest.
+			for _, a := range l.cfg.MSISDNAttributes {
+				terms = append(terms, "("+a+"=+"+ldap.EscapeFilter(tp.Address)+")", "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
+			}
+		}
+	}
+	return want, terms
 }
 
 // search runs one search on the shared connection, reconnecting once when
@@ -297,35 +313,58 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 		case <-done:
 		}
 	}()
+	var recs []Record
+	var sum uint64
+	_, err = l.readAll(ctx, c, func(_ string, e *ldap.Entry) {
+		m := l.mxidOf(e)
+		if m == "" {
+			return
+		}
+		l.threepidsOf(e, func(tp ThreePID) {
+			recs = append(recs, Record{tp.Medium, tp.Address, m})
+			h := fnv.New64a()
+			h.Write([]byte(tp.Medium + "\x00" + tp.Address + "\x00" + m))
+			sum += h.Sum64() // order-independent
+		})
+	})
+	if err != nil {
+		return false, 0, err
+	}
+	l.snapMu.Lock()
+	changed = !l.snapDone || sum != l.snapSum || len(recs) != len(l.snap)
+	l.snap, l.snapSum, l.snapDone = recs, sum, true
+	l.snapMu.Unlock()
+	return changed, len(recs), nil
+}
+
+// syncFilter selects every entry that holds an address of either medium.
+func (l *LDAP) syncFilter() string {
 	var terms []string
 	for _, a := range append(append([]string{}, l.cfg.EmailAttributes...), l.cfg.MSISDNAttributes...) {
 		terms = append(terms, "("+a+"=*)")
 	}
-	filter := l.withFilter("(|" + strings.Join(terms, "") + ")")
-	var recs []Record
-	var sum uint64
+	return l.withFilter("(|" + strings.Join(terms, "") + ")")
+}
+
+// readAll runs the sync query on c: a paged search of every base DN (page
+// size page_size, so Active Directory's 1,000-entry limit does not cut it
+// short), calling fn for each entry. It returns the number of pages read.
+func (l *LDAP) readAll(ctx context.Context, c *ldap.Conn, fn func(base string, e *ldap.Entry)) (pages int, err error) {
+	filter := l.syncFilter()
 	for _, base := range l.cfg.BaseDNs {
 		paging := ldap.NewControlPaging(uint32(l.cfg.PageSize))
 		req := ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false, filter, l.attrs, []ldap.Control{paging})
 		for {
 			if err := ctx.Err(); err != nil {
-				return false, 0, err
+				return pages, err
 			}
 			res, err := c.Search(req)
 			if err != nil {
-				return false, 0, fmt.Errorf("ldap sync of %s: %w", base, err)
+				return pages, fmt.Errorf("ldap sync of %s: %w", base, err)
 			}
+			pages++
 			for _, e := range res.Entries {
-				m := l.mxidOf(e)
-				if m == "" {
-					continue
-				}
-				l.threepidsOf(e, func(tp ThreePID) {
-					recs = append(recs, Record{tp.Medium, tp.Address, m})
-					h := fnv.New64a()
-					h.Write([]byte(tp.Medium + "\x00" + tp.Address + "\x00" + m))
-					sum += h.Sum64() // order-independent
-				})
+				fn(base, e)
 			}
 			ctrl, ok := ldap.FindControl(res.Controls, ldap.ControlTypePaging).(*ldap.ControlPaging)
 			if !ok || len(ctrl.Cookie) == 0 {
@@ -334,11 +373,7 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 			paging.SetCookie(ctrl.Cookie)
 		}
 	}
-	l.snapMu.Lock()
-	changed = !l.snapDone || sum != l.snapSum || len(recs) != len(l.snap)
-	l.snap, l.snapSum, l.snapDone = recs, sum, true
-	l.snapMu.Unlock()
-	return changed, len(recs), nil
+	return pages, nil
 }
 
 // Records implements Directory: the last snapshot.

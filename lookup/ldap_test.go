@@ -59,7 +59,7 @@ func newLDAP(t *testing.T, c lookup.LDAPConfig, timeout time.Duration) *lookup.L
 
 func TestLDAPLookup(t *testing.T) {
 	d := startSlapd(t, seedDirectory())
-	l := newLDAP(t, ldapConfig(d.url), 3*time.Second)
+	l := newLDAP(t, ldapConfig(d.URL), 3*time.Second)
 	ctx := context.Background()
 	cases := map[lookup.ThreePID]string{
 		{"email", "alice@example.org"}:        "@alice:example.org",
@@ -112,7 +112,7 @@ func TestLDAPLookup(t *testing.T) {
 		t.Errorf("injection attempts returned %d directory entries", n)
 	}
 	// A full MXID from an attribute instead of uid + domain.
-	c := ldapConfig(d.url)
+	c := ldapConfig(d.URL)
 	c.Preset, c.UIDDomain = "", ""
 	c.MXIDAttribute, c.EmailAttributes = "description", []string{"mail"}
 	lm := newLDAP(t, c, 3*time.Second)
@@ -125,10 +125,10 @@ func TestLDAPLookup(t *testing.T) {
 
 func TestLDAPSyncIntoIndex(t *testing.T) {
 	d := startSlapd(t, seedDirectory())
-	l := newLDAP(t, ldapConfig(d.url), 3*time.Second)
+	l := newLDAP(t, ldapConfig(d.URL), 3*time.Second)
 	ctx := context.Background()
 	// The directory's size limit (1,000) means only paged searches read it all.
-	c, err := ldap.DialURL(d.url)
+	c, err := ldap.DialURL(d.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestLDAPSyncIntoIndex(t *testing.T) {
 // directory is back, the source reconnects.
 func TestLDAPDown(t *testing.T) {
 	d := startSlapd(t, seedDirectory())
-	l := newLDAP(t, ldapConfig(d.url), 3*time.Second)
+	l := newLDAP(t, ldapConfig(d.URL), 3*time.Second)
 	s := openStore(t, t.TempDir())
 	bind(t, s, nil, "email", "local@example.org", "@local:example.org")
 	chain := lookup.NewChain(nil,
@@ -210,13 +210,13 @@ func TestLDAPDown(t *testing.T) {
 	if got, _ := ask(); got[local].MXID != "@local:example.org" || got[inDir].MXID != "@bob:example.org" || got[inDir].Source != "ldap" {
 		t.Fatalf("directory up: %v", got)
 	}
-	d.pause()
+	d.Pause()
 	got, took := ask()
 	if got[local].MXID != "@local:example.org" || len(got) != 1 || took > time.Second {
 		t.Errorf("directory frozen: %v in %v", got, took)
 	}
-	d.resume()
-	d.stop()
+	d.Resume()
+	d.Stop()
 	got, took = ask()
 	if got[local].MXID != "@local:example.org" || len(got) != 1 || took > time.Second {
 		t.Errorf("directory stopped: %v in %v", got, took)
@@ -224,7 +224,7 @@ func TestLDAPDown(t *testing.T) {
 	if st := chain.Stats(); st[1].Errors < 2 {
 		t.Errorf("ldap errors not counted: %+v", st)
 	}
-	d.start()
+	d.Start()
 	if got, _ := ask(); got[inDir].MXID != "@bob:example.org" {
 		t.Errorf("directory back: %v", got)
 	}
@@ -233,7 +233,7 @@ func TestLDAPDown(t *testing.T) {
 // LDAPS and StartTLS, with the directory's CA from ca_file; without it the
 // certificate is refused, unless insecure_skip_verify.
 func TestLDAPTLS(t *testing.T) {
-	d := startSlapdTLS(t, seedDirectory(), true)
+	d := startSlapdTLS(t, seedDirectory())
 	bob := lookup.ThreePID{Medium: "email", Address: "bob@example.org"}
 	for _, c := range []struct {
 		name     string
@@ -243,17 +243,17 @@ func TestLDAPTLS(t *testing.T) {
 		insecure bool
 		ok       bool
 	}{
-		{"ldaps with ca_file", d.tlsURL, false, true, false, true},
-		{"starttls with ca_file", d.url, true, true, false, true},
-		{"ldaps without the CA", d.tlsURL, false, false, false, false},
-		{"starttls without the CA", d.url, true, false, false, false},
-		{"ldaps, insecure_skip_verify", d.tlsURL, false, false, true, true},
+		{"ldaps with ca_file", d.TLSURL, false, true, false, true},
+		{"starttls with ca_file", d.URL, true, true, false, true},
+		{"ldaps without the CA", d.TLSURL, false, false, false, false},
+		{"starttls without the CA", d.URL, true, false, false, false},
+		{"ldaps, insecure_skip_verify", d.TLSURL, false, false, true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := ldapConfig(c.url)
 			cfg.StartTLS, cfg.InsecureSkipVerify = c.starttls, c.insecure
 			if c.ca {
-				cfg.CAFile = d.caFile
+				cfg.CAFile = d.CAFile
 			}
 			l := newLDAP(t, cfg, 3*time.Second)
 			got, err := l.Lookup(context.Background(), []lookup.ThreePID{bob})

@@ -2,8 +2,11 @@
 // the cascade of sources (Chain: local bindings, LDAP, DNS-discovered
 // identity servers, configured forwarders, most authoritative first), the
 // in-process hash index answering sha256 lookups (Index) with its pepper
-// rotation, and the sources themselves (ldap.go, dns.go, forward.go over the
-// remote identity-server client in remote.go).
+// rotation, and the sources themselves (ldap.go, dns.go, and the forwarders in
+// remote.go with the remote identity-server client). probe*.go run the directory
+// and DNS discovery step by step for `mxid check ldap` and `mxid check dns`;
+// the sub-packages slapdtest and dnstest are test support (a throw-away
+// slapd, a DNS server on 127.0.0.1) imported only by tests.
 //
 // It imports no mxid package except its sub-package lookup/threepid (3PID
 // grammar and the lookup hash). Its collaborators come from main with builtin

@@ -8,15 +8,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"mxid/lookup"
+	"mxid/lookup/dnstest"
 	"mxid/lookup/threepid"
 )
 
@@ -122,45 +120,10 @@ func (p *peerIS) port() uint16 {
 	return uint16(n)
 }
 
-// dnsServer is an authoritative miekg/dns server on 127.0.0.1 (UDP and TCP
-// on the same port), answering from a zone given as RR strings.
+// dnsServer is an authoritative DNS server on 127.0.0.1 (lookup/dnstest).
 func dnsServer(t *testing.T, records ...string) (addr string, queries *atomic.Int64) {
-	t.Helper()
-	zone := map[string][]dns.RR{}
-	for _, s := range records {
-		rr, err := dns.NewRR(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		k := strings.ToLower(rr.Header().Name) + "/" + dns.TypeToString[rr.Header().Rrtype]
-		zone[k] = append(zone[k], rr)
-	}
-	queries = &atomic.Int64{}
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		queries.Add(1)
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Authoritative = true
-		q := req.Question[0]
-		m.Answer = zone[strings.ToLower(q.Name)+"/"+dns.TypeToString[q.Qtype]]
-		if len(m.Answer) == 0 {
-			m.Rcode = dns.RcodeNameError
-		}
-		w.WriteMsg(m)
-	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, tcp := &dns.Server{PacketConn: pc, Handler: handler}, &dns.Server{Listener: ln, Handler: handler}
-	go udp.ActivateAndServe()
-	go tcp.ActivateAndServe()
-	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
-	return pc.LocalAddr().String(), queries
+	s := dnstest.Start(t, records...)
+	return s.Addr, &s.Queries
 }
 
 // peerClient resolves names with the test DNS server and trusts the test

@@ -22,6 +22,15 @@ type Deps struct {
 	Self   []string
 	Logger *slog.Logger
 	Now    func() time.Time
+	// Observe, when set, is told of every source asked: the cascade's
+	// sources by name ("local", "ldap", "dns", "forwarders") once per
+	// lookup that reaches them, and the hash index ("index") once per
+	// sha256 lookup request. Outcomes: "found" (at least one address
+	// found), "not_found", "error", "timeout" (the source's deadline
+	// passed), "skipped" (a remote source not asked: the requester may not
+	// recurse). It counts requests, not addresses, so a 1,000-address
+	// batch is one observation; it must be cheap (it runs on the hot path).
+	Observe func(source, outcome string, d time.Duration)
 }
 
 // Service is everything lookups need, wired: the hash index, the cascade
@@ -73,9 +82,10 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 		links = append(links, &Link{Source: NewForwarders(forwarders, d.HTTPClient), Deadline: cfg.Deadlines.Forwarders, Remote: true})
 	}
 	s.Chain = NewChain(d.Logger, links...)
+	s.Chain.observe = d.Observe
 	idx, err := NewIndex(IndexOptions{
 		Store: d.Store, Directories: dirs, Rotation: cfg.PepperRotation, Grace: cfg.PepperGrace,
-		Fixed: cfg.Pepper, Now: d.Now, Logger: d.Logger,
+		Fixed: cfg.Pepper, Now: d.Now, Logger: d.Logger, Observe: d.Observe,
 	})
 	if err != nil {
 		return nil, err

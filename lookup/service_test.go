@@ -16,7 +16,7 @@ func TestServiceWithDirectory(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	bind(t, s, nil, "email", "local@example.org", "@local:example.org")
 	cfg := lookup.DefaultConfig()
-	svc, err := lookup.New(cfg, ldapConfig(d.url), lookup.DefaultDNSConfig(), nil, lookup.Deps{Store: s})
+	svc, err := lookup.New(cfg, ldapConfig(d.URL), lookup.DefaultDNSConfig(), nil, lookup.Deps{Store: s})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ package server
 // prometheus. Packages that must not import server (lookup, mail) report
 // through plain func values main takes from a *Metrics:
 //
-//	lookup:  m.Lookup       func(source, outcome string, d time.Duration)
+//	lookup:  m.Lookup       func(source, outcome string, d time.Duration) (lookup.Deps.Observe)
 //	mail:    m.Delivery     func(channel, outcome string)
 //	gauges:  m.SetIndexSize(func() int), m.SetPepperAge(func() time.Duration),
 //	         m.SetQueueDepth(func() int)
@@ -115,11 +115,11 @@ func NewMetrics(store *db.Store) *Metrics {
 		}, []string{"route"}),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mxid_lookups_total",
-			Help: "3PID lookups asked of each source, by outcome (found, not_found, error, timeout).",
+			Help: "Lookup requests that reached each source (local, ldap, dns, forwarders; index for sha256), by outcome (found: at least one address found, not_found, error, timeout, skipped: a remote source the requester may not use). Counts requests, not addresses.",
 		}, []string{"source", "outcome"}),
 		lookupDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "mxid_lookup_duration_seconds",
-			Help:    "Time a lookup source took to answer.",
+			Help:    "Time a lookup source took to answer (skipped sources not included).",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"source"}),
 		delivery: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -180,15 +180,18 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// Lookup records one lookup asked of a source ("local", "ldap", "dns",
-// "forward", ...) with its outcome ("found", "not_found", "error",
-// "timeout") and duration.
+// Lookup records one lookup request asked of a source ("local", "ldap",
+// "dns", "forwarders", "index") with its outcome ("found", "not_found",
+// "error", "timeout", "skipped") and duration; a skipped source took no
+// time and is left out of the duration histogram.
 func (m *Metrics) Lookup(source, outcome string, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.lookups.WithLabelValues(source, outcome).Inc()
-	m.lookupDur.WithLabelValues(source).Observe(d.Seconds())
+	if outcome != "skipped" {
+		m.lookupDur.WithLabelValues(source).Observe(d.Seconds())
+	}
 }
 
 // Delivery records one email or SMS: channel "email" or "sms", outcome

@@ -1,0 +1,380 @@
+// Package slapdtest runs a throw-away OpenLDAP slapd on 127.0.0.1 for tests
+// (the Go port of shared/recipes/slapd-test.sh): a temporary directory, the
+// seed loaded offline with slapadd, slapd in the foreground (-d 0), as
+// nobody when the test runs as root. Its size limit is 1,000 entries, as
+// Active Directory's, so a full read needs paged searches. With TLS it also
+// serves ldaps:// and StartTLS with a certificate for 127.0.0.1 signed by a
+// CA made for the test.
+//
+// It is test support: only _test.go files import it (those of lookup and of
+// main's `mxid check ldap`). It imports only the standard library; the
+// readiness probe speaks the few bytes of an LDAP bind itself.
+package slapdtest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The directory every Server holds: the suffix entry, a reader account
+// allowed to read everything, and the people OU the seed's entries go in.
+const (
+	Suffix   = "dc=example,dc=org"
+	Base     = "ou=people,dc=example,dc=org"
+	Reader   = "cn=isreader,dc=example,dc=org"
+	ReaderPW = "readerpw"
+)
+
+// Binary is where Debian's slapd package installs the server.
+const Binary = "/usr/sbin/slapd"
+
+// Server is one running slapd.
+type Server struct {
+	// URL is ldap://127.0.0.1:PORT (StartTLS works on it with TLS).
+	URL string
+	// TLSURL is ldaps://127.0.0.1:PORT, when started with TLS.
+	TLSURL string
+	// CAFile is the PEM file of the CA that signed the server's
+	// certificate, when started with TLS.
+	CAFile string
+
+	t       testing.TB
+	dir     string
+	cmd     *exec.Cmd
+	stopped bool
+}
+
+// Start runs slapd with seed (LDIF entries under Base, e.g. from Person)
+// until the test ends. Without slapd it skips the test, or fails it when
+// CI=true.
+func Start(t testing.TB, seed string) *Server { return start(t, seed, false) }
+
+// StartTLS is Start with ldaps:// and StartTLS too.
+func StartTLS(t testing.TB, seed string) *Server { return start(t, seed, true) }
+
+func start(t testing.TB, seed string, withTLS bool) *Server {
+	t.Helper()
+	if _, err := os.Stat(Binary); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("slapd is required in CI: %v (apt-get install slapd ldap-utils)", err)
+		}
+		t.Skip("slapd not installed (apt-get install slapd ldap-utils)")
+	}
+	// Not t.TempDir: slapd may run as nobody, which must reach the files.
+	dir, err := os.MkdirTemp("", "mxid-slapd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	s := &Server{t: t, dir: dir}
+	t.Cleanup(func() { s.Stop(); os.RemoveAll(dir) })
+	tlsConf := ""
+	if withTLS {
+		s.CAFile = filepath.Join(dir, "ca.pem")
+		writeCerts(t, dir)
+		tlsConf = fmt.Sprintf("TLSCACertificateFile %[1]s/ca.pem\nTLSCertificateFile %[1]s/cert.pem\nTLSCertificateKeyFile %[1]s/key.pem\n", dir)
+	}
+	conf := tlsConf + fmt.Sprintf(`include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+pidfile  %[1]s/slapd.pid
+argsfile %[1]s/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+loglevel none
+
+database mdb
+maxsize  67108864
+suffix   "%[2]s"
+rootdn   "cn=admin,%[2]s"
+rootpw   adminpw
+directory %[1]s/db
+sizelimit size.soft=1000 size.hard=1000 size.prtotal=unlimited
+index objectClass eq
+index mail,uid eq
+index telephoneNumber,mobile eq
+access to attrs=userPassword by self write by anonymous auth by * none
+access to * by dn.exact="%[3]s" read by * none
+`, dir, Suffix, Reader)
+	base := fmt.Sprintf(`dn: %[1]s
+objectClass: top
+objectClass: dcObject
+objectClass: organization
+o: Example
+dc: example
+
+dn: %[2]s
+objectClass: simpleSecurityObject
+objectClass: organizationalRole
+cn: isreader
+userPassword: %[3]s
+
+dn: %[4]s
+objectClass: organizationalUnit
+ou: people
+
+`, Suffix, Reader, ReaderPW, Base)
+	os.MkdirAll(filepath.Join(dir, "db"), 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "slapd.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "seed.ldif"), []byte(base+seed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	slapadd := filepath.Join(filepath.Dir(Binary), "slapadd")
+	if out, err := exec.Command(slapadd, "-q", "-f", filepath.Join(dir, "slapd.conf"), "-l", filepath.Join(dir, "seed.ldif")).CombinedOutput(); err != nil {
+		t.Fatalf("slapadd: %v\n%s", err, out)
+	}
+	s.URL = "ldap://" + freeAddr(t)
+	if withTLS {
+		s.TLSURL = "ldaps://" + freeAddr(t)
+	}
+	s.Start()
+	return s
+}
+
+func freeAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Start runs slapd (again, after Stop) on the same ports and data, and
+// returns once the reader can bind.
+func (s *Server) Start() {
+	s.t.Helper()
+	urls := s.URL + "/"
+	if s.TLSURL != "" {
+		urls += " " + s.TLSURL + "/"
+	}
+	args := []string{Binary, "-f", filepath.Join(s.dir, "slapd.conf"), "-h", urls, "-d", "0"}
+	if os.Geteuid() == 0 {
+		if out, err := exec.Command("chown", "-R", "nobody:nogroup", s.dir).CombinedOutput(); err != nil {
+			s.t.Fatalf("chown: %v %s", err, out)
+		}
+		args = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	log, _ := os.Create(filepath.Join(s.dir, "slapd.log"))
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd, s.stopped = cmd, false
+	addr := strings.TrimPrefix(s.URL, "ldap://")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := bind(addr, Reader, ReaderPW)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			logText, _ := os.ReadFile(filepath.Join(s.dir, "slapd.log"))
+			s.t.Fatalf("slapd did not answer in 10s: %v\n%s", err, logText)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop ends slapd (by its own pid) and waits for it.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.stopped {
+		return
+	}
+	s.stopped = true
+	s.cmd.Process.Signal(syscall.SIGCONT) // in case it was paused
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Pause freezes slapd (SIGSTOP): connections hang rather than fail. It
+// returns once the kernel shows the process stopped (the signal is
+// asynchronous).
+func (s *Server) Pause() {
+	s.cmd.Process.Signal(syscall.SIGSTOP)
+	for range 200 {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+		if _, rest, ok := strings.Cut(string(stat), ") "); ok && (strings.HasPrefix(rest, "T") || strings.HasPrefix(rest, "t")) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.t.Fatal("slapd did not stop")
+}
+
+// Resume continues a paused slapd.
+func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
+
+// Person is one inetOrgPerson entry uid=UID under Base, with more
+// attributes as name, value pairs.
+func Person(uid string, attrs ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "dn: uid=%s,%s\nobjectClass: inetOrgPerson\nuid: %s\ncn: %s\nsn: Example\n", uid, Base, uid, uid)
+	for i := 0; i+1 < len(attrs); i += 2 {
+		fmt.Fprintf(&b, "%s: %s\n", attrs[i], attrs[i+1])
+	}
+	return b.String() + "\n"
+}
+
+// bind sends one LDAPv3 simple bind and reads its result code: the server
+// is ready when it answers success.
+func bind(addr, dn, password string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	req := tlv(0x30, // LDAPMessage
+		tlv(0x02, []byte{1}), // messageID 1
+		tlv(0x60, // BindRequest
+			tlv(0x02, []byte{3}), // version 3
+			tlv(0x04, []byte(dn)),
+			tlv(0x80, []byte(password)))) // simple authentication
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	msg, err := readTLV(c, 0x30)
+	if err != nil {
+		return err
+	}
+	_, rest, err := splitTLV(msg, 0x02) // messageID
+	if err != nil {
+		return err
+	}
+	resp, _, err := splitTLV(rest, 0x61) // BindResponse
+	if err != nil {
+		return err
+	}
+	code, _, err := splitTLV(resp, 0x0a) // resultCode
+	if err != nil || len(code) != 1 {
+		return fmt.Errorf("malformed bind response: %v", err)
+	}
+	if code[0] != 0 {
+		return fmt.Errorf("bind as %s: LDAP result code %d", dn, code[0])
+	}
+	return nil
+}
+
+// tlv encodes one BER element with a definite length.
+func tlv(tag byte, parts ...[]byte) []byte {
+	var content []byte
+	for _, p := range parts {
+		content = append(content, p...)
+	}
+	out := []byte{tag}
+	switch n := len(content); {
+	case n < 0x80:
+		out = append(out, byte(n))
+	case n < 0x100:
+		out = append(out, 0x81, byte(n))
+	default:
+		out = append(out, 0x82, byte(n>>8), byte(n))
+	}
+	return append(out, content...)
+}
+
+// readTLV reads one BER element of the given tag from r and returns its
+// content.
+func readTLV(r io.Reader, tag byte) ([]byte, error) {
+	head := make([]byte, 2)
+	if _, err := io.ReadFull(r, head); err != nil {
+		return nil, err
+	}
+	if head[0] != tag {
+		return nil, fmt.Errorf("BER tag %#x, want %#x", head[0], tag)
+	}
+	n := int(head[1])
+	if n&0x80 != 0 {
+		lb := make([]byte, n&0x7f)
+		if len(lb) == 0 || len(lb) > 3 {
+			return nil, errors.New("unsupported BER length")
+		}
+		if _, err := io.ReadFull(r, lb); err != nil {
+			return nil, err
+		}
+		n = 0
+		for _, b := range lb {
+			n = n<<8 | int(b)
+		}
+	}
+	content := make([]byte, n)
+	_, err := io.ReadFull(r, content)
+	return content, err
+}
+
+// splitTLV splits the first element (of the given tag) off b.
+func splitTLV(b []byte, tag byte) (content, rest []byte, err error) {
+	r := &sliceReader{b: b}
+	content, err = readTLV(r, tag)
+	return content, r.b, err
+}
+
+type sliceReader struct{ b []byte }
+
+func (s *sliceReader) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, s.b)
+	s.b = s.b[n:]
+	return n, nil
+}
+
+// writeCerts writes ca.pem, cert.pem (for 127.0.0.1, signed by the CA) and
+// key.pem into dir.
+func writeCerts(t testing.TB, dir string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mxid test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	for name, block := range map[string]*pem.Block{
+		"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "cert.pem": {Type: "CERTIFICATE", Bytes: der}, "key.pem": {Type: "PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
