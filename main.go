@@ -315,8 +315,9 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		store.Close()
 		return nil, err
 	}
+	email, sms := sender.Describe()
+	log.Info("delivery of verification messages", "email", email, "sms", sms)
 	if emailLog, smsLog := sender.LogMode(); emailLog || smsLog {
-		email, sms := sender.Describe()
 		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
 	}
 	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
