@@ -24,8 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
+	"mxid/lookup/dnstest"
 	"mxid/server/outbound"
 )
 
@@ -62,43 +61,9 @@ func testPKI(t *testing.T, names ...string) (caFile string, cert tls.Certificate
 	return caFile, tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}
 }
 
-// testDNS serves records on 127.0.0.1 over UDP and TCP.
+// testDNS serves records on 127.0.0.1 and returns its address.
 func testDNS(t *testing.T, records ...string) string {
-	t.Helper()
-	zone := map[string][]dns.RR{}
-	for _, s := range records {
-		rr, err := dns.NewRR(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		k := dns.Fqdn(rr.Header().Name) + "/" + dns.TypeToString[rr.Header().Rrtype]
-		zone[k] = append(zone[k], rr)
-	}
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Authoritative = true
-		q := req.Question[0]
-		m.Answer = zone[strings.ToLower(q.Name)+"/"+dns.TypeToString[q.Qtype]]
-		if len(m.Answer) == 0 {
-			m.Rcode = dns.RcodeNameError
-		}
-		w.WriteMsg(m)
-	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp := &dns.Server{PacketConn: pc, Handler: handler}
-	tcp := &dns.Server{Listener: ln, Handler: handler}
-	go udp.ActivateAndServe()
-	go tcp.ActivateAndServe()
-	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
-	return pc.LocalAddr().String()
+	return dnstest.Start(t, records...).Addr
 }
 
 // A homeserver over TLS that answers well-known by Host and userinfo with
