@@ -75,20 +75,7 @@ func (s *Store) CompleteJob(j Job) error {
 		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
 			return err
 		}
-		for _, tok := range j.InviteTokens {
-			v := tx.Bucket(bucketInvites).Get([]byte(tok))
-			if v == nil {
-				continue
-			}
-			var inv Invite
-			if err := json.Unmarshal(v, &inv); err != nil {
-				return err
-			}
-			if err := deleteInvite(tx, inv); err != nil {
-				return err
-			}
-		}
-		return nil
+		return forJobInvites(tx, j, func(inv Invite) error { return deleteInvite(tx, inv) })
 	})
 }
 
@@ -112,26 +99,33 @@ func (s *Store) DropJob(j Job) error {
 		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
 			return err
 		}
-		for _, tok := range j.InviteTokens {
-			v := tx.Bucket(bucketInvites).Get([]byte(tok))
-			if v == nil {
-				continue
-			}
-			var inv Invite
-			if err := json.Unmarshal(v, &inv); err != nil {
-				return err
-			}
+		return forJobInvites(tx, j, func(inv Invite) error {
 			inv.QueuedJob = 0
-			nv, err := json.Marshal(inv)
+			v, err := json.Marshal(inv)
 			if err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketInvites).Put([]byte(tok), nv); err != nil {
-				return err
-			}
-		}
-		return nil
+			return tx.Bucket(bucketInvites).Put([]byte(inv.Token), v)
+		})
 	})
+}
+
+// forJobInvites calls fn for each still-stored invite a job carries.
+func forJobInvites(tx *bolt.Tx, j Job, fn func(Invite) error) error {
+	for _, tok := range j.InviteTokens {
+		v := tx.Bucket(bucketInvites).Get([]byte(tok))
+		if v == nil {
+			continue
+		}
+		var inv Invite
+		if err := json.Unmarshal(v, &inv); err != nil {
+			return err
+		}
+		if err := fn(inv); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // QueueDepth is the number of queued jobs.
