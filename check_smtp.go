@@ -29,7 +29,8 @@ func checkSMTP(ctx context.Context, c *check, fs *flag.FlagSet, args []string) e
 	if err != nil {
 		return err
 	}
-	sender, err := mail.New(c.cfg.Email, c.cfg.SMS, mail.Options{Templates: templates, Logger: slog.New(slog.DiscardHandler)})
+	// Only email is probed: SMS settings (and their HTTP client) play no part.
+	sender, err := mail.New(c.cfg.Email, mail.DefaultSMSConfig(), mail.Options{Templates: templates, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}

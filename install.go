@@ -453,19 +453,22 @@ func generateConfig(domain, serverName, email, tlsMode, listen string) []byte {
 		}
 		fmt.Fprintf(&b, "\n[http]\n# Plain HTTP behind a TLS-terminating reverse proxy on this machine.\nlisten = %q\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n", listen)
 	}
-	b.WriteString(`
+	b.WriteString(installEmailExample)
+	return []byte(b.String())
+}
+
+// installEmailExample ends the generated config: how to turn on email
+// delivery (a test checks that, uncommented, it is a valid configuration).
+const installEmailExample = `
 # Validation emails are written to the log until [email] is set up, e.g.:
 # [email]
-# mode = "smtp"
+# mode = "starttls"
 # host = "smtp.example.org"
 # port = 587
-# security = "starttls"
 # username = "mxid@example.org"
 # password_file = "/etc/mxid/smtp-password"
 # from = "Identity server <mxid@example.org>"
-`)
-	return []byte(b.String())
-}
+`
 
 // validateGenerated runs a generated config through the same loader as
 // check-config.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -185,5 +186,25 @@ func TestInstallDryRunAndBadFlags(t *testing.T) {
 				t.Errorf("a refused install created %d entries", len(entries))
 			}
 		})
+	}
+}
+
+// The [email] example at the end of an installed config is valid once
+// uncommented (with the password file it names in place).
+func TestInstallEmailExampleIsValid(t *testing.T) {
+	dir := t.TempDir()
+	pw := writeFile(t, dir, "smtp-password", "secret\n")
+	var b strings.Builder
+	for _, line := range strings.Split(installEmailExample, "\n") {
+		if strings.HasPrefix(line, "# [email]") || strings.HasPrefix(line, "# ") && strings.Contains(line, " = ") {
+			b.WriteString(strings.TrimPrefix(line, "# ") + "\n")
+		}
+	}
+	text := strings.Replace(b.String(), "/etc/mxid/smtp-password", pw, 1)
+	if !strings.Contains(text, "[email]") || !strings.Contains(text, "mode = ") {
+		t.Fatalf("no example found in %q", installEmailExample)
+	}
+	if _, err := loadConfig(writeFile(t, dir, "mxid.toml", fmt.Sprintf("data_dir = %q\n%s", dir, text))); err != nil {
+		t.Errorf("the example does not load: %v\n%s", err, text)
 	}
 }

@@ -33,7 +33,22 @@ func ParsePhone(country, number string) (msisdn, intl, region string, err error)
 		return "", "", "", ErrInvalidPhone
 	}
 	e164 := phonenumbers.Format(num, phonenumbers.E164)
-	return strings.TrimPrefix(e164, "+"), phonenumbers.Format(num, phonenumbers.INTERNATIONAL), phonenumbers.GetRegionCodeForNumber(num), nil
+	return strings.TrimPrefix(e164, "+"), phonenumbers.Format(num, phonenumbers.INTERNATIONAL), regionOf(num, country), nil
+}
+
+// regionOf is the country a number belongs to, for per-country rules and
+// limits. A number libphonenumber only calls possible has no region of its
+// own: it belongs to the country it was typed in when that country has its
+// calling code, else to the main country of its calling code. Never "".
+func regionOf(num *phonenumbers.PhoneNumber, typedIn string) string {
+	if r := phonenumbers.GetRegionCodeForNumber(num); r != "" && r != "ZZ" {
+		return r
+	}
+	cc := int(num.GetCountryCode())
+	if phonenumbers.GetCountryCodeForRegion(typedIn) == cc {
+		return typedIn
+	}
+	return phonenumbers.GetRegionCodeForCountryCode(cc)
 }
 
 // CanonicalMSISDN checks that s is already an MSISDN: digits only, a valid

@@ -63,6 +63,13 @@ func TestParsePhone(t *testing.T) {
 			t.Errorf("ParsePhone(%q, %q) = %q, %q, %v; want %q", c.country, c.number, msisdn, intl, err, c.msisdn)
 		}
 	}
+	// A number libphonenumber calls possible but not valid still has a
+	// country, so per-country rules and limits apply to it.
+	for _, c := range [][3]string{{"GB", "07700 900001", "GB"}, {"US", "+44 7700 900001", "GB"}, {"GB", "+1 201 555 0123", "US"}} {
+		if _, _, region, err := ParsePhone(c[0], c[1]); err != nil || region != c[2] {
+			t.Errorf("ParsePhone(%q, %q) region = %q, %v; want %q", c[0], c[1], region, err, c[2])
+		}
+	}
 	for _, c := range [][2]string{{"GB", "abc"}, {"GB", "+999 1"}, {"GB", "1234567890123456789"}, {"ZZ", "07700900001"}, {"gb", "07700900001"}, {"", "07700900001"}} {
 		if m, _, _, err := ParsePhone(c[0], c[1]); err == nil {
 			t.Errorf("ParsePhone(%q, %q) = %q, want an error", c[0], c[1], m)

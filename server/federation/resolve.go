@@ -36,9 +36,11 @@ type Resolver struct {
 	// change them.
 	wellKnownPort, fedPort string
 
+	wkClient *http.Client // for /.well-known/matrix/server (redirects, 50 KiB)
+
 	mu        sync.Mutex
-	wellKnown map[string]wellKnownEntry
-	clients   map[string]*http.Client // by TLS name
+	wellKnown map[string]wellKnownEntry // at most maxCached entries
+	clients   map[string]*http.Client   // by TLS name, at most maxClients
 }
 
 type wellKnownEntry struct {
@@ -51,6 +53,12 @@ const (
 	wellKnownOK       = 24 * time.Hour
 	wellKnownFailed   = time.Hour
 	defaultFedPort    = "8448"
+
+	// Server names come from requests (register, unbind, onbind), so
+	// the caches keyed by them are bounded: an attacker naming endless
+	// servers must not grow memory.
+	maxCached  = 10000
+	maxClients = 128
 )
 
 // NewResolver builds a resolver over the outbound policy. now may be nil.
@@ -59,6 +67,7 @@ func NewResolver(p *outbound.Policy, now func() time.Time) *Resolver {
 		now = time.Now
 	}
 	return &Resolver{policy: p, now: now, wellKnownPort: "443", fedPort: defaultFedPort,
+		wkClient:  p.Client(outbound.ClientOptions{MaxResponseBytes: wellKnownMaxBytes, MaxRedirects: 5}),
 		wellKnown: map[string]wellKnownEntry{}, clients: map[string]*http.Client{}}
 }
 
@@ -148,6 +157,16 @@ func (r *Resolver) lookupWellKnown(ctx context.Context, host string) string {
 		ttl = wellKnownFailed
 	}
 	r.mu.Lock()
+	if len(r.wellKnown) >= maxCached {
+		for h, e := range r.wellKnown {
+			if !now.Before(e.expires) {
+				delete(r.wellKnown, h)
+			}
+		}
+		if len(r.wellKnown) >= maxCached {
+			clear(r.wellKnown)
+		}
+	}
 	r.wellKnown[host] = wellKnownEntry{server: server, expires: now.Add(ttl)}
 	r.mu.Unlock()
 	return server
@@ -160,8 +179,7 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string) string {
 	if err != nil {
 		return ""
 	}
-	client := r.policy.Client(outbound.ClientOptions{MaxResponseBytes: wellKnownMaxBytes, MaxRedirects: 5})
-	resp, err := client.Do(req)
+	resp, err := r.wkClient.Do(req)
 	if err != nil {
 		return ""
 	}
@@ -194,6 +212,12 @@ func (r *Resolver) client(tlsName string) *http.Client {
 	defer r.mu.Unlock()
 	c, ok := r.clients[tlsName]
 	if !ok {
+		if len(r.clients) >= maxClients {
+			for _, old := range r.clients {
+				old.CloseIdleConnections()
+			}
+			clear(r.clients)
+		}
 		c = r.policy.Client(outbound.ClientOptions{TLSServerName: tlsName})
 		r.clients[tlsName] = c
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -245,5 +246,30 @@ func TestServerNameAndUserIDGrammar(t *testing.T) {
 		if got := ValidUserID(s); got != want {
 			t.Errorf("ValidUserID(%q) = %v, want %v", s, got, want)
 		}
+	}
+}
+
+// Server names come from unauthenticated requests: naming endless servers
+// must not grow the resolver's caches.
+func TestResolverCachesAreBounded(t *testing.T) {
+	cfg := outbound.DefaultConfig()
+	cfg.DNSServer = testDNS(t) // every name is NXDOMAIN
+	cfg.Timeout = time.Second
+	policy, err := outbound.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(policy, nil)
+	ctx := context.Background()
+	for i := 0; i < 3*maxClients; i++ {
+		r.Do(ctx, fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), http.MethodGet, "/", nil, nil, 1024)
+	}
+	for i := 0; i < maxCached+500; i++ {
+		r.lookupWellKnown(ctx, fmt.Sprintf("h%d.invalid", i))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.clients) > maxClients || len(r.wellKnown) > maxCached {
+		t.Errorf("caches hold %d clients and %d well-known answers, bounds %d and %d", len(r.clients), len(r.wellKnown), maxClients, maxCached)
 	}
 }
