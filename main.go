@@ -317,8 +317,12 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	}
 	email, sms := sender.Describe()
 	log.Info("delivery of verification messages", "email", email, "sms", sms)
-	if emailLog, smsLog := sender.LogMode(); emailLog || smsLog {
-		log.Warn("verification messages are not delivered: they are written to this log, tokens included (set [email] mode / [sms] provider to deliver them)", "email", email, "sms", sms)
+	emailLog, smsLog := sender.LogMode()
+	if emailLog {
+		log.Warn("emails are not delivered: they are written to this log, tokens included (set [email] mode to deliver them)")
+	}
+	if smsLog {
+		log.Warn("SMS are not delivered: they are written to this log, codes included (set [sms] provider to deliver them)")
 	}
 	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
 	lk, err := newLookup(cfg, store, policy, log, metrics.Lookup)

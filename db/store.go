@@ -75,7 +75,7 @@ var (
 	keySchema            = []byte("schema")
 	errInUse             = errors.New("database in use")
 	ErrNotFound          = errors.New("not found")
-	openTimeout          = 2 * time.Second
+	openTimeout          = time.Second
 )
 
 // ErrInUse is returned by Open when another process holds the database.

@@ -1,8 +1,9 @@
-// Package mail owns delivering validation tokens: verification emails over
+// Package mail owns delivering validation tokens and invites: verification
+// and invite emails over
 // SMTP (plain, STARTTLS or implicit TLS, certificate verified, optional
 // AUTH, one deadline on the whole send), SMS through Twilio or a generic
 // JSON webhook, a "log" mode for both that writes the message to the log
-// instead, and rendering every user-facing template (the email, the SMS and
+// instead, and rendering every user-facing template (the emails, the SMS and
 // the submitToken result pages) from the web package's embedded files or
 // their replacements in a configured directory.
 //

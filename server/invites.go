@@ -132,12 +132,12 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 		}
 		req[f] = v
 	}
-	if acct := account(r); acct.UserID != "" && req["sender"] != acct.UserID {
-		return errorf(http.StatusForbidden, "M_FORBIDDEN", "sender must be the user the access token belongs to")
-	}
 	_, senderServer, ok := federation.SplitUserID(req["sender"])
 	if !ok {
 		return errInvalid("sender", "not a valid user ID")
+	}
+	if acct := account(r); acct.UserID != "" && req["sender"] != acct.UserID {
+		return errorf(http.StatusForbidden, "M_FORBIDDEN", "sender must be the user the access token belongs to")
 	}
 	if req["medium"] != threepid.Email {
 		return errorf(http.StatusBadRequest, "M_UNRECOGNIZED", "Only email invites are supported")

@@ -187,3 +187,25 @@ func TestInviteRateLimitAndSendFailure(t *testing.T) {
 		t.Errorf("%d invites left behind after a failed send", n)
 	}
 }
+
+// Unbind needs no access token (homeservers call it with X-Matrix only),
+// but one that is sent must be valid and its user must have accepted the
+// terms.
+func TestUnbindOptionalToken(t *testing.T) {
+	h := newIDHarness(t, idHarnessOpts{config: func(c *Config) {
+		c.Terms.Policies = []Policy{{Name: "tos", Version: "1", Languages: map[string]PolicyText{"en": {Name: "ToS", URL: "https://id.test/tos"}}}}
+	}})
+	alice := h.account("@alice:hs.test")
+	wantReply(t, "accept terms", h.call("POST", v2Path+"/terms", alice, map[string]any{"user_accepts": []string{"https://id.test/tos"}}, nil), 200, "")
+	sid := h.validatedEmail(alice, "alice@example.org", "s1")
+	wantReply(t, "bind", h.call("POST", v2Path+"/3pid/bind", alice, map[string]any{"sid": sid, "client_secret": "s1", "mxid": "@alice:hs.test"}, nil), 200, "")
+	unbind := map[string]any{"sid": sid, "client_secret": "s1", "mxid": "@alice:hs.test", "threepid": map[string]any{"medium": "email", "address": "alice@example.org"}}
+	wantReply(t, "unknown token", h.call("POST", v2Path+"/3pid/unbind", "nope", unbind, nil), 401, "M_UNAUTHORIZED")
+	bob := h.account("@bob:hs.test") // has not accepted the terms
+	wantReply(t, "terms not signed", h.call("POST", v2Path+"/3pid/unbind", bob, unbind, nil), 403, "M_TERMS_NOT_SIGNED")
+	if _, err := h.store.GetBinding("email", "alice@example.org"); err != nil {
+		t.Fatalf("a refused unbind removed the binding: %v", err)
+	}
+	wantReply(t, "no token", h.call("POST", v2Path+"/3pid/unbind", "", unbind, nil), 200, "")
+	wantReply(t, "valid token", h.call("POST", v2Path+"/3pid/unbind", alice, unbind, nil), 200, "")
+}

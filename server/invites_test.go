@@ -89,7 +89,7 @@ func TestStoreInviteRefusals(t *testing.T) {
 	}{
 		{"msisdn", invite(func(b map[string]any) { b["medium"] = "msisdn"; b["address"] = "447700900001" }), bob, 400, "M_UNRECOGNIZED"},
 		{"sender not the caller", invite(func(b map[string]any) { b["sender"] = "@alice:hs.test" }), bob, 403, "M_FORBIDDEN"},
-		{"invalid sender", invite(func(b map[string]any) { b["sender"] = "bob" }), "", 0, ""},
+		{"invalid sender", invite(func(b map[string]any) { b["sender"] = "@a b:x.org" }), bob, 400, "M_INVALID_PARAM"},
 		{"room_id without !", invite(func(b map[string]any) { b["room_id"] = "room:hs.test" }), bob, 400, "M_INVALID_PARAM"},
 		{"room_id with HTML", invite(func(b map[string]any) { b["room_id"] = `!x:example.org"><img src=x onerror=alert(1)>` }), bob, 400, "M_INVALID_PARAM"},
 		{"avatar not mxc", invite(func(b map[string]any) { b["room_avatar_url"] = "https://evil.test/a.png" }), bob, 400, "M_INVALID_PARAM"},

@@ -40,7 +40,10 @@ func (s *Server) readObject(r *http.Request, allowForm bool) (object, error) {
 		return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "Could not read the request body")
 	}
 	if allowForm {
-		if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "application/x-www-form-urlencoded" {
+		// curl -d sends JSON labelled as a form: a body that starts like
+		// a JSON object is read as one.
+		ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if trimmed := bytes.TrimLeft(body, " \t\r\n"); ct == "application/x-www-form-urlencoded" && (len(trimmed) == 0 || trimmed[0] != '{') {
 			return formObject(body)
 		}
 	}

@@ -42,7 +42,7 @@ func (s *Server) routes() {
 	s.handle("GET "+v2+"/validate/msisdn/submitToken", public, s.getSubmitToken("msisdn"))
 	s.handle("GET "+v2+"/3pid/getValidated3pid", authed, s.getValidated3pid)
 	s.handle("POST "+v2+"/3pid/bind", authed, s.postBind)
-	s.handle("POST "+v2+"/3pid/unbind", public, s.postUnbind)
+	s.handle("POST "+v2+"/3pid/unbind", optionalAuth, s.postUnbind)
 
 	// The legacy v1 API (removed from the spec), off unless v1 = true: the
 	// same handlers without account auth, as sydent serves them.

@@ -246,6 +246,10 @@ const (
 	public        authMode = iota // no token
 	authed                        // token and every current policy accepted
 	authedNoTerms                 // token only (GET /account, POST /terms, logout)
+	// optionalAuth checks a token (and terms) when one is sent and lets
+	// requests without one through: unbind, which homeservers call signed
+	// with X-Matrix and no identity-server token.
+	optionalAuth
 )
 
 type ctxKey int
@@ -258,8 +262,8 @@ const (
 // handle registers pattern (a Go 1.22 ServeMux pattern with its method).
 func (s *Server) handle(pattern string, mode authMode, fn apiFunc) {
 	s.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if mode != public {
-			acct, err := s.authenticate(r, mode == authed)
+		if mode != public && (mode != optionalAuth || accessToken(r) != "") {
+			acct, err := s.authenticate(r, mode != authedNoTerms)
 			if err != nil {
 				s.writeError(w, r, err)
 				return

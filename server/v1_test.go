@@ -35,6 +35,9 @@ func TestV1On(t *testing.T) {
 	wantReply(t, "requestToken JSON", rj, 200, "")
 	form := url.Values{"email": {"b@example.org"}, "client_secret": {"s"}, "send_attempt": {"1"}}.Encode()
 	wantReply(t, "requestToken form", h.call("POST", v1Path+"/validate/email/requestToken", "", form, http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}), 200, "")
+	// JSON sent with the form content type (curl -d) is read as JSON.
+	wantReply(t, "requestToken JSON labelled as a form", h.call("POST", v1Path+"/validate/email/requestToken", "",
+		`{"email": "d@example.org", "client_secret": "s", "send_attempt": 1}`, http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}), 200, "")
 	wantReply(t, "requestToken query", h.call("POST", v1Path+"/validate/email/requestToken?"+url.Values{"email": {"c@example.org"}, "client_secret": {"s"}, "send_attempt": {"1"}}.Encode(), "", nil, nil), 200, "")
 	_, token, _ := h.mailLink(1)
 	sid := rj.str("sid")

@@ -1,6 +1,7 @@
 // Package web holds mxid's embedded assets and nothing else: the templates
-// of the verification email (subject, text, HTML), the verification SMS and
-// the pages GET submitToken shows. Rendering them, and replacing them with
+// of the verification email (subject, text, HTML), the verification SMS,
+// the pages GET submitToken shows and the invite email (subject, text,
+// HTML). Rendering them, and replacing them with
 // files from the configured templates_dir, is the mail package's job.
 //
 // It imports no other mxid package.
