@@ -114,6 +114,7 @@ func TestAuthentication(t *testing.T) {
 	e.request("GET", account, nil, "").expect(t, "no token", 401, "M_UNAUTHORIZED")
 	e.request("GET", account, nil, "wrong").expect(t, "unknown token", 401, "M_UNAUTHORIZED")
 	e.request("GET", account, nil, strings.Repeat("x", 1000)).expect(t, "overlong token", 401, "M_UNAUTHORIZED")
+	e.request("GET", account, nil, strings.Repeat("x", 100<<10)).expect(t, "100 KB token", 401, "M_UNAUTHORIZED")
 
 	r := e.request("GET", account, nil, tok)
 	r.expect(t, "bearer", 200, "")

@@ -80,7 +80,9 @@ func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewUnstartedServer(nil)
+	hs.Config = srv.HTTPServer() // mxid's own limits and timeouts
+	hs.Start()
 	t.Cleanup(hs.Close)
 	t.Cleanup(func() {
 		if t.Failed() {

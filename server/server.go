@@ -159,8 +159,11 @@ func (s *Server) HTTPServer() *http.Server {
 		ReadTimeout:       s.cfg.HTTP.ReadTimeout,
 		WriteTimeout:      s.cfg.HTTP.WriteTimeout,
 		IdleTimeout:       s.cfg.HTTP.IdleTimeout,
-		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// Large enough that an absurd access token (security.md row 32)
+		// reaches authentication and gets a JSON 401, small enough to bound
+		// each connection's header memory.
+		MaxHeaderBytes: 128 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }
 
