@@ -244,11 +244,14 @@ func TestTermsAcrossVersions(t *testing.T) {
 	}
 
 	e.request("GET", "/test/authed", nil, tok).expect(t, "before accepting", 403, "M_TERMS_NOT_SIGNED")
-	e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account is exempt", 200, "")
+	// GET /account answers M_TERMS_NOT_SIGNED too: clients (Element) ask it
+	// to learn whether to show the terms.
+	e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account before accepting", 403, "M_TERMS_NOT_SIGNED")
 	e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://elsewhere.test/tos"}}, tok).expect(t, "unknown url", 200, "")
 	e.request("GET", "/test/authed", nil, tok).expect(t, "after an unknown url", 403, "M_TERMS_NOT_SIGNED")
 	e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-1.0.fr.html"}}, tok).expect(t, "accept", 200, "")
 	e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting", 200, "")
+	e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account after accepting", 200, "")
 
 	// A new version requires a new acceptance: same store, new configuration.
 	cfg := e.srv.cfg

@@ -18,7 +18,10 @@ func (s *Server) routes() {
 
 	// Accounts and terms.
 	s.handle("POST "+v2+"/account/register", public, s.postRegister)
-	s.handle("GET "+v2+"/account", authedNoTerms, s.getAccount)
+	// GET /account checks the terms (the spec lists M_TERMS_NOT_SIGNED for
+	// it, and Element asks it to learn whether to show the terms); logout
+	// and accepting the terms must work without.
+	s.handle("GET "+v2+"/account", authed, s.getAccount)
 	s.handle("POST "+v2+"/account/logout", authedNoTerms, s.postLogout)
 	s.handle("GET "+v2+"/terms", public, s.getTerms)
 	s.handle("POST "+v2+"/terms", authedNoTerms, s.postTerms)

@@ -248,7 +248,7 @@ type authMode int
 const (
 	public        authMode = iota // no token
 	authed                        // token and every current policy accepted
-	authedNoTerms                 // token only (GET /account, POST /terms, logout)
+	authedNoTerms                 // token only (POST /terms, logout)
 	// optionalAuth checks a token (and terms) when one is sent and lets
 	// requests without one through: unbind, which homeservers call signed
 	// with X-Matrix and no identity-server token.
