@@ -1,11 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -147,7 +149,7 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	}
 	for _, f := range []string{"room_avatar_url", "sender_avatar_url"} {
 		if v := req[f]; v != "" && (!strings.HasPrefix(v, "mxc://") || !printable(v)) {
-			return errInvalid(f, "must be an mxc:// URI")
+			req[f] = "" // shown nowhere rather than refusing the invite over a profile detail
 		}
 	}
 	address, err := threepid.CanonicalEmail(req["address"])
@@ -225,6 +227,19 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// readSignParams takes sign-ed25519's parameters from a JSON body, or, when
+// the body is empty (or null), from the query string.
+func (s *Server) readSignParams(r *http.Request) (object, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, s.cfg.HTTP.MaxBodyBytes))
+	if err != nil {
+		return nil, errorf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body is too large")
+	}
+	if t := bytes.TrimSpace(body); len(t) == 0 || string(t) == "null" {
+		return formObject([]byte(r.URL.RawQuery))
+	}
+	return parseObject(body)
+}
+
 // apiPrefix is the API root the request came in on (v1 or v2).
 func (s *Server) apiPrefix(r *http.Request) string {
 	if strings.HasPrefix(r.URL.Path, "/_matrix/identity/api/v1/") {
@@ -246,11 +261,9 @@ func (s *Server) inviteLink(req map[string]string, inv db.Invite, ephemeral *sig
 			}
 		}
 	}
+	// The client signs by POSTing to this URL (Element adds mxid to its
+	// query and sends no body and no access token).
 	signPath := "/_matrix/identity/v2/sign-ed25519"
-	if s.cfg.V1 {
-		// Element signs with an unauthenticated POST to this URL, which only v1 allows.
-		signPath = "/_matrix/identity/api/v1/sign-ed25519"
-	}
 	sign := url.Values{"token": {inv.Token}, "private_key": {signing.EncodeBase64URL(ephemeral.Private.Seed())}}
 	q := url.Values{
 		"email":   {req["address"]},
@@ -340,9 +353,12 @@ func redactPart(s string) string {
 }
 
 // postSignEd25519 implements POST /_matrix/identity/v2/sign-ed25519: it signs
-// {mxid, sender, token} with the invite's ephemeral private key.
+// {mxid, sender, token} with the invite's ephemeral private key. Holding
+// that key (mailed to the invitee only) is the proof, so a request without
+// an access token is served too: Element follows the invite mail's signing
+// URL with a bodiless POST, every parameter in the query string.
 func (s *Server) postSignEd25519(w http.ResponseWriter, r *http.Request) error {
-	body, err := s.readObject(r, false)
+	body, err := s.readSignParams(r)
 	if err != nil {
 		return err
 	}

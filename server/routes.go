@@ -28,7 +28,7 @@ func (s *Server) routes() {
 
 	// Invites.
 	s.handle("POST "+v2+"/store-invite", authed, s.postStoreInvite)
-	s.handle("POST "+v2+"/sign-ed25519", authed, s.postSignEd25519)
+	s.handle("POST "+v2+"/sign-ed25519", optionalAuth, s.postSignEd25519)
 
 	// Lookups.
 	s.handle("GET "+v2+"/hash_details", authed, s.getHashDetails)
