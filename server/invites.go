@@ -38,8 +38,10 @@ type InvitesConfig struct {
 	RoomBlocklist       []string `toml:"room_blocklist"`
 	HomeserverBlocklist []string `toml:"homeserver_blocklist"`
 	KeywordBlocklist    []string `toml:"keyword_blocklist"`
-	// RateLimit is per sender.
+	// RateLimit is per sender (per client IP on v1).
 	RateLimit Rate `toml:"rate_limit"`
+	// AddressRateLimit is per invited address, whoever sends.
+	AddressRateLimit Rate `toml:"address_rate_limit"`
 	// DeliveryMaxAttempts bounds onbind retries; the wait between attempts
 	// starts at DeliveryBackoff and doubles up to DeliveryMaxBackoff.
 	DeliveryMaxAttempts int           `toml:"delivery_max_attempts"`
@@ -53,6 +55,7 @@ func DefaultInvitesConfig() InvitesConfig {
 		Lifetime:            30 * 24 * time.Hour,
 		WebClientURL:        "https://app.element.io",
 		RateLimit:           Rate{Burst: 5, Every: 5 * time.Minute},
+		AddressRateLimit:    Rate{Burst: 10, Every: 6 * time.Minute},
 		DeliveryMaxAttempts: 20,
 		DeliveryBackoff:     10 * time.Second,
 		DeliveryMaxBackoff:  time.Hour,
@@ -76,6 +79,9 @@ func (c *InvitesConfig) validate() []error {
 		}
 	}
 	if err := c.RateLimit.validate("invites.rate_limit"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.AddressRateLimit.validate("invites.address_rate_limit"); err != nil {
 		errs = append(errs, err)
 	}
 	if c.DeliveryMaxAttempts < 1 {
@@ -163,7 +169,17 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	if s.inviteRefused(req, senderServer) {
 		return errorf(http.StatusForbidden, "M_FORBIDDEN", "Invite not allowed")
 	}
-	if ok, wait := s.inviteLimit.take(req["sender"], 1); !ok {
+	// Per sender (v2: the account's user; v1, where sender is unchecked:
+	// the client IP) and per invited address, so neither many senders nor
+	// cheap accounts can flood one mailbox.
+	sender := "user:" + req["sender"]
+	if isV1(r) {
+		sender = "ip:" + s.clientIP(r).String()
+	}
+	if ok, wait := s.inviteLimit.take(sender, 1); !ok {
+		return errLimited(wait)
+	}
+	if ok, wait := s.inviteAddrLimit.take(address, 1); !ok {
 		return errLimited(wait)
 	}
 	switch b, err := s.store.GetBinding(threepid.Email, address); {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
@@ -175,6 +176,24 @@ func TestInviteRateLimitAndSendFailure(t *testing.T) {
 	}
 	if n := len(h.smtp.Messages()); n != 2 {
 		t.Errorf("%d mails sent, want 2", n)
+	}
+
+	// Many senders, one address: the address's own limit holds.
+	h3 := newIDHarness(t, idHarnessOpts{config: func(c *Config) { c.Invites.AddressRateLimit = Rate{Burst: 2, Every: 1 << 40} }})
+	for i, want := range []int{200, 200, 429} {
+		sender := fmt.Sprintf("@s%d:hs.test", i)
+		r := h3.call("POST", v2Path+"/store-invite", h3.account(sender), map[string]any{"medium": "email", "address": "victim@example.org", "room_id": "!room:hs.test", "sender": sender}, nil)
+		if r.status != want {
+			t.Errorf("invite %d of one address by another sender: %d, want %d", i+1, r.status, want)
+		}
+	}
+	// On v1, where sender is not checked, the limit is per client IP.
+	h4 := newIDHarness(t, idHarnessOpts{config: func(c *Config) { c.V1 = true; c.Invites.RateLimit = Rate{Burst: 2, Every: 1 << 40} }})
+	for i, want := range []int{200, 200, 429} {
+		r := h4.call("POST", "/_matrix/identity/api/v1/store-invite", "", map[string]any{"medium": "email", "address": fmt.Sprintf("v%d@example.org", i), "room_id": "!room:hs.test", "sender": fmt.Sprintf("@made-up%d:hs.test", i)}, nil)
+		if r.status != want {
+			t.Errorf("v1 invite %d from one IP with a new sender: %d, want %d", i+1, r.status, want)
+		}
 	}
 
 	h2 := newIDHarness(t, idHarnessOpts{})

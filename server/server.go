@@ -79,16 +79,17 @@ type Server struct {
 	proxies []netip.Prefix
 	binds   BindingListener
 
-	inviteMail  InviteMailer
-	inviteLimit *limiter
-	onbind      delivery
-	metrics     *Metrics
-	mail        *mail.Sender
-	limits      *limits
-	keys        *federation.KeyCache
-	lk          *lookupAPI
-	mux         *http.ServeMux
-	handler     http.Handler
+	inviteMail      InviteMailer
+	inviteLimit     *limiter
+	inviteAddrLimit *limiter
+	onbind          delivery
+	metrics         *Metrics
+	mail            *mail.Sender
+	limits          *limits
+	keys            *federation.KeyCache
+	lk              *lookupAPI
+	mux             *http.ServeMux
+	handler         http.Handler
 }
 
 // New builds the server from a validated configuration.
@@ -120,12 +121,13 @@ func New(cfg Config, d Deps) (*Server, error) {
 		mux:    http.NewServeMux(),
 		binds:  d.Bindings,
 
-		inviteMail:  d.InviteMail,
-		inviteLimit: newLimiter(cfg.Invites.RateLimit, d.Now),
-		onbind:      delivery{kick: make(chan struct{}, 1)},
-		metrics:     d.Metrics,
-		mail:        d.Mail,
-		limits:      newLimits(cfg.RateLimit, d.Now),
+		inviteMail:      d.InviteMail,
+		inviteLimit:     newLimiter(cfg.Invites.RateLimit, d.Now),
+		inviteAddrLimit: newLimiter(cfg.Invites.AddressRateLimit, d.Now),
+		onbind:          delivery{kick: make(chan struct{}, 1)},
+		metrics:         d.Metrics,
+		mail:            d.Mail,
+		limits:          newLimits(cfg.RateLimit, d.Now),
 	}
 	s.keys = federation.NewKeyCache(s.fed, d.Now)
 	lk, listener, err := newLookupAPI(d.Lookup, d)
