@@ -211,7 +211,7 @@ func TestMSISDNFlowThroughWebhook(t *testing.T) {
 	smsCfg.Webhook.URL = hook.URL
 	smsCfg.Webhook.AuthValue = "Bearer hooksecret"
 	smsCfg.Webhook.BodyTemplate = `{"to": {{json .E164}}, "text": {{json .Text}}}`
-	smsCfg.DenyCountries = []string{"FR", "JE"}
+	smsCfg.DenyCountries = []string{"FR"}
 	h := newIDHarness(t, idHarnessOpts{sms: &smsCfg, config: func(c *Config) { c.Outbound.AllowCIDRs = []string{"127.0.0.1/32"} }})
 	tok := h.account("@alice:hs.test")
 	req := func(country, number string, attempt any) apiReply {
@@ -243,10 +243,6 @@ func TestMSISDNFlowThroughWebhook(t *testing.T) {
 	checkAssociation(t, h, rb, "msisdn", "447700900001", "@alice:hs.test")
 
 	wantReply(t, "denied country", req("FR", "0612345678", 1), 400, "M_DESTINATION_REJECTED")
-	// A number libphonenumber only calls possible has no region of its own
-	// (+44 is shared by GB, GG, IM and JE); typed in Jersey it is Jersey's
-	// for the rules, not a number of no country.
-	wantReply(t, "denied country, possible-only number", req("JE", "+44 7700 900002", 1), 400, "M_DESTINATION_REJECTED")
 	wantReply(t, "bad number", req("GB", "abc", 1), 400, "M_INVALID_ADDRESS")
 	for _, c := range []string{"ZZ", "gb", ""} {
 		wantReply(t, "bad country "+c, req(c, "07700900001", 1), 400, "M_INVALID_PARAM")

@@ -33,22 +33,19 @@ func ParsePhone(country, number string) (msisdn, intl, region string, err error)
 		return "", "", "", ErrInvalidPhone
 	}
 	e164 := phonenumbers.Format(num, phonenumbers.E164)
-	return strings.TrimPrefix(e164, "+"), phonenumbers.Format(num, phonenumbers.INTERNATIONAL), regionOf(num, country), nil
+	return strings.TrimPrefix(e164, "+"), phonenumbers.Format(num, phonenumbers.INTERNATIONAL), regionOf(num), nil
 }
 
 // regionOf is the country a number belongs to, for per-country rules and
-// limits. A number libphonenumber only calls possible has no region of its
-// own: it belongs to the country it was typed in when that country has its
-// calling code, else to the main country of its calling code. Never "".
-func regionOf(num *phonenumbers.PhoneNumber, typedIn string) string {
+// limits. A number libphonenumber only calls possible may have no region of
+// its own (+44 is shared by GB, GG, IM and JE): it then counts as the main
+// country of its calling code, never as the country the client claims, so a
+// client cannot pick its way around a denied country. Never "".
+func regionOf(num *phonenumbers.PhoneNumber) string {
 	if r := phonenumbers.GetRegionCodeForNumber(num); r != "" && r != "ZZ" {
 		return r
 	}
-	cc := int(num.GetCountryCode())
-	if phonenumbers.GetCountryCodeForRegion(typedIn) == cc {
-		return typedIn
-	}
-	return phonenumbers.GetRegionCodeForCountryCode(cc)
+	return phonenumbers.GetRegionCodeForCountryCode(int(num.GetCountryCode()))
 }
 
 // CanonicalMSISDN checks that s is already an MSISDN: digits only, a valid

@@ -65,7 +65,7 @@ func TestParsePhone(t *testing.T) {
 	}
 	// A number libphonenumber calls possible but not valid still has a
 	// country, so per-country rules and limits apply to it.
-	for _, c := range [][3]string{{"GB", "07700 900001", "GB"}, {"US", "+44 7700 900001", "GB"}, {"GB", "+1 201 555 0123", "US"}} {
+	for _, c := range [][3]string{{"GB", "07700 900001", "GB"}, {"JE", "+44 7700 900001", "GB"}, {"US", "+44 7700 900001", "GB"}, {"GB", "+1 201 555 0123", "US"}} {
 		if _, _, region, err := ParsePhone(c[0], c[1]); err != nil || region != c[2] {
 			t.Errorf("ParsePhone(%q, %q) region = %q, %v; want %q", c[0], c[1], region, err, c[2])
 		}
