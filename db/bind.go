@@ -64,11 +64,7 @@ func (s *Store) Bind(b Binding, since int64, onbind OnbindFunc) (stored Binding,
 		j := Job{ID: id, Destination: dest, Body: body, DueTS: b.TS, CreatedTS: b.TS}
 		for _, inv := range pending {
 			inv.QueuedJob = id
-			v, err := json.Marshal(inv)
-			if err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketInvites).Put([]byte(inv.Token), v); err != nil {
+			if err := putInvite(tx, inv); err != nil {
 				return err
 			}
 			j.InviteTokens = append(j.InviteTokens, inv.Token)

@@ -23,6 +23,10 @@ type Invite struct {
 	// QueuedJob is the onbind job that carries this invite, once a bind
 	// has picked it up; 0 while pending.
 	QueuedJob uint64 `json:"queued_job,omitempty"`
+	// DeliveredTS is when the homeserver accepted the onbind that carried
+	// it; the invite (its token and ephemeral key) stays until it expires,
+	// so the mailed link keeps working.
+	DeliveredTS int64 `json:"delivered_ts,omitempty"`
 }
 
 // ErrExists is returned when a key that must be new is already taken.
@@ -100,8 +104,9 @@ func pendingInvites(tx *bolt.Tx, medium, address string, nowMS int64) ([]Invite,
 	return out, nil
 }
 
-// SweepInvites deletes invites that expired before nowMS and are not
-// carried by an onbind job, and returns how many it deleted.
+// SweepInvites deletes invites that expired before nowMS, pending or
+// delivered (one still waiting in an onbind job is kept with it), and
+// returns how many it deleted.
 func (s *Store) SweepInvites(nowMS int64) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -111,7 +116,7 @@ func (s *Store) SweepInvites(nowMS int64) (int, error) {
 			if err := json.Unmarshal(v, &inv); err != nil {
 				return err
 			}
-			if inv.QueuedJob == 0 && inv.ExpiresTS <= nowMS {
+			if (inv.QueuedJob == 0 || inv.DeliveredTS != 0) && inv.ExpiresTS <= nowMS {
 				expired = append(expired, inv)
 			}
 			return nil

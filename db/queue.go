@@ -68,14 +68,18 @@ func (s *Store) NextJobDue() (dueTS int64, ok bool, err error) {
 	return dueTS, ok, err
 }
 
-// CompleteJob removes a delivered job and the invites it carried: they have
-// reached the homeserver.
-func (s *Store) CompleteJob(j Job) error {
+// CompleteJob removes a delivered job and marks the invites it carried
+// delivered at nowMS: they have reached the homeserver and no bind carries
+// them again.
+func (s *Store) CompleteJob(j Job, nowMS int64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
 			return err
 		}
-		return forJobInvites(tx, j, func(inv Invite) error { return deleteInvite(tx, inv) })
+		return forJobInvites(tx, j, func(inv Invite) error {
+			inv.DeliveredTS = nowMS
+			return putInvite(tx, inv)
+		})
 	})
 }
 
@@ -101,13 +105,18 @@ func (s *Store) DropJob(j Job) error {
 		}
 		return forJobInvites(tx, j, func(inv Invite) error {
 			inv.QueuedJob = 0
-			v, err := json.Marshal(inv)
-			if err != nil {
-				return err
-			}
-			return tx.Bucket(bucketInvites).Put([]byte(inv.Token), v)
+			return putInvite(tx, inv)
 		})
 	})
+}
+
+// putInvite rewrites an invite's record.
+func putInvite(tx *bolt.Tx, inv Invite) error {
+	v, err := json.Marshal(inv)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketInvites).Put([]byte(inv.Token), v)
 }
 
 // forJobInvites calls fn for each still-stored invite a job carries.

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"mxid/db"
 	"mxid/server/signing"
 )
 
@@ -106,10 +105,13 @@ func TestInviteChain(t *testing.T) {
 	if inv := calls[0].body["invites"].([]any)[0].(map[string]any); inv["address"] != "alice@example.org" {
 		t.Errorf("invite address %v, want the canonical form", inv["address"])
 	}
-	// Delivered: the invite is gone, so another bind carries nothing.
-	if _, err := h.store.GetInvite(token); err != db.ErrNotFound {
-		t.Errorf("invite after delivery: %v", err)
+	// Delivered: marked so, so no other bind carries it, but the mailed link
+	// keeps working until the invite expires.
+	if inv, err := h.store.GetInvite(token); err != nil || inv.DeliveredTS == 0 {
+		t.Errorf("invite after delivery: %+v %v", inv, err)
 	}
+	sr = h.call("POST", signURL.Path+"?"+signURL.RawQuery+"&mxid=%40alice%3Ahs.test", "", nil, nil)
+	wantReply(t, "the mailed signing URL after delivery", sr, 200, "")
 	// A second invite for a bound address is refused.
 	r = h.call("POST", v2Path+"/store-invite", bob, map[string]any{"medium": "email", "address": "alice@example.org", "room_id": "!room:hs.test", "sender": "@bob:hs.test"}, nil)
 	wantReply(t, "invite a bound address", r, 400, "M_THREEPID_IN_USE")

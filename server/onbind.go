@@ -101,7 +101,7 @@ func (s *Server) deliverJob(ctx context.Context, j db.Job) {
 		return // shutting down: the job stays queued as it is
 	}
 	if err == nil && status/100 == 2 {
-		if err := s.store.CompleteJob(j); err != nil {
+		if err := s.store.CompleteJob(j, s.now().UnixMilli()); err != nil {
 			s.log.Error("completing an onbind job", "job", j.ID, "err", err)
 			return
 		}

@@ -130,8 +130,8 @@ func TestOnbindRetriesThenDelivers(t *testing.T) {
 		t.Errorf("queue depth %d after delivery", depth)
 	}
 	for _, tok := range []string{"tok1", "tok2"} {
-		if _, err := e.store.GetInvite(tok); err != db.ErrNotFound {
-			t.Errorf("delivered invite %s still stored: %v", tok, err)
+		if inv, err := e.store.GetInvite(tok); err != nil || inv.DeliveredTS == 0 {
+			t.Errorf("delivered invite %s not marked delivered: %+v %v", tok, inv, err)
 		}
 	}
 	if _, err := e.store.GetInvite("other"); err != nil {
@@ -214,7 +214,12 @@ func TestOnbindSurvivesRestart(t *testing.T) {
 		t.Fatalf("%d calls after restart, want 2", len(calls))
 	}
 	checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[1].body, "@alice:hs.test", "tok")
-	if _, err := e.store.GetInvite("tok"); err != db.ErrNotFound {
-		t.Errorf("invite after delivery: %v", err)
+	if inv, err := e.store.GetInvite("tok"); err != nil || inv.DeliveredTS == 0 {
+		t.Errorf("invite after delivery: %+v %v", inv, err)
+	}
+	// Delivered invites go when they expire.
+	e.clock.Advance(2 * time.Hour)
+	if n, err := e.store.SweepInvites(e.clock.Now().UnixMilli()); err != nil || n != 1 {
+		t.Errorf("sweep after expiry removed %d (%v), want 1", n, err)
 	}
 }
