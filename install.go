@@ -562,7 +562,7 @@ func installNextSteps(tlsMode, domain string) string {
 	} else {
 		b.WriteString("  - Reverse proxy: forward https://" + domain + " to mxid (see README: nginx, Caddy).\n")
 	}
-	b.WriteString("  - Email: set up [email] in " + installConfigDir + "/mxid.toml, then: mxid check smtp --to you@example.org\n")
+	b.WriteString("  - Email: set up [email] in " + installConfigDir + "/mxid.toml, then: mxid check smtp -config " + installConfigDir + "/mxid.toml -to you@example.org\n")
 	b.WriteString("  - Logs: journalctl -u mxid -f   Backups: mxid backup -config " + installConfigDir + "/mxid.toml FILE\n")
 	return b.String()
 }

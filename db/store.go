@@ -28,7 +28,8 @@
 //	sessions_by_3pid
 //	            medium 0x00 address 0x00 client_secret -> sid (at most one
 //	            live session per 3PID and client_secret)
-//	invites     token -> Invite (pending third-party invites)
+//	invites     token -> Invite (third-party invites, pending or delivered,
+//	            kept until they expire)
 //	invites_by_3pid
 //	            medium 0x00 address 0x00 token -> empty
 //	ephemeral_keys
