@@ -49,15 +49,15 @@ type usageError struct{ error }
 const usage = `mxid: a Matrix identity server
 
 Usage:
-  mxid [serve] [-config PATH]     run the server (the default command)
-  mxid check-config [-config PATH] validate the configuration, list every problem
-  mxid backup [-config PATH] FILE  write a checked copy of the database (also while serving)
-  mxid install --domain NAME ...   install as a systemd service (user, config, unit); --dry-run shows the plan
-  mxid check WHAT [ARGS]           self-tests with the configured settings (mxid check help lists them)
-  mxid import [-config PATH] FILE  load bindings from JSON lines {"medium","address","mxid"[,"ts"]}
-  mxid bench-lookup [flags]       load benchmark of POST /v2/lookup (see -h)
-  mxid version                    print the version
-  mxid help                       print this help
+  mxid [serve] [-config PATH]           run the server (the default command)
+  mxid check-config [-config PATH]      validate the configuration, list every problem
+  mxid check WHAT [ARGS]                self-tests with the configured settings (mxid check help lists them)
+  mxid backup [-config PATH] FILE       write a checked copy of the database (also while serving)
+  mxid import [-config PATH] [-n] FILE  load bindings from JSON lines {"medium","address","mxid"[,"ts"]}
+  mxid install --domain NAME ...        install as a systemd service (user, config, unit); --dry-run shows the plan
+  mxid bench-lookup [flags]             load benchmark of POST /v2/lookup (see -h)
+  mxid version                          print the version
+  mxid help                             print this help
 
 Without -config, mxid reads ./mxid.toml if it exists and otherwise runs the
 embedded default: plain HTTP on 127.0.0.1:8090, server name "localhost", data
