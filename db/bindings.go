@@ -1,7 +1,6 @@
 package db
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -142,52 +141,6 @@ func (s *Store) DeleteBinding(medium, address, mxid string) (bool, error) {
 		return tx.Bucket(bucketBindingsByMXID).Delete(key(b.MXID, b.Medium, b.Address))
 	})
 	return deleted, err
-}
-
-// ForEachBinding calls fn for every binding, reading the reverse index so no
-// value is decoded. It reads in chunks, each in its own short read
-// transaction, so a long scan never pins old pages; bindings changed during
-// the scan may or may not be seen (callers that need them keep up through
-// their own bind/unbind hooks).
-func (s *Store) ForEachBinding(fn func(medium, address, mxid string) error) error {
-	const chunk = 20000
-	var after []byte
-	for {
-		type row struct{ medium, address, mxid string }
-		rows := make([]row, 0, chunk)
-		err := s.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketBindingsByMXID).Cursor()
-			var k []byte
-			if after == nil {
-				k, _ = c.First()
-			} else {
-				k, _ = c.Seek(after)
-				if k != nil && bytes.Equal(k, after) {
-					k, _ = c.Next()
-				}
-			}
-			for ; k != nil && len(rows) < chunk; k, _ = c.Next() {
-				parts := bytes.SplitN(k, []byte{0}, 3)
-				if len(parts) != 3 {
-					return fmt.Errorf("corrupt reverse index key %q", k)
-				}
-				rows = append(rows, row{string(parts[1]), string(parts[2]), string(parts[0])})
-				after = append(after[:0], k...)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, r := range rows {
-			if err := fn(r.medium, r.address, r.mxid); err != nil {
-				return err
-			}
-		}
-		if len(rows) < chunk {
-			return nil
-		}
-	}
 }
 
 // CountBindings returns the number of stored bindings.

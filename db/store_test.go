@@ -56,7 +56,7 @@ func TestBindingsReplaceAndReverseIndex(t *testing.T) {
 		t.Errorf("after rebind: %+v %v", got, err)
 	}
 	var rows []string
-	s.ForEachBinding(func(m, a, x string) error { rows = append(rows, m+" "+a+" "+x); return nil })
+	s.ScanBindings(func(m, a, x []byte) error { rows = append(rows, string(m)+" "+string(a)+" "+string(x)); return nil })
 	if len(rows) != 1 || rows[0] != "email alice@example.org @mallory:hs.test" {
 		t.Errorf("reverse index after rebind: %v", rows)
 	}
@@ -81,7 +81,7 @@ func TestBindingsReplaceAndReverseIndex(t *testing.T) {
 	}
 }
 
-func TestForEachBindingAcrossChunks(t *testing.T) {
+func TestScanBindingsAcrossChunks(t *testing.T) {
 	s, _ := openTest(t)
 	const n = 45000 // more than two read chunks
 	bs := make([]Binding, n)
@@ -92,15 +92,15 @@ func TestForEachBindingAcrossChunks(t *testing.T) {
 		t.Fatalf("PutBindings: %d %v", stored, err)
 	}
 	seen := map[string]string{}
-	err := s.ForEachBinding(func(m, a, x string) error {
-		if _, dup := seen[a]; dup {
+	err := s.ScanBindings(func(m, a, x []byte) error {
+		if _, dup := seen[string(a)]; dup {
 			return fmt.Errorf("%s seen twice", a)
 		}
-		seen[a] = x
+		seen[string(a)] = string(x)
 		return nil
 	})
 	if err != nil || len(seen) != n {
-		t.Fatalf("ForEachBinding saw %d of %d: %v", len(seen), n, err)
+		t.Fatalf("ScanBindings saw %d of %d: %v", len(seen), n, err)
 	}
 	if seen["u012345@example.org"] != "@u012345:hs.test" {
 		t.Errorf("wrong mxid: %s", seen["u012345@example.org"])
