@@ -24,30 +24,12 @@ type testEnv struct {
 	http  *httptest.Server
 	store *db.Store
 	key   *signing.Key
-	clock *testClock
+	clock *manualClock
 	log   *syncBuffer
 }
 
 // logs is what the server logged so far.
 func (e *testEnv) logs() string { return e.log.String() }
-
-// testClock is an injectable clock tests move by hand.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // newTestEnv starts a server with the default configuration changed by
 // mutate (may be nil).
@@ -73,7 +55,7 @@ func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &testClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
+	clock := &manualClock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
 	logBuf := &syncBuffer{}
 	srv, err := New(cfg, Deps{Store: store, Key: key, Policy: policy, Now: clock.Now,
 		Logger: slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
