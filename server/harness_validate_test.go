@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -180,20 +179,7 @@ func (r apiReply) str(k string) string { s, _ := r.body[k].(string); return s }
 // anything else (JSON-encoded). header may be nil.
 func (h *idHarness) call(method, path, token string, body any, header http.Header) apiReply {
 	h.t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		rd = bytes.NewReader(j)
-	}
+	rd := requestBody(h.t, body)
 	req, err := http.NewRequest(method, h.ts.URL+path, rd)
 	if err != nil {
 		h.t.Fatal(err)

@@ -108,20 +108,7 @@ func (r *response) errcode() string {
 // marshalled to JSON; nil for none) and the bearer token if not empty.
 func (e *testEnv) request(method, path string, body any, token string) *response {
 	e.t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		raw, err := json.Marshal(b)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		rd = bytes.NewReader(raw)
-	}
+	rd := requestBody(e.t, body)
 	req, err := http.NewRequest(method, e.http.URL+path, rd)
 	if err != nil {
 		e.t.Fatal(err)
@@ -187,4 +174,24 @@ func ioPipe() (*io.PipeReader, *io.PipeWriter) { return io.Pipe() }
 
 func slogTo(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// requestBody is a test request's body: nil for none, a string or []byte
+// sent as is, anything else encoded as JSON.
+func requestBody(t testing.TB, body any) io.Reader {
+	t.Helper()
+	switch b := body.(type) {
+	case nil:
+		return nil
+	case string:
+		return strings.NewReader(b)
+	case []byte:
+		return bytes.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bytes.NewReader(raw)
+	}
 }
