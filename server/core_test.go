@@ -104,6 +104,10 @@ func TestPubkeys(t *testing.T) {
 			}
 		}
 	}
+	for _, path := range []string{"/_matrix/identity/v2/pubkey/isvalid", "/_matrix/identity/v2/pubkey/ephemeral/isvalid"} {
+		e.request("GET", path, nil, "").expect(t, path+" without public_key", 400, "M_MISSING_PARAMS")
+		e.request("GET", path+"?publickey=x", nil, "").expect(t, path+" with a misspelt parameter", 400, "M_MISSING_PARAMS")
+	}
 }
 
 func TestAuthentication(t *testing.T) {

@@ -20,23 +20,31 @@ func (s *Server) getPubkey(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// decodePublicKeyParam decodes ?public_key= in any base64 form the spec
-// allows; ok is false for anything that is not a 32-byte key.
-func decodePublicKeyParam(r *http.Request) ([]byte, bool) {
-	p := r.URL.Query().Get("public_key")
+// publicKeyParam decodes ?public_key= in any base64 form the spec allows.
+// A missing parameter is 400 M_MISSING_PARAMS; ok is false for anything that
+// is not a 32-byte key (an answer of valid: false).
+func publicKeyParam(r *http.Request) (key []byte, ok bool, err error) {
+	q := r.URL.Query()
+	if !q.Has("public_key") {
+		return nil, false, errMissing("public_key")
+	}
+	p := q.Get("public_key")
 	if p == "" || len(p) > maxPublicKeyParam {
-		return nil, false
+		return nil, false, nil
 	}
-	b, err := signing.DecodeBase64(p)
-	if err != nil || len(b) != 32 {
-		return nil, false
+	b, derr := signing.DecodeBase64(p)
+	if derr != nil || len(b) != 32 {
+		return nil, false, nil
 	}
-	return b, true
+	return b, true, nil
 }
 
 // getPubkeyIsValid implements GET /_matrix/identity/v2/pubkey/isvalid.
 func (s *Server) getPubkeyIsValid(w http.ResponseWriter, r *http.Request) error {
-	b, ok := decodePublicKeyParam(r)
+	b, ok, err := publicKeyParam(r)
+	if err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, map[string]bool{"valid": ok && bytes.Equal(b, s.key.Public())})
 	return nil
 }
@@ -45,10 +53,12 @@ func (s *Server) getPubkeyIsValid(w http.ResponseWriter, r *http.Request) error 
 // GET /_matrix/identity/v2/pubkey/ephemeral/isvalid: true for the ephemeral
 // keys of stored invites.
 func (s *Server) getEphemeralPubkeyIsValid(w http.ResponseWriter, r *http.Request) error {
-	b, ok := decodePublicKeyParam(r)
+	b, ok, err := publicKeyParam(r)
+	if err != nil {
+		return err
+	}
 	valid := false
 	if ok {
-		var err error
 		valid, err = s.store.EphemeralKeyExists(signing.EncodeBase64URL(b))
 		if err != nil {
 			return errInternal(err)
