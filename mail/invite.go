@@ -17,6 +17,7 @@ type Invite struct {
 	SenderDisplayName string // truncated by the caller
 	SenderAvatarURL   string
 	Link              string // where "join" points: the web client with the invite parameters
+	Token             string // the invite token (the state key of the room's m.room.third_party_invite)
 	ServerName        string
 }
 

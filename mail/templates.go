@@ -100,7 +100,7 @@ func LoadTemplates(dir string) (*Templates, error) {
 			return nil, err
 		}
 	}
-	inv := Invite{To: "alice@example.org", RoomID: "!r:example.org", RoomName: "Room", RoomType: "room", SenderID: "@bob:example.org",
+	inv := Invite{To: "alice@example.org", Token: "sample-invite-token", RoomID: "!r:example.org", RoomName: "Room", RoomType: "room", SenderID: "@bob:example.org",
 		SenderDisplayName: "Bob", Link: "https://app.example.org/#/room/x", ServerName: "id.example.org"}
 	for _, name := range []string{TemplateInviteSubject, TemplateInviteText, TemplateInviteHTML} {
 		if _, err := t.render(name, inv); err != nil {
