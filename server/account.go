@@ -16,9 +16,10 @@ const accessTokenLen = 64
 // OpenID token is exchanged with the homeserver of matrix_server_name for the
 // user ID it vouches for, and a new access token is issued for that user.
 func (s *Server) postRegister(w http.ResponseWriter, r *http.Request) error {
-	// Each register makes mxid call a homeserver: limited per client IP.
-	if err := s.limitAttempt(r); err != nil {
-		return err
+	// Each register makes mxid call a homeserver: limited per client IP
+	// ([ratelimit] register).
+	if ok, wait := s.limits.register.take("ip:"+s.clientIP(r).String(), 1); !ok {
+		return errLimited(wait)
 	}
 	body, err := s.readObject(r, false)
 	if err != nil {

@@ -170,7 +170,10 @@ func TestRegisterRefusesBadHomeserverAnswers(t *testing.T) {
 
 func TestRegisterInputAndSSRF(t *testing.T) {
 	port, conns := canary(t)
-	e := newTestEnv(t, func(c *Config) { c.Outbound.Timeout = 2 * time.Second })
+	e := newTestEnv(t, func(c *Config) {
+		c.Outbound.Timeout = 2 * time.Second
+		c.RateLimit.Register = Rate{Burst: 1000, Every: time.Millisecond} // this test is about input
+	})
 	reg := func(name string) *response {
 		return e.request("POST", "/_matrix/identity/v2/account/register",
 			map[string]any{"access_token": "tok", "matrix_server_name": name}, "")
@@ -281,4 +284,32 @@ func TestNoTermsNothingToAccept(t *testing.T) {
 	}
 	tok := e.register("@bob:hs.test")
 	e.request("GET", "/test/authed", nil, tok).expect(t, "authed without terms", 200, "")
+}
+
+// account/register has its own per-IP budget ([ratelimit] register): each
+// call makes mxid ask a homeserver. Refused calls never reach it.
+func TestRegisterRateLimit(t *testing.T) {
+	hs := newFakeHomeserver(t)
+	hs.answer(200, `{"sub":"@alice:hs.test"}`)
+	e := newTestEnv(t, func(c *Config) {
+		c.Outbound.Pins = map[string]string{"hs.test": hs.URL}
+		c.RateLimit.Register = Rate{Burst: 2, Every: time.Minute}
+	})
+	body := map[string]any{"access_token": "tok", "matrix_server_name": "hs.test"}
+	for i := 0; i < 2; i++ {
+		e.request("POST", "/_matrix/identity/v2/account/register", body, "").expect(t, "register within the budget", 200, "")
+	}
+	r := e.request("POST", "/_matrix/identity/v2/account/register", body, "")
+	r.expect(t, "register over the budget", 429, "M_LIMIT_EXCEEDED")
+	if r.header.Get("Retry-After") != "60" {
+		t.Errorf("Retry-After %q, want 60", r.header.Get("Retry-After"))
+	}
+	if n := hs.calls.Load(); n != 2 {
+		t.Errorf("the homeserver was asked %d times, want 2", n)
+	}
+	// The budget is register's own: other endpoints are not charged.
+	tok := e.register("@bob:hs.test")
+	e.request("GET", "/_matrix/identity/v2/3pid/getValidated3pid?sid=x&client_secret=y", nil, tok).expect(t, "getValidated3pid", 404, "M_NO_VALID_SESSION")
+	e.clock.Advance(time.Minute)
+	e.request("POST", "/_matrix/identity/v2/account/register", body, "").expect(t, "register after a refill", 200, "")
 }

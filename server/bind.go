@@ -75,7 +75,7 @@ func (s *Server) postBind(w http.ResponseWriter, r *http.Request) error {
 	if err := s.limitAttempt(r); err != nil {
 		return err
 	}
-	body, err := s.readParams(r)
+	body, err := s.readParams(r, true)
 	if err != nil {
 		return err
 	}
@@ -96,6 +96,9 @@ func (s *Server) postBind(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !isV1(r) && mxid != account(r).UserID {
 		return errForbidden("mxid does not match the user of the access token")
+	}
+	if err := s.limitSubject(r, "sid:"+sid); err != nil {
+		return err
 	}
 	sess, err := s.validatedSession(sid, clientSecret)
 	if err != nil {
@@ -150,6 +153,9 @@ func (s *Server) postUnbind(w http.ResponseWriter, r *http.Request) error {
 	canonical, err := threepid.Canonical(medium, address)
 	if err != nil {
 		return errInvalid("threepid.address", "not a valid "+medium+" address")
+	}
+	if err := s.limitSubject(r, medium+":"+canonical); err != nil {
+		return err
 	}
 	if body.has("sid") || body.has("client_secret") {
 		sid, err := body.str("sid", true)

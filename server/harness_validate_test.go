@@ -76,6 +76,7 @@ type idHarness struct {
 	binds *bindRecorder
 	key   *signing.Key
 	cfg   Config
+	log   *syncBuffer // what the server logged, at debug level
 }
 
 type idHarnessOpts struct {
@@ -83,13 +84,14 @@ type idHarnessOpts struct {
 	email  *mail.EmailConfig // nil: plain SMTP to a fresh smtptest server
 	sms    *mail.SMSConfig   // nil: log
 	smtp   *smtptest.Server
-	clock  *manualClock // nil: a new one at the current time
+	clock  *manualClock    // nil: a new one at the current time
+	tmpl   *mail.Templates // nil: the embedded templates
 }
 
 // generousLimits keeps rate limits out of the way of tests about other things.
 func generousLimits() RateLimitConfig {
 	r := Rate{Burst: 100000, Every: time.Millisecond}
-	return RateLimitConfig{RequestToken: r, EmailAddress: r, MSISDNNumber: r, MSISDNCountry: r, Attempts: r}
+	return RateLimitConfig{RequestToken: r, EmailAddress: r, MSISDNNumber: r, MSISDNCountry: r, Attempts: r, Register: r}
 }
 
 func newIDHarness(t testing.TB, o idHarnessOpts) *idHarness {
@@ -142,11 +144,13 @@ func newIDHarness(t testing.TB, o idHarnessOpts) *idHarness {
 	if o.sms != nil {
 		sms = *o.sms
 	}
-	sender, err := mail.New(email, sms, mail.Options{HTTPClient: policy.Client(outbound.ClientOptions{}), Now: h.clock.Now})
+	h.log = &syncBuffer{}
+	logger := slogTo(h.log)
+	sender, err := mail.New(email, sms, mail.Options{HTTPClient: policy.Client(outbound.ClientOptions{}), Now: h.clock.Now, Templates: o.tmpl, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = New(cfg, Deps{Store: store, Key: h.key, Policy: policy, Now: h.clock.Now, Bindings: h.binds, Mail: sender, InviteMail: sender})
+	h.srv, err = New(cfg, Deps{Store: store, Key: h.key, Policy: policy, Now: h.clock.Now, Bindings: h.binds, Mail: sender, InviteMail: sender, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,11 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -118,7 +116,7 @@ const (
 // postStoreInvite implements POST /_matrix/identity/v2/store-invite (and the
 // v1 route, where there is no account and sender is taken as given).
 func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
-	body, err := s.readObject(r, false)
+	body, err := s.readParams(r, false)
 	if err != nil {
 		return err
 	}
@@ -170,10 +168,11 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusForbidden, "M_FORBIDDEN", "Invite not allowed")
 	}
 	// Per sender (v2: the account's user; v1, where sender is unchecked:
-	// the client IP) and per invited address, so neither many senders nor
-	// cheap accounts can flood one mailbox.
+	// the client IP, unless a trusted homeserver vouches for its user) and
+	// per invited address, so neither many senders nor cheap accounts can
+	// flood one mailbox.
 	sender := "user:" + req["sender"]
-	if isV1(r) {
+	if isV1(r) && !s.forHomeserver(r) {
 		sender = "ip:" + s.clientIP(r).String()
 	}
 	if ok, wait := s.inviteLimit.take(sender, 1); !ok {
@@ -216,6 +215,7 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 		SenderDisplayName: clip(req["sender_display_name"], maxDisplayNameLen),
 		SenderAvatarURL:   req["sender_avatar_url"],
 		ServerName:        s.cfg.ServerName,
+		Token:             inv.Token,
 	}
 	if req["room_type"] == "m.space" {
 		msg.RoomType = "space"
@@ -243,17 +243,22 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// readSignParams takes sign-ed25519's parameters from a JSON body, or, when
-// the body is empty (or null), from the query string.
-func (s *Server) readSignParams(r *http.Request) (object, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, s.cfg.HTTP.MaxBodyBytes))
+// readSignParams takes sign-ed25519's parameters: from the query string when
+// the body is empty (the invite link's form: Element follows the mailed
+// signing URL with a bodiless POST and adds mxid to its query), else from a
+// JSON body (on v1 a form body too, as sydent reads). link reports the
+// first form.
+func (s *Server) readSignParams(r *http.Request) (params object, link bool, err error) {
+	body, err := s.readBody(r)
 	if err != nil {
-		return nil, errorf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body is too large")
+		return nil, false, err
 	}
-	if t := bytes.TrimSpace(body); len(t) == 0 || string(t) == "null" {
-		return formObject([]byte(r.URL.RawQuery))
+	if emptyBody(body) {
+		params, err = formObject([]byte(r.URL.RawQuery))
+		return params, true, err
 	}
-	return parseObject(body)
+	params, err = decodeBody(r, body, isV1(r))
+	return params, false, err
 }
 
 // apiPrefix is the API root the request came in on (v1 or v2).
@@ -369,14 +374,21 @@ func redactPart(s string) string {
 }
 
 // postSignEd25519 implements POST /_matrix/identity/v2/sign-ed25519: it signs
-// {mxid, sender, token} with the invite's ephemeral private key. Holding
-// that key (mailed to the invitee only) is the proof, so a request without
-// an access token is served too: Element follows the invite mail's signing
-// URL with a bodiless POST, every parameter in the query string.
+// {mxid, sender, token} with the private key the invitee was mailed. The
+// spec requires an access token; with one, the supplied key is used as
+// given, as sydent does. Without one, only the invite link's form is served
+// (every parameter in the query string, no body: what Element sends when it
+// follows the mailed signing URL), and there holding the invite's own
+// ephemeral key is the proof. v1 needs no token (sydent) and checks the key
+// the same way.
 func (s *Server) postSignEd25519(w http.ResponseWriter, r *http.Request) error {
-	body, err := s.readSignParams(r)
+	body, link, err := s.readSignParams(r)
 	if err != nil {
 		return err
+	}
+	authed := account(r).UserID != ""
+	if !authed && !link && !isV1(r) {
+		return errUnauthorized("sign-ed25519 needs an access token (only the invite link's form, parameters in the query string and no body, is served without one)")
 	}
 	mxid, err := body.str("mxid", true)
 	if err != nil {
@@ -408,7 +420,7 @@ func (s *Server) postSignEd25519(w http.ResponseWriter, r *http.Request) error {
 		return errInternal(err)
 	}
 	key := &signing.Key{ID: signing.LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}
-	if subtle.ConstantTimeCompare([]byte(signing.EncodeBase64URL(key.Public())), []byte(inv.Ephemeral)) != 1 {
+	if !authed && subtle.ConstantTimeCompare([]byte(signing.EncodeBase64URL(key.Public())), []byte(inv.Ephemeral)) != 1 {
 		return errInvalid("private_key", "not the key of this invite")
 	}
 	signed, err := key.Sign(map[string]any{"mxid": mxid, "sender": inv.Sender, "token": inv.Token}, s.cfg.ServerName)

@@ -43,15 +43,23 @@ func TestSignEd25519(t *testing.T) {
 		{"unknown token", map[string]any{"mxid": "@alice:hs.test", "token": "nope", "private_key": priv}, 404, "M_UNRECOGNIZED"},
 		{"malformed key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": "!!!"}, 400, "M_INVALID_PARAM"},
 		{"short key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": "AAAA"}, 400, "M_INVALID_PARAM"},
-		{"another key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64URL(other.Private.Seed())}, 400, "M_INVALID_PARAM"},
 		{"bad mxid", map[string]any{"mxid": "alice", "token": "invtok", "private_key": priv}, 400, "M_INVALID_PARAM"},
 		{"missing key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok"}, 400, "M_MISSING_PARAMS"},
 	} {
 		e.request("POST", path, c.body, tok).expect(t, c.name, c.status, c.errcode)
 	}
-	// Holding the key is the proof: no access token is needed, and
-	// Element's form (a bodiless POST, everything in the query) works.
-	e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "").expect(t, "no access token", 200, "")
+	// With an access token the supplied key signs, as the spec and sydent
+	// say: the answer verifies with that key (and with no other).
+	r = e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64URL(other.Private.Seed())}, tok)
+	r.expect(t, "another key, with a token", 200, "")
+	if err := signing.Verify(r.body, "localhost", "ed25519:0", other.Public()); err != nil {
+		t.Errorf("not signed with the supplied key: %v", err)
+	}
+
+	// Without a token, a JSON body is refused as the spec says; only the
+	// invite link's form (Element: a bodiless POST, everything in the
+	// query) is served, and there the key must be the invite's own.
+	e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "").expect(t, "JSON body without a token", 401, "M_UNAUTHORIZED")
 	q := url.Values{"token": {"invtok"}, "private_key": {priv}, "mxid": {"@alice:hs.test"}}.Encode()
 	r = e.request("POST", path+"?"+q, nil, "")
 	r.expect(t, "parameters in the query", 200, "")
@@ -59,6 +67,9 @@ func TestSignEd25519(t *testing.T) {
 		t.Errorf("query-string signing: %v %s", err, r.raw)
 	}
 	e.request("POST", path+"?"+q, "null", "").expect(t, "null body, query parameters", 200, "")
+	qOther := url.Values{"token": {"invtok"}, "private_key": {signing.EncodeBase64URL(other.Private.Seed())}, "mxid": {"@alice:hs.test"}}.Encode()
+	e.request("POST", path+"?"+qOther, nil, "").expect(t, "link form with another key", 400, "M_INVALID_PARAM")
+	e.request("POST", path+"?"+q, nil, tok).expect(t, "link form with a token", 200, "")
 	e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "wrong").expect(t, "a wrong access token", 401, "M_UNAUTHORIZED")
 
 	// The ephemeral key is valid while the invite is stored.

@@ -31,6 +31,15 @@ const maxJSONDepth = 32
 // application/x-www-form-urlencoded body is accepted too, every value a
 // string.
 func (s *Server) readObject(r *http.Request, allowForm bool) (object, error) {
+	body, err := s.readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	return decodeBody(r, body, allowForm)
+}
+
+// readBody reads the request body with the size cap.
+func (s *Server) readBody(r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, s.cfg.HTTP.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -39,15 +48,27 @@ func (s *Server) readObject(r *http.Request, allowForm bool) (object, error) {
 		}
 		return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "Could not read the request body")
 	}
-	if allowForm {
-		// curl -d sends JSON labelled as a form: a body that starts like
-		// a JSON object is read as one.
-		ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		if trimmed := bytes.TrimLeft(body, " \t\r\n"); ct == "application/x-www-form-urlencoded" && (len(trimmed) == 0 || trimmed[0] != '{') {
-			return formObject(body)
+	return body, nil
+}
+
+// decodeBody decodes a body read by readBody as readObject does.
+func decodeBody(r *http.Request, body []byte, allowForm bool) (object, error) {
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	// curl -d sends JSON labelled as a form: a body that starts like a JSON
+	// object is read as one.
+	if trimmed := bytes.TrimLeft(body, " \t\r\n"); ct == "application/x-www-form-urlencoded" && (len(trimmed) == 0 || trimmed[0] != '{') {
+		if !allowForm {
+			return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "This endpoint takes a JSON object (Content-Type: application/json), not a form")
 		}
+		return formObject(body)
 	}
 	return parseObject(body)
+}
+
+// emptyBody reports whether a body holds nothing (or a bare JSON null).
+func emptyBody(body []byte) bool {
+	t := bytes.TrimSpace(body)
+	return len(t) == 0 || string(t) == "null"
 }
 
 func formObject(body []byte) (object, error) {

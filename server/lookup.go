@@ -294,7 +294,7 @@ func (s *Server) getV1Lookup(w http.ResponseWriter, r *http.Request) error {
 // {"threepids": [[medium, address], ...]} -> the found ones as
 // [medium, address, mxid] with the addresses as asked.
 func (s *Server) postV1BulkLookup(w http.ResponseWriter, r *http.Request) error {
-	body, err := s.readObject(r, false)
+	body, err := s.readParams(r, false)
 	if err != nil {
 		return err
 	}

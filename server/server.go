@@ -327,20 +327,38 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(body)
 }
 
-// writeError writes err as a Matrix error and logs its cause once.
+// writeError writes err as a Matrix error and logs it once.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := asError(err)
-	if e.Status >= 500 {
-		s.log.Error("request failed", "request_id", requestID(r), "path", r.URL.Path, "errcode", e.Code, "cause", e.Cause)
-	} else if e.Cause != nil {
-		s.log.Info("request refused", "request_id", requestID(r), "path", r.URL.Path, "errcode", e.Code, "cause", e.Cause)
-	}
+	s.logError(r, e)
 	if e.Code == "M_LIMIT_EXCEEDED" {
 		if ms, ok := e.Extra["retry_after_ms"].(int64); ok {
 			w.Header().Set("Retry-After", fmt.Sprint((ms+999)/1000))
 		}
 	}
 	writeJSON(w, e.Status, e.body())
+}
+
+// logError logs an error answer with why it was given: a 5xx at error
+// level; a refusal (4xx) with its errcode and message at debug level, or at
+// info level when it has a cause worth an operator's eye or comes from a
+// trusted caller (a homeserver, whose own log only says that the identity
+// server refused). Messages name fields, never their values.
+func (s *Server) logError(r *http.Request, e *Error) {
+	attrs := []any{"request_id", requestID(r), "method", r.Method, "path", r.URL.Path, "status", e.Status, "errcode", e.Code, "error", e.Message}
+	if e.Cause != nil {
+		attrs = append(attrs, "cause", e.Cause)
+	}
+	if e.Status >= 500 {
+		s.log.Error("request failed", attrs...)
+		return
+	}
+	level := slog.LevelDebug
+	if trusted := s.trustedCaller(r); trusted || e.Cause != nil {
+		level = slog.LevelInfo
+		attrs = append(attrs, "client", s.clientIP(r).String(), "trusted_caller", trusted)
+	}
+	s.log.Log(r.Context(), level, "request refused", attrs...)
 }
 
 // cors adds the spec's CORS headers to every response and answers

@@ -100,28 +100,79 @@ func isV1(r *http.Request) bool {
 	return v
 }
 
-// readParams reads a POST body: JSON or (deprecated) form-urlencoded; on
-// v1, like sydent, the query string when the body is empty.
-func (s *Server) readParams(r *http.Request) (object, error) {
-	if isV1(r) && r.ContentLength == 0 && r.URL.RawQuery != "" {
+// readParams reads the parameters of a POST. On v1 it reads what sydent
+// reads: a JSON body, a form body (Dendrite sends every v1 POST as
+// application/x-www-form-urlencoded), or the query string when the body is
+// empty. On v2 the body is JSON; v2Form also accepts a (deprecated) form
+// body on the routes that have always taken one (requestToken, submitToken,
+// bind).
+func (s *Server) readParams(r *http.Request, v2Form bool) (object, error) {
+	body, err := s.readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if !isV1(r) {
+		return decodeBody(r, body, v2Form)
+	}
+	if emptyBody(body) && r.URL.RawQuery != "" {
 		return formObject([]byte(r.URL.RawQuery))
 	}
-	return s.readObject(r, true)
+	return decodeBody(r, body, true)
 }
 
-// limitAttempt charges one attempt to the client's IP.
+// trustedCaller reports whether the request comes from an address listed
+// in [ratelimit] trusted_callers (a homeserver).
+func (s *Server) trustedCaller(r *http.Request) bool {
+	ip := s.clientIP(r)
+	for _, p := range s.limits.trustedCallers {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// forHomeserver reports whether a request is budgeted as a homeserver's: a
+// v1 request from a trusted caller, which speaks for many users from one
+// IP. Such requests are charged per address, session or invite sender,
+// never per IP.
+func (s *Server) forHomeserver(r *http.Request) bool {
+	return isV1(r) && s.trustedCaller(r)
+}
+
+// limitAttempt charges one attempt to the client's IP, before the request
+// is read. A homeserver's request is charged by limitSubject instead.
 func (s *Server) limitAttempt(r *http.Request) error {
+	if s.forHomeserver(r) {
+		return nil
+	}
 	if ok, wait := s.limits.attempts.take("ip:"+s.clientIP(r).String(), 1); !ok {
 		return errLimited(wait)
 	}
 	return nil
 }
 
+// limitSubject charges a homeserver's request (forHomeserver) to what it is
+// about: an address ("email:a@b.org") or a session ("sid:…").
+func (s *Server) limitSubject(r *http.Request, subject string) error {
+	if !s.forHomeserver(r) {
+		return nil
+	}
+	if ok, wait := s.limits.attempts.take("subject:"+subject, 1); !ok {
+		return errLimited(wait)
+	}
+	return nil
+}
+
 // senderKey is who a requestToken is charged to: the account on v2, the
-// client IP on v1.
+// client IP on v1, nobody ("") for a homeserver, whose users are budgeted
+// by the per-address limits alone.
 func (s *Server) senderKey(r *http.Request) string {
 	if u := account(r).UserID; u != "" {
 		return "acct:" + u
+	}
+	if s.forHomeserver(r) {
+		return ""
 	}
 	return "ip:" + s.clientIP(r).String()
 }
@@ -208,7 +259,10 @@ func (s *Server) chargeSend(r *http.Request, tr tokenRequest) error {
 		l   *limiter
 		key string
 	}
-	checks := []check{{s.limits.requestToken, s.senderKey(r)}}
+	var checks []check
+	if sender := s.senderKey(r); sender != "" {
+		checks = append(checks, check{s.limits.requestToken, sender})
+	}
 	if tr.medium == threepid.Email {
 		checks = append(checks, check{s.limits.emailAddress, tr.address})
 	} else {
@@ -256,6 +310,9 @@ func newToken(medium string) string {
 // requestToken finds or creates the session and sends its token when
 // send_attempt asks for it. It returns the session.
 func (s *Server) requestToken(r *http.Request, tr tokenRequest) (db.Session, error) {
+	if err := s.limitSubject(r, tr.medium+":"+tr.address); err != nil {
+		return db.Session{}, err
+	}
 	now := s.now()
 	ms := now.UnixMilli()
 	send := false
@@ -367,7 +424,7 @@ func (s *Server) postEmailRequestToken(w http.ResponseWriter, r *http.Request) e
 	if err := s.limitAttempt(r); err != nil {
 		return err
 	}
-	body, err := s.readParams(r)
+	body, err := s.readParams(r, true)
 	if err != nil {
 		return err
 	}
@@ -404,7 +461,7 @@ func (s *Server) postMSISDNRequestToken(w http.ResponseWriter, r *http.Request) 
 	if err := s.limitAttempt(r); err != nil {
 		return err
 	}
-	body, err := s.readParams(r)
+	body, err := s.readParams(r, true)
 	if err != nil {
 		return err
 	}
@@ -503,7 +560,7 @@ func (s *Server) postSubmitToken(medium string) apiFunc {
 		if err := s.limitAttempt(r); err != nil {
 			return err
 		}
-		body, err := s.readParams(r)
+		body, err := s.readParams(r, true)
 		if err != nil {
 			return err
 		}
@@ -518,6 +575,9 @@ func (s *Server) postSubmitToken(medium string) apiFunc {
 			return err
 		}
 		if err := checkSubmitParams(p); err != nil {
+			return err
+		}
+		if err := s.limitSubject(r, "sid:"+p.sid); err != nil {
 			return err
 		}
 		if _, err := s.submitToken(medium, p); err != nil {
@@ -539,6 +599,9 @@ func (s *Server) getSubmitToken(medium string) apiFunc {
 		err := s.limitAttempt(r)
 		if err == nil {
 			err = checkSubmitParams(p)
+		}
+		if err == nil {
+			err = s.limitSubject(r, "sid:"+p.sid)
 		}
 		var next string
 		if err == nil {
@@ -570,9 +633,7 @@ func (s *Server) getSubmitToken(medium string) apiFunc {
 			if ms, ok := e.Extra["retry_after_ms"].(int64); ok {
 				h.Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))
 			}
-			if e.Cause != nil {
-				s.log.Info("request refused", "request_id", requestID(r), "path", r.URL.Path, "errcode", e.Code, "cause", e.Cause)
-			}
+			s.logError(r, e)
 		}
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(status)
@@ -622,6 +683,9 @@ func (s *Server) getValidated3pid(w http.ResponseWriter, r *http.Request) error 
 	}
 	if !q.Has("client_secret") {
 		return errMissing("client_secret")
+	}
+	if err := s.limitSubject(r, "sid:"+q.Get("sid")); err != nil {
+		return err
 	}
 	sess, err := s.validatedSession(q.Get("sid"), q.Get("client_secret"))
 	if err != nil {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -31,6 +32,15 @@ type RateLimitConfig struct {
 	// Attempts: requestToken, submitToken, getValidated3pid, bind and
 	// unbind calls per client IP, whether they send anything or not.
 	Attempts Rate `toml:"attempts"`
+	// Register: account/register calls per client IP (each makes mxid ask
+	// a homeserver).
+	Register Rate `toml:"register"`
+	// TrustedCallers are the IPs or CIDRs of homeservers that call the v1
+	// API for many users from one address (Dendrite; Synapse's SMS
+	// delegation). Their v1 requests are budgeted per address, session and
+	// invite sender instead of per IP, and their refused requests are
+	// logged at info level.
+	TrustedCallers []string `toml:"trusted_callers"`
 }
 
 // DefaultValidationConfig allows next_link to any http(s) host.
@@ -46,6 +56,7 @@ func DefaultRateLimitConfig() RateLimitConfig {
 		MSISDNNumber:  Rate{Burst: 5, Every: time.Hour},
 		MSISDNCountry: Rate{Burst: 50, Every: time.Minute},
 		Attempts:      Rate{Burst: 60, Every: time.Second},
+		Register:      Rate{Burst: 30, Every: 2 * time.Second},
 	}
 }
 
@@ -64,10 +75,15 @@ func (c *RateLimitConfig) validate() []error {
 	var errs []error
 	for name, r := range map[string]Rate{
 		"request_token": c.RequestToken, "email_address": c.EmailAddress, "msisdn_number": c.MSISDNNumber,
-		"msisdn_country": c.MSISDNCountry, "attempts": c.Attempts,
+		"msisdn_country": c.MSISDNCountry, "attempts": c.Attempts, "register": c.Register,
 	} {
 		if err := r.validate("ratelimit." + name); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, p := range c.TrustedCallers {
+		if _, err := parsePrefixOrAddr(p); err != nil {
+			errs = append(errs, fmt.Errorf("ratelimit.trusted_callers: %q is not an IP address or CIDR", p))
 		}
 	}
 	return errs
@@ -75,15 +91,24 @@ func (c *RateLimitConfig) validate() []error {
 
 // limits are the limiters built from [ratelimit].
 type limits struct {
-	requestToken, emailAddress, msisdnNumber, msisdnCountry, attempts *limiter
+	requestToken, emailAddress, msisdnNumber, msisdnCountry, attempts, register *limiter
+	trustedCallers                                                              []netip.Prefix
 }
 
+// newLimits builds the limiters of a validated [ratelimit] section.
 func newLimits(c RateLimitConfig, now func() time.Time) *limits {
-	return &limits{
+	l := &limits{
 		requestToken:  newLimiter(c.RequestToken, now),
 		emailAddress:  newLimiter(c.EmailAddress, now),
 		msisdnNumber:  newLimiter(c.MSISDNNumber, now),
 		msisdnCountry: newLimiter(c.MSISDNCountry, now),
 		attempts:      newLimiter(c.Attempts, now),
+		register:      newLimiter(c.Register, now),
 	}
+	for _, p := range c.TrustedCallers {
+		if pfx, err := parsePrefixOrAddr(p); err == nil {
+			l.trustedCallers = append(l.trustedCallers, pfx)
+		}
+	}
+	return l
 }
