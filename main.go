@@ -150,7 +150,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	_, source, err := resolveConfig(*path)
+	cfg, source, err := resolveConfig(*path)
 	if err != nil {
 		var ce *ConfigError
 		if errors.As(err, &ce) {
@@ -161,6 +161,16 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	}
 	if source == "" {
 		source = "embedded default"
+	}
+	// Warnings are printed but do not fail the check: the configuration
+	// is valid, it just will not work with some callers.
+	warnings := cfg.Warnings()
+	for _, w := range warnings {
+		fmt.Fprintf(stdout, "%s: warning: %s\n", source, w)
+	}
+	if len(warnings) > 0 {
+		fmt.Fprintf(stdout, "%s: configuration OK, with %d warning(s)\n", source, len(warnings))
+		return nil
 	}
 	fmt.Fprintf(stdout, "%s: configuration OK\n", source)
 	return nil
@@ -194,6 +204,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"hint", "copy mxid.toml.example to mxid.toml to configure")
 	} else {
 		log.Info("configuration loaded", "path", source)
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
 	}
 
 	if os.Getenv("GOGC") == "" {
