@@ -33,6 +33,8 @@ type checkCommand struct {
 	Args string
 	// About says in one line what the check proves.
 	About string
+	// Short is About in a few words, for mxid help.
+	Short string
 	// Run declares its flags on fs (which already has -config), parses
 	// them with c.parse, and runs its steps on c.
 	Run func(ctx context.Context, c *check, fs *flag.FlagSet, args []string) error
@@ -44,21 +46,25 @@ func checkCommands() map[string]checkCommand {
 		"dns": {
 			Args:  "DOMAIN",
 			About: "discover the identity server of an email domain as lookups do (SRV _matrix-identity._tcp, else the domain), resolve it, check the outbound policy allows it and that it answers as an identity server",
+			Short: "how lookups reach another domain's identity server",
 			Run:   checkDNS,
 		},
 		"federation": {
 			Args:  "SERVER_NAME",
 			About: "find a homeserver, fetch and verify its signing keys, reach its OpenID endpoint (what registration needs)",
+			Short: "what registering a user of SERVER_NAME needs",
 			Run:   checkFederation,
 		},
 		"ldap": {
 			Args:  "[ADDRESS]",
 			About: "connect and bind to the [ldap] directory, look up ADDRESS (email or phone) if given, run the sync query, show what the mapping yields",
+			Short: "the [ldap] directory, and what ADDRESS maps to",
 			Run:   checkLDAP,
 		},
 		"smtp": {
 			Args:  "-to ADDRESS",
 			About: "send a real test email with the [email] settings, step by step (connect, TLS, login, send)",
+			Short: "send a real test email with the [email] settings",
 			Run:   checkSMTP,
 		},
 	}
@@ -85,19 +91,24 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return nil
 	}
-	cmd, ok := checkCommands()[args[0]]
-	if !ok {
+	if _, ok := checkCommands()[args[0]]; !ok {
 		fmt.Fprintf(stderr, "mxid check: unknown check %q\n", args[0])
 		checkUsage(stderr)
 		return usageError{fmt.Errorf("unknown check %q", args[0])}
 	}
+	return runCheck(ctx, &check{out: stdout, stderr: stderr}, args)
+}
+
+// runCheck runs `mxid check WHAT ARGS` (args[0] is WHAT, known) on c, whose
+// output streams (and, in tests, roots) are set.
+func runCheck(ctx context.Context, c *check, args []string) error {
+	cmd := checkCommands()[args[0]]
 	fs := flag.NewFlagSet("check "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mxid check %s [-config PATH] %s\n  %s\n", args[0], cmd.Args, cmd.About)
+		fmt.Fprintf(fs.Output(), "usage: mxid check %s [-config PATH] %s\n  %s\n", args[0], cmd.Args, cmd.About)
 		fs.PrintDefaults()
 	}
-	c := &check{out: stdout, stderr: stderr, name: args[0], configPath: configFlag(fs)}
+	c.name, c.configPath = args[0], configFlag(fs)
 	return cmd.Run(ctx, c, fs, args[1:])
 }
 
@@ -116,8 +127,8 @@ type check struct {
 func (c *check) parse(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usageError{err}
+		if err := parseArgs(fs, args, c.out, c.stderr); err != nil {
+			return nil, err
 		}
 		if fs.NArg() == 0 {
 			break
