@@ -16,11 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"mxid/server/federation"
 	"mxid/server/signing"
 )
 
-// fakeHomeserver is an httptest TLS homeserver answering the two endpoints
-// check federation asks; the knobs break it in the ways operators meet.
+// fakeHomeserver is an httptest TLS homeserver answering what check
+// federation and check homeserver ask; the knobs break it in the ways
+// operators meet.
 type fakeHomeserver struct {
 	name         string // server_name it claims in its keys
 	signWith     *signing.Key
@@ -28,6 +30,9 @@ type fakeHomeserver struct {
 	validUntil   time.Time
 	openidStatus int
 	openidBody   string
+	noOnbind     bool   // the federation listener does not serve onbind
+	software     string // what /_matrix/federation/v1/version names ("": 404)
+	version      string
 }
 
 func (h *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -52,6 +57,27 @@ func (h *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(h.openidStatus)
 		fmt.Fprint(w, h.openidBody)
+	case federation.OnbindPath:
+		// As Synapse: an association's invites are processed, an
+		// association without any is nothing to do.
+		var assoc struct {
+			Medium, Address, MXID string
+			Invites               []any
+		}
+		if h.noOnbind {
+			http.NotFound(w, r)
+		} else if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&assoc) != nil || assoc.Medium == "" || assoc.MXID == "" || assoc.Invites == nil || len(assoc.Invites) > 0 {
+			w.WriteHeader(400)
+			fmt.Fprint(w, `{"errcode":"M_BAD_JSON","error":"not the test association"}`)
+		} else {
+			fmt.Fprint(w, `{}`)
+		}
+	case "/_matrix/federation/v1/version":
+		if h.software == "" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"server": map[string]string{"name": h.software, "version": h.version}})
 	default:
 		http.NotFound(w, r)
 	}

@@ -192,14 +192,24 @@ func (c *Config) IdentityServerName() (name string, ok bool) {
 // mxid has: serve logs them at start-up, check-config prints them.
 func (c *Config) Warnings() []string {
 	var out []string
-	if want, ok := c.IdentityServerName(); ok && !sameServerName(c.ServerName, want) {
-		out = append(out, fmt.Sprintf("server_name %q does not match public_base_url: "+
-			"homeservers verify signatures under the name users type as their identity server, %q (the host and port of public_base_url), "+
-			"but mxid signs as %q, so Dendrite refuses invites to bound addresses (\"No signature for domain %s\"); "+
-			"set server_name = %q (or correct public_base_url)",
-			c.ServerName, want, c.ServerName, want, want))
+	if w := c.ServerNameWarning(); w != "" {
+		out = append(out, w)
 	}
 	return out
+}
+
+// ServerNameWarning explains, when server_name is not IdentityServerName,
+// what homeservers will check and what to set; it is "" when they match.
+func (c *Config) ServerNameWarning() string {
+	want, ok := c.IdentityServerName()
+	if !ok || sameServerName(c.ServerName, want) {
+		return ""
+	}
+	return fmt.Sprintf("server_name %q does not match public_base_url: "+
+		"homeservers verify signatures under the name users type as their identity server, %q (the host and port of public_base_url), "+
+		"but mxid signs as %q, so Dendrite refuses invites to bound addresses (\"No signature for domain %s\"); "+
+		"set server_name = %q (or correct public_base_url)",
+		c.ServerName, want, c.ServerName, want, want)
 }
 
 // sameServerName compares server names as homeservers do for hosts:
