@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
@@ -13,7 +12,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -85,10 +83,8 @@ func TestCheckHomeserver(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(h)
 			}
-			hs := httptest.NewUnstartedServer(h)
-			hs.Config.ErrorLog = log.New(io.Discard, "", 0)
-			hs.StartTLS()
-			defer hs.Close()
+			dir := t.TempDir()
+			hs, caFile := serveTLS(t, h, dir)
 			// mxid as homeservers see it at public_base_url.
 			id := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path != "/_matrix/identity/versions" {
@@ -105,9 +101,6 @@ func TestCheckHomeserver(t *testing.T) {
 			}
 			defer id.Close()
 
-			dir := t.TempDir()
-			caFile := filepath.Join(dir, "hs-ca.pem")
-			os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: hs.Certificate().Raw}), 0o600)
 			roots := x509.NewCertPool() // what homeservers trust
 			if !tc.untrusted {
 				roots.AddCert(hs.Certificate()) // httptest's certificate: id's too
@@ -130,18 +123,7 @@ func TestCheckHomeserver(t *testing.T) {
 			var out, errOut bytes.Buffer
 			c := &check{out: &out, stderr: &errOut, roots: roots}
 			err := runCheck(context.Background(), c, append([]string{"homeserver", "hs.test", "-config", cfgPath}, tc.args...))
-			text := out.String()
-			if (err == nil) != tc.wantOK {
-				t.Errorf("check returned %v, want ok=%v", err, tc.wantOK)
-			}
-			for _, want := range tc.wantText {
-				if !strings.Contains(text, want) {
-					t.Errorf("output lacks %q", want)
-				}
-			}
-			if t.Failed() {
-				t.Logf("output:\n%s%s", text, errOut.String())
-			}
+			wantCheck(t, err, &out, &errOut, tc.wantOK, tc.wantText)
 		})
 	}
 }

@@ -127,13 +127,8 @@ func TestCheckFederation(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(h)
 			}
-			hs := httptest.NewUnstartedServer(h)
-			hs.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some cases
-			hs.StartTLS()
-			defer hs.Close()
 			dir := t.TempDir()
-			caFile := filepath.Join(dir, "hs-ca.pem")
-			os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: hs.Certificate().Raw}), 0o600)
+			hs, caFile := serveTLS(t, h, dir)
 			pin := hs.URL
 			if tc.down {
 				pin = fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
@@ -149,19 +144,41 @@ func TestCheckFederation(t *testing.T) {
 			var out, errOut bytes.Buffer
 			// The server name may come before or after the flags.
 			err := run(context.Background(), []string{"check", "federation", tc.server, "-config", cfgPath}, &out, &errOut)
-			text := out.String()
-			if (err == nil) != tc.wantOK {
-				t.Errorf("check returned %v, want ok=%v", err, tc.wantOK)
-			}
-			for _, want := range tc.wantText {
-				if !strings.Contains(text, want) {
-					t.Errorf("output lacks %q", want)
-				}
-			}
-			if t.Failed() {
-				t.Logf("output:\n%s%s", text, errOut.String())
-			}
+			wantCheck(t, err, &out, &errOut, tc.wantOK, tc.wantText)
 		})
+	}
+}
+
+// serveTLS serves h over HTTPS until the test ends; caFile (written in
+// dir) holds its certificate.
+func serveTLS(t *testing.T, h http.Handler, dir string) (srv *httptest.Server, caFile string) {
+	t.Helper()
+	srv = httptest.NewUnstartedServer(h)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some cases
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	caFile = filepath.Join(dir, "hs-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv, caFile
+}
+
+// wantCheck asserts a check's outcome (err) and that its output holds
+// each of wantText.
+func wantCheck(t *testing.T, err error, out, errOut *bytes.Buffer, wantOK bool, wantText []string) {
+	t.Helper()
+	text := out.String()
+	if (err == nil) != wantOK {
+		t.Errorf("check returned %v, want ok=%v", err, wantOK)
+	}
+	for _, want := range wantText {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s%s", text, errOut.String())
 	}
 }
 
