@@ -146,11 +146,12 @@ func (c *check) publicBaseURL(ctx context.Context, breaks string) bool {
 		}
 		resp, err := policy.Client(outbound.ClientOptions{MaxResponseBytes: 64 << 10, RootCAs: roots}).Do(req)
 		if err != nil {
+			cause := err
 			var ue *url.Error
 			if errors.As(err, &ue) {
-				err = ue.Err
+				cause = ue.Err // base is in the explanation already
 			}
-			return "", explainWith(err, base, u.Hostname(), fetchAdvice{
+			explained := explainWith(cause, base, u.Hostname(), fetchAdvice{
 				blocked: "homeservers refuse private, loopback and reserved addresses by default too (Synapse's ip_range_blacklist): public_base_url must resolve to a public address; " +
 					"if the homeserver is on the same network and allows it, add the range to [outbound] allow_cidrs to run this check",
 				untrusted: "homeservers will refuse to call mxid: Synapse and Dendrite trust only the system's CAs, so a self-signed or private-CA certificate fails; " +
@@ -161,6 +162,11 @@ func (c *check) publicBaseURL(ctx context.Context, breaks string) bool {
 				timeout:   "a firewall may drop the connection; homeservers must reach public_base_url",
 				refused:   "is mxid (or its reverse proxy) running and listening there?",
 			})
+			var h hinted
+			if !errors.As(explained, &h) {
+				return "", err // unexplained: as the client said it, with the URL
+			}
+			return "", explained
 		}
 		defer resp.Body.Close()
 		body, err := io.ReadAll(resp.Body)
