@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -34,7 +33,7 @@ import (
 // (sydent, another mxid) that holds the same generated bindings (-gen
 // writes them as JSON lines).
 func cmdBenchLookup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench-lookup", flag.ContinueOnError)
+	fs := newFlagSet("bench-lookup")
 	n := fs.Int("n", 1_000_000, "bindings to generate")
 	dur := fs.Duration("duration", 10*time.Second, "length of each load phase")
 	clients := fs.Int("clients", 4, "concurrent client goroutines")
@@ -45,9 +44,8 @@ func cmdBenchLookup(ctx context.Context, args []string, stdout, stderr io.Writer
 	gen := fs.String("gen", "", "only write the generated bindings to this JSON-lines file and exit")
 	genSydent := fs.String("gen-sydent", "", "only write the generated bindings as SQL for sydent's database and exit")
 	logLevel := fs.String("log-level", "warn", "log level of the started server (info logs every request)")
-	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if *n < 2 || *batch < 1 || *clients < 1 {
 		return usageError{errors.New("-n must be >= 2, -batch and -clients >= 1")}

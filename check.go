@@ -33,6 +33,8 @@ type checkCommand struct {
 	Args string
 	// About says in one line what the check proves.
 	About string
+	// Short is About in a few words, for mxid help.
+	Short string
 	// Run declares its flags on fs (which already has -config), parses
 	// them with c.parse, and runs its steps on c.
 	Run func(ctx context.Context, c *check, fs *flag.FlagSet, args []string) error
@@ -44,21 +46,31 @@ func checkCommands() map[string]checkCommand {
 		"dns": {
 			Args:  "DOMAIN",
 			About: "discover the identity server of an email domain as lookups do (SRV _matrix-identity._tcp, else the domain), resolve it, check the outbound policy allows it and that it answers as an identity server",
+			Short: "how lookups reach another domain's identity server",
 			Run:   checkDNS,
 		},
 		"federation": {
 			Args:  "SERVER_NAME",
 			About: "find a homeserver, fetch and verify its signing keys, reach its OpenID endpoint (what registration needs)",
+			Short: "what registering a user of SERVER_NAME needs",
 			Run:   checkFederation,
+		},
+		"homeserver": {
+			Args:  "SERVER_NAME",
+			About: "try what each caller needs between mxid and a homeserver, and say which caller a failure breaks: discovery and signing keys (unbind), OpenID userinfo (registration), onbind (third-party invites), public_base_url over HTTPS with a trusted certificate, server_name, and v1 for Dendrite or SMS delegation",
+			Short: "what a homeserver and its users need from mxid",
+			Run:   checkHomeserver,
 		},
 		"ldap": {
 			Args:  "[ADDRESS]",
 			About: "connect and bind to the [ldap] directory, look up ADDRESS (email or phone) if given, run the sync query, show what the mapping yields",
+			Short: "the [ldap] directory, and what ADDRESS maps to",
 			Run:   checkLDAP,
 		},
 		"smtp": {
 			Args:  "-to ADDRESS",
 			About: "send a real test email with the [email] settings, step by step (connect, TLS, login, send)",
+			Short: "send a real test email with the [email] settings",
 			Run:   checkSMTP,
 		},
 	}
@@ -85,19 +97,24 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return nil
 	}
-	cmd, ok := checkCommands()[args[0]]
-	if !ok {
+	if _, ok := checkCommands()[args[0]]; !ok {
 		fmt.Fprintf(stderr, "mxid check: unknown check %q\n", args[0])
 		checkUsage(stderr)
 		return usageError{fmt.Errorf("unknown check %q", args[0])}
 	}
+	return runCheck(ctx, &check{out: stdout, stderr: stderr}, args)
+}
+
+// runCheck runs `mxid check WHAT ARGS` (args[0] is WHAT, known) on c, whose
+// output streams (and, in tests, roots) are set.
+func runCheck(ctx context.Context, c *check, args []string) error {
+	cmd := checkCommands()[args[0]]
 	fs := flag.NewFlagSet("check "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mxid check %s [-config PATH] %s\n  %s\n", args[0], cmd.Args, cmd.About)
+		fmt.Fprintf(fs.Output(), "usage: mxid check %s [-config PATH] %s\n  %s\n", args[0], cmd.Args, cmd.About)
 		fs.PrintDefaults()
 	}
-	c := &check{out: stdout, stderr: stderr, name: args[0], configPath: configFlag(fs)}
+	c.name, c.configPath = args[0], configFlag(fs)
 	return cmd.Run(ctx, c, fs, args[1:])
 }
 
@@ -107,8 +124,11 @@ type check struct {
 	name        string
 	configPath  *string
 	cfg         Config
-	failures    []string
-	warnings    int
+	// roots are the CAs homeservers trust, for public_base_url's
+	// certificate; nil: the system's (tests set their own).
+	roots    *x509.CertPool
+	failures []string
+	warnings int
 }
 
 // parse parses flags and positional arguments in any order, checks that
@@ -116,8 +136,8 @@ type check struct {
 func (c *check) parse(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usageError{err}
+		if err := parseArgs(fs, args, c.out, c.stderr); err != nil {
+			return nil, err
 		}
 		if fs.NArg() == 0 {
 			break
@@ -162,6 +182,12 @@ func (w warning) Error() string { return w.msg }
 // or an error (with a hint, or a warning). It reports whether the step
 // passed, so later steps that depend on it can be skipped.
 func (c *check) step(what string, fn func() (string, error)) bool {
+	return c.stepFor(what, "", fn)
+}
+
+// stepFor is step for a step that some caller needs: on failure it also
+// says what breaks (when breaks is not empty).
+func (c *check) stepFor(what, breaks string, fn func() (string, error)) bool {
 	start := time.Now()
 	found, err := fn()
 	took := time.Since(start).Round(time.Millisecond)
@@ -179,6 +205,9 @@ func (c *check) step(what string, fn func() (string, error)) bool {
 		return true
 	}
 	fmt.Fprintf(c.out, "  FAIL  %s: %v\n", what, err)
+	if breaks != "" {
+		fmt.Fprintf(c.out, "        breaks: %s\n", breaks)
+	}
 	var h hinted
 	if errors.As(err, &h) && h.hint != "" {
 		fmt.Fprintf(c.out, "        hint: %s\n", h.hint)
@@ -214,66 +243,95 @@ func checkFederation(ctx context.Context, c *check, fs *flag.FlagSet, args []str
 	if err != nil {
 		return err
 	}
-	name := pos[0]
-	policy, err := outbound.New(c.cfg.Outbound)
+	p, err := newHomeserverProbe(c, pos[0])
 	if err != nil {
 		return err
 	}
-	fed := federation.NewResolver(policy, nil)
-
-	if !c.step("server name", func() (string, error) {
-		if !federation.ValidServerName(name) {
-			return "", hint(fmt.Errorf("%q is not a valid server name", name),
-				"a server name is the part after the colon in a Matrix ID, like example.org or matrix.example.org:8448")
-		}
-		return fmt.Sprintf("%q is a valid server name", name), nil
-	}) {
+	if !p.validName() {
 		c.skip("discovery")
 		c.skip("signing keys")
 		c.skip("OpenID userinfo")
 		return c.verdict("")
 	}
+	p.discover(ctx, "")
+	if !p.signingKeys(ctx, "") {
+		c.skip("OpenID userinfo")
+		return c.verdict("")
+	}
+	p.openID(ctx, "")
+	return c.verdict(fmt.Sprintf("users of %s can register with this identity server", p.name))
+}
 
-	var target federation.Target
-	c.step("discovery", func() (string, error) {
-		t, err := fed.Resolve(ctx, name)
+// homeserverProbe runs the steps that ask one homeserver something, for
+// `mxid check federation` and `mxid check homeserver`. Each takes what a
+// failure breaks ("" to say nothing).
+type homeserverProbe struct {
+	c      *check
+	name   string // the homeserver's server name
+	policy *outbound.Policy
+	fed    *federation.Resolver
+	target federation.Target // once discovered
+	// answered is set when the homeserver answered the signing keys
+	// request with any HTTP status: later requests can reach it.
+	answered bool
+}
+
+func newHomeserverProbe(c *check, name string) (*homeserverProbe, error) {
+	policy, err := outbound.New(c.cfg.Outbound)
+	if err != nil {
+		return nil, err
+	}
+	return &homeserverProbe{c: c, name: name, policy: policy, fed: federation.NewResolver(policy, nil)}, nil
+}
+
+func (p *homeserverProbe) validName() bool {
+	return p.c.step("server name", func() (string, error) {
+		if !federation.ValidServerName(p.name) {
+			return "", hint(fmt.Errorf("%q is not a valid server name", p.name),
+				"a server name is the part after the colon in a Matrix ID, like example.org or matrix.example.org:8448")
+		}
+		return fmt.Sprintf("%q is a valid server name", p.name), nil
+	})
+}
+
+func (p *homeserverProbe) discover(ctx context.Context, breaks string) {
+	p.c.stepFor("discovery", breaks, func() (string, error) {
+		t, err := p.fed.Resolve(ctx, p.name)
 		if err != nil {
 			return "", err
 		}
-		target = t
+		p.target = t
 		how := "found by the spec's discovery (well-known, SRV, or port 8448)"
-		if _, pinned := policy.Pin(name); pinned {
+		if _, pinned := p.policy.Pin(p.name); pinned {
 			how = "pinned in [outbound.pins]"
 		}
 		return fmt.Sprintf("requests go to %s (Host %s, certificate name %s), %s", t.BaseURL, t.Host, t.TLSName, how), nil
 	})
+}
 
-	keysOK := c.step("signing keys", func() (string, error) {
-		resp, err := fed.Do(ctx, name, http.MethodGet, "/_matrix/key/v2/server", nil, nil, 64<<10)
+func (p *homeserverProbe) signingKeys(ctx context.Context, breaks string) bool {
+	return p.c.stepFor("signing keys", breaks, func() (string, error) {
+		resp, err := p.fed.Do(ctx, p.name, http.MethodGet, "/_matrix/key/v2/server", nil, nil, 64<<10)
 		if err != nil {
-			return "", explainFetch(err, target)
+			return "", explainFetch(err, p.target)
 		}
+		p.answered = true
 		if resp.Status != http.StatusOK {
-			return "", hint(fmt.Errorf("GET %s/_matrix/key/v2/server answered HTTP %d", target.BaseURL, resp.Status),
+			return "", hint(fmt.Errorf("GET %s/_matrix/key/v2/server answered HTTP %d", p.target.BaseURL, resp.Status),
 				"this does not look like a Matrix homeserver's federation port; check its /.well-known/matrix/server or SRV record")
 		}
-		return verifyServerKeys(resp.Body, name, time.Now())
+		return verifyServerKeys(resp.Body, p.name, time.Now())
 	})
+}
 
-	if !keysOK {
-		c.skip("OpenID userinfo")
-		return c.verdict("")
-	}
-	c.step("OpenID userinfo", func() (string, error) {
+func (p *homeserverProbe) openID(ctx context.Context, breaks string) bool {
+	return p.c.stepFor("OpenID userinfo", breaks, func() (string, error) {
 		token := "mxid-check-" + rand.Text() // made up: a homeserver must refuse it
-		resp, err := fed.Do(ctx, name, http.MethodGet, "/_matrix/federation/v1/openid/userinfo?access_token="+url.QueryEscape(token), nil, nil, 5<<10)
+		resp, err := p.fed.Do(ctx, p.name, http.MethodGet, "/_matrix/federation/v1/openid/userinfo?access_token="+url.QueryEscape(token), nil, nil, 5<<10)
 		if err != nil {
-			return "", explainFetch(err, target)
+			return "", explainFetch(err, p.target)
 		}
-		var body struct {
-			Errcode string `json:"errcode"`
-		}
-		json.Unmarshal(resp.Body, &body)
+		body := matrixError(resp.Body)
 		switch {
 		case resp.Status == http.StatusUnauthorized && body.Errcode == "M_UNKNOWN_TOKEN":
 			return "reachable: a made-up token got 401 M_UNKNOWN_TOKEN, as it should", nil
@@ -289,7 +347,19 @@ func checkFederation(ctx context.Context, c *check, fs *flag.FlagSet, args []str
 			return "", fmt.Errorf("the OpenID endpoint answered HTTP %d %s", resp.Status, body.Errcode)
 		}
 	})
-	return c.verdict(fmt.Sprintf("users of %s can register with this identity server", name))
+}
+
+// matrixErrorBody is the part of a Matrix error answer the checks read.
+type matrixErrorBody struct {
+	Errcode string `json:"errcode"`
+	Error   string `json:"error"`
+	json    bool   // the body was a JSON object
+}
+
+func matrixError(body []byte) matrixErrorBody {
+	var e matrixErrorBody
+	e.json = json.Unmarshal(body, &e) == nil
+	return e
 }
 
 // verifyServerKeys checks a /_matrix/key/v2/server answer: it names the
@@ -345,29 +415,52 @@ func verifyServerKeys(body []byte, name string, now time.Time) (string, error) {
 
 // explainFetch turns a failure to reach a homeserver into plain words.
 func explainFetch(err error, t federation.Target) error {
+	return explainWith(err, t.BaseURL, t.TLSName, fetchAdvice{
+		blocked:   "for a homeserver on your own network, add its range to [outbound] allow_cidrs, or pin it in [outbound.pins]",
+		untrusted: "homeservers need a certificate from a public CA on the federation port; for a private CA set [outbound] ca_file",
+		invalid:   "the homeserver's certificate must be renewed (or the clock of this machine is wrong)",
+		wrongName: "the certificate must name the server name (or the delegated name)",
+		noName:    "check the homeserver's DNS records (A/AAAA, or SRV _matrix-fed._tcp)",
+		timeout:   "a firewall may drop the connection; the federation port (8448 unless delegated) must be open to this machine",
+		refused:   "is the homeserver running and its federation port open? Delegation via /.well-known/matrix/server or SRV may be missing",
+	})
+}
+
+// fetchAdvice is the hint for each way an HTTPS request fails: the
+// failures are the same whoever is asked, the advice is not.
+type fetchAdvice struct {
+	blocked   string // the address is refused by the outbound policy
+	untrusted string // the certificate is not from a trusted CA
+	invalid   string // the certificate has expired or is not valid yet
+	wrongName string // the certificate does not name the host
+	noName    string // the host name does not resolve
+	timeout   string // no answer in time
+	refused   string // no connection
+}
+
+// explainWith says in plain words why a request to base (whose
+// certificate must name tlsName) failed.
+func explainWith(err error, base, tlsName string, a fetchAdvice) error {
 	var certErr x509.UnknownAuthorityError
+	var invalidErr x509.CertificateInvalidError
 	var hostErr x509.HostnameError
 	var dnsErr *net.DNSError
 	var opErr *net.OpError
 	switch {
 	case errors.Is(err, outbound.ErrBlocked):
-		return hint(fmt.Errorf("%s resolves to an address mxid refuses by default (private, loopback or reserved): %v", t.BaseURL, err),
-			"for a homeserver on your own network, add its range to [outbound] allow_cidrs, or pin it in [outbound.pins]")
+		return hint(fmt.Errorf("%s resolves to an address mxid refuses by default (private, loopback or reserved): %v", base, err), a.blocked)
 	case errors.As(err, &certErr):
-		return hint(fmt.Errorf("the certificate of %s is not from a trusted CA: %v", t.BaseURL, err),
-			"homeservers need a certificate from a public CA on the federation port; for a private CA set [outbound] ca_file")
+		return hint(fmt.Errorf("the certificate of %s is not from a trusted CA: %v", base, err), a.untrusted)
+	case errors.As(err, &invalidErr):
+		return hint(fmt.Errorf("the certificate of %s is not valid now: %v", base, err), a.invalid)
 	case errors.As(err, &hostErr):
-		return hint(fmt.Errorf("the certificate of %s is not valid for %s: %v", t.BaseURL, t.TLSName, err),
-			"the certificate must name the server name (or the delegated name)")
+		return hint(fmt.Errorf("the certificate of %s is not valid for %s: %v", base, tlsName, err), a.wrongName)
 	case errors.As(err, &dnsErr):
-		return hint(fmt.Errorf("the name could not be resolved: %v", err),
-			"check the homeserver's DNS records (A/AAAA, or SRV _matrix-fed._tcp)")
+		return hint(fmt.Errorf("the name could not be resolved: %v", err), a.noName)
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Client.Timeout"):
-		return hint(fmt.Errorf("%s did not answer in time: %v", t.BaseURL, err),
-			"a firewall may drop the connection; the federation port (8448 unless delegated) must be open to this machine")
+		return hint(fmt.Errorf("%s did not answer in time: %v", base, err), a.timeout)
 	case errors.As(err, &opErr):
-		return hint(fmt.Errorf("could not connect to %s: %v", t.BaseURL, err),
-			"is the homeserver running and its federation port open? Delegation via /.well-known/matrix/server or SRV may be missing")
+		return hint(fmt.Errorf("could not connect to %s: %v", base, err), a.refused)
 	}
 	return err
 }

@@ -16,11 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"mxid/server/federation"
 	"mxid/server/signing"
 )
 
-// fakeHomeserver is an httptest TLS homeserver answering the two endpoints
-// check federation asks; the knobs break it in the ways operators meet.
+// fakeHomeserver is an httptest TLS homeserver answering what check
+// federation and check homeserver ask; the knobs break it in the ways
+// operators meet.
 type fakeHomeserver struct {
 	name         string // server_name it claims in its keys
 	signWith     *signing.Key
@@ -28,6 +30,9 @@ type fakeHomeserver struct {
 	validUntil   time.Time
 	openidStatus int
 	openidBody   string
+	noOnbind     bool   // the federation listener does not serve onbind
+	software     string // what /_matrix/federation/v1/version names ("": 404)
+	version      string
 }
 
 func (h *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -52,6 +57,27 @@ func (h *fakeHomeserver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(h.openidStatus)
 		fmt.Fprint(w, h.openidBody)
+	case federation.OnbindPath:
+		// As Synapse: an association's invites are processed, an
+		// association without any is nothing to do.
+		var assoc struct {
+			Medium, Address, MXID string
+			Invites               []any
+		}
+		if h.noOnbind {
+			http.NotFound(w, r)
+		} else if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&assoc) != nil || assoc.Medium == "" || assoc.MXID == "" || assoc.Invites == nil || len(assoc.Invites) > 0 {
+			w.WriteHeader(400)
+			fmt.Fprint(w, `{"errcode":"M_BAD_JSON","error":"not the test association"}`)
+		} else {
+			fmt.Fprint(w, `{}`)
+		}
+	case "/_matrix/federation/v1/version":
+		if h.software == "" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"server": map[string]string{"name": h.software, "version": h.version}})
 	default:
 		http.NotFound(w, r)
 	}
@@ -101,13 +127,8 @@ func TestCheckFederation(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(h)
 			}
-			hs := httptest.NewUnstartedServer(h)
-			hs.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some cases
-			hs.StartTLS()
-			defer hs.Close()
 			dir := t.TempDir()
-			caFile := filepath.Join(dir, "hs-ca.pem")
-			os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: hs.Certificate().Raw}), 0o600)
+			hs, caFile := serveTLS(t, h, dir)
 			pin := hs.URL
 			if tc.down {
 				pin = fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
@@ -123,19 +144,41 @@ func TestCheckFederation(t *testing.T) {
 			var out, errOut bytes.Buffer
 			// The server name may come before or after the flags.
 			err := run(context.Background(), []string{"check", "federation", tc.server, "-config", cfgPath}, &out, &errOut)
-			text := out.String()
-			if (err == nil) != tc.wantOK {
-				t.Errorf("check returned %v, want ok=%v", err, tc.wantOK)
-			}
-			for _, want := range tc.wantText {
-				if !strings.Contains(text, want) {
-					t.Errorf("output lacks %q", want)
-				}
-			}
-			if t.Failed() {
-				t.Logf("output:\n%s%s", text, errOut.String())
-			}
+			wantCheck(t, err, &out, &errOut, tc.wantOK, tc.wantText)
 		})
+	}
+}
+
+// serveTLS serves h over HTTPS until the test ends; caFile (written in
+// dir) holds its certificate.
+func serveTLS(t *testing.T, h http.Handler, dir string) (srv *httptest.Server, caFile string) {
+	t.Helper()
+	srv = httptest.NewUnstartedServer(h)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some cases
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	caFile = filepath.Join(dir, "hs-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv, caFile
+}
+
+// wantCheck asserts a check's outcome (err) and that its output holds
+// each of wantText.
+func wantCheck(t *testing.T, err error, out, errOut *bytes.Buffer, wantOK bool, wantText []string) {
+	t.Helper()
+	text := out.String()
+	if (err == nil) != wantOK {
+		t.Errorf("check returned %v, want ok=%v", err, wantOK)
+	}
+	for _, want := range wantText {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s%s", text, errOut.String())
 	}
 }
 

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -208,5 +210,54 @@ func TestKnownKeysAndSuggest(t *testing.T) {
 		if got := suggest(in, known); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A server_name that is not what clients call mxid is valid but will not
+// work with Dendrite: check-config says so (and still exits 0), and serve
+// logs it at WARN when it starts.
+func TestServerNameMismatchWarning(t *testing.T) {
+	dir := t.TempDir()
+	config := fmt.Sprintf(`server_name = "localhost"
+public_base_url = "http://localhost:18290"
+data_dir = %q
+[http]
+listen = "127.0.0.1:%d"
+`, filepath.Join(dir, "data"), freePort(t))
+	path := writeFile(t, dir, "mxid.toml", config)
+	const why = `homeservers verify signatures under the name users type as their identity server, "localhost:18290"`
+	var stdout, stderr bytes.Buffer
+	if err := run(t.Context(), []string{"check-config", "-config", path}, &stdout, &stderr); err != nil {
+		t.Fatalf("check-config failed on a warning: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{`warning: server_name "localhost" does not match public_base_url`, why,
+		`mxid signs as "localhost"`, `set server_name = "localhost:18290"`, "configuration OK, with 1 warning(s)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check-config output lacks %q:\n%s", want, out)
+		}
+	}
+
+	s := startServe(t, config)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.log.String(), "msg=serving") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.stop(t)
+	var line string
+	for l := range strings.Lines(s.log.String()) {
+		if strings.Contains(l, "does not match public_base_url") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "level=WARN") || !strings.Contains(line, strings.ReplaceAll(why, `"`, `\"`)) {
+		t.Errorf("serve did not warn about server_name; line %q", line)
+	}
+
+	// With the name clients use, there is nothing to warn about.
+	path = writeFile(t, dir, "mxid.toml", strings.Replace(config, `server_name = "localhost"`, `server_name = "localhost:18290"`, 1))
+	stdout.Reset()
+	if err := run(t.Context(), []string{"check-config", "-config", path}, &stdout, &stderr); err != nil || strings.Contains(stdout.String(), "warning") {
+		t.Errorf("check-config with a matching server_name: %v\n%s", err, stdout.String())
 	}
 }

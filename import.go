@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -37,15 +36,14 @@ const maxReportedRejects = 100
 // cmdImport implements `mxid import [-config PATH] FILE`: it loads bindings
 // from JSON lines {"medium", "address", "mxid"[, "ts"]} into the store.
 func cmdImport(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("import", flag.ContinueOnError)
+	fs := newFlagSet("import")
 	path := configFlag(fs)
 	dryRun := fs.Bool("n", false, "check the file only; store nothing")
-	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseArgs(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: mxid import [-config PATH] [-n] FILE   (FILE may be - for standard input)")
+		fs.Usage()
 		return usageError{errors.New("import needs one FILE")}
 	}
 	cfg, _, err := resolveConfig(*path)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -46,7 +45,7 @@ type installer struct {
 // cmdInstall installs mxid as a systemd service: system user, config,
 // data directory, binary, hardened unit; then enables and starts it.
 func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("install", flag.ContinueOnError)
+	fs := newFlagSet("install")
 	domain := fs.String("domain", "", "host name clients reach mxid at, e.g. id.example.org (required for a new config)")
 	serverName := fs.String("server-name", "", "server name mxid signs with (default: --domain)")
 	email := fs.String("email", "", "contact address for the ACME account (acme)")
@@ -57,7 +56,7 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	noStart := fs.Bool("no-start", false, "do not enable or start the service")
 	binaryDir := fs.String("binary-dir", "/usr/local/bin", "where the mxid binary is installed")
 	userName := fs.String("user", "mxid", "system user the service runs as")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	for name, v := range map[string]string{"domain": *domain, "server-name": *serverName, "email": *email, "listen": *listen, "user": *userName} {

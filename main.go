@@ -12,11 +12,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,56 +49,118 @@ func main() {
 // usageError has already been explained to the user.
 type usageError struct{ error }
 
-const usage = `mxid: a Matrix identity server
+// command is one `mxid NAME`.
+type command struct {
+	name     string
+	synopsis string // what follows "mxid" in the usage line
+	about    string // one line: what it does
+	run      func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
 
-Usage:
-  mxid [serve] [-config PATH]           run the server (the default command)
-  mxid check-config [-config PATH]      validate the configuration, list every problem
-  mxid check WHAT [ARGS]                self-tests with the configured settings (mxid check help lists them)
-  mxid backup [-config PATH] FILE       write a checked copy of the database (also while serving)
-  mxid import [-config PATH] [-n] FILE  load bindings from JSON lines {"medium","address","mxid"[,"ts"]}
-  mxid install --domain NAME ...        install as a systemd service (user, config, unit); --dry-run shows the plan
-  mxid bench-lookup [flags]             load benchmark of POST /v2/lookup (see -h)
-  mxid version                          print the version
-  mxid help                             print this help
+// commands are mxid's subcommands in the order help lists them: the usage
+// text, each subcommand's -h and README's "Commands" block (a test
+// compares them) come from this table.
+func commands() []command {
+	return []command{
+		{"serve", "[serve] [-config PATH]", "run the server (the default command)", cmdServe},
+		{"check-config", "check-config [-config PATH]", "validate the configuration, list every problem and warning",
+			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
+				return cmdCheckConfig(args, stdout, stderr)
+			}},
+		{"check", "check WHAT [ARGS]", "self-tests with the configured settings, step by step:", cmdCheck},
+		{"backup", "backup [-config PATH] [-force] FILE", "write a checked copy of the database (also while serving)", cmdBackup},
+		{"import", "import [-config PATH] [-n] FILE", `load bindings from JSON lines {"medium","address","mxid"[,"ts"]} (FILE - reads stdin)`,
+			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
+				return cmdImport(args, stdout, stderr)
+			}},
+		{"install", "install --domain NAME ...", "install as a systemd service (user, config, unit); --dry-run shows the plan", cmdInstall},
+		{"bench-lookup", "bench-lookup [flags]", "load benchmark of POST /v2/lookup (-h lists its flags)", cmdBenchLookup},
+		{"version", "version", "print the version", cmdVersion},
+		{"help", "help [COMMAND]", "print this help, or a command's", cmdHelp},
+	}
+}
 
+// usageLines are the command lines of `mxid help`, aligned: every
+// command from commands(), the checks from checkCommands() after check.
+func usageLines() []string {
+	type row struct{ synopsis, about string }
+	var rows []row
+	for _, c := range commands() {
+		rows = append(rows, row{c.synopsis, c.about})
+		if c.name == "check" {
+			checks := checkCommands()
+			for _, name := range slices.Sorted(maps.Keys(checks)) {
+				rows = append(rows, row{"check " + name + " " + checks[name].Args, "  " + checks[name].Short})
+			}
+		}
+	}
+	width := 0
+	for _, r := range rows {
+		width = max(width, len(r.synopsis))
+	}
+	lines := make([]string, len(rows))
+	for i, r := range rows {
+		lines[i] = fmt.Sprintf("mxid %-*s  %s", width, r.synopsis, r.about)
+	}
+	return lines
+}
+
+// usage is `mxid help`.
+func usage() string {
+	var b strings.Builder
+	b.WriteString("mxid: a Matrix identity server\n\nUsage:\n")
+	for _, l := range usageLines() {
+		b.WriteString("  " + l + "\n")
+	}
+	b.WriteString(`
 Without -config, mxid reads ./mxid.toml if it exists and otherwise runs the
 embedded default: plain HTTP on 127.0.0.1:8090, server name "localhost", data
 in ./mxid-data, validation emails and SMS written to the log.
-See mxid.toml.example for every setting.
-`
+See mxid.toml.example for every setting. mxid COMMAND -h describes a command.
+`)
+	return b.String()
+}
 
 // run is the whole program; main only wires signals and the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cmd := "serve"
+	name := "serve"
+	if len(args) > 0 && isHelpFlag(args[0]) {
+		fmt.Fprint(stdout, usage())
+		return nil
+	}
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+		name, args = args[0], args[1:]
 	}
-	switch cmd {
-	case "serve":
-		return cmdServe(ctx, args, stdout, stderr)
-	case "check-config":
-		return cmdCheckConfig(args, stdout, stderr)
-	case "backup":
-		return cmdBackup(ctx, args, stdout, stderr)
-	case "install":
-		return cmdInstall(ctx, args, stdout, stderr)
-	case "check":
-		return cmdCheck(ctx, args, stdout, stderr)
-	case "import":
-		return cmdImport(args, stdout, stderr)
-	case "bench-lookup":
-		return cmdBenchLookup(ctx, args, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "mxid", buildVersion())
-		return nil
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		fmt.Fprintf(stderr, "mxid: unknown command %q\n\n%s", cmd, usage)
-		return usageError{fmt.Errorf("unknown command %q", cmd)}
+	for _, c := range commands() {
+		if c.name == name {
+			err := c.run(ctx, args, stdout, stderr)
+			if errors.Is(err, errHelp) {
+				return nil // -h: the usage was asked for and printed
+			}
+			return err
+		}
 	}
+	fmt.Fprintf(stderr, "mxid: unknown command %q\n\n%s", name, usage())
+	return usageError{fmt.Errorf("unknown command %q", name)}
+}
+
+func isHelpFlag(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" }
+
+// cmdHelp is `mxid help [COMMAND]`.
+func cmdHelp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || isHelpFlag(args[0]) || args[0] == "help" {
+		fmt.Fprint(stdout, usage())
+		return nil
+	}
+	return run(ctx, []string{args[0], "-h"}, stdout, stderr)
+}
+
+func cmdVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	if err := parseFlags(newFlagSet("version"), args, stdout, stderr); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "mxid", buildVersion())
+	return nil
 }
 
 func buildVersion() string {
@@ -113,10 +178,51 @@ func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", "", "path to the TOML configuration (default: ./mxid.toml if present, else the embedded default)")
 }
 
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+// newFlagSet is the flag set of the subcommand name; its usage (-h) is
+// the command's line in commands() and its flags.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		for _, c := range commands() {
+			if c.name == name {
+				fmt.Fprintf(fs.Output(), "usage: mxid %s\n  %s\n", c.synopsis, c.about)
+			}
+		}
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// errHelp says -h or --help was given and the usage printed: run makes it
+// a success.
+var errHelp = errors.New("help requested")
+
+// parseArgs parses the flags in args. -h/--help prints the usage to stdout
+// and returns errHelp; a bad flag prints the problem and the usage to
+// stderr and returns a usageError.
+func parseArgs(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	printUsage := fs.Usage
+	fs.Usage = func() {} // printed below, where it belongs
 	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	fs.Usage = printUsage
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fs.Usage()
+		fs.SetOutput(stderr)
+		return errHelp
+	case err != nil:
+		fs.Usage()
 		return usageError{err}
+	}
+	return nil
+}
+
+// parseFlags is parseArgs for commands that take no positional argument.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := parseArgs(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "mxid %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
@@ -145,12 +251,12 @@ func resolveConfig(path string) (cfg Config, source string, err error) {
 }
 
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs := newFlagSet("check-config")
 	path := configFlag(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
-	_, source, err := resolveConfig(*path)
+	cfg, source, err := resolveConfig(*path)
 	if err != nil {
 		var ce *ConfigError
 		if errors.As(err, &ce) {
@@ -161,6 +267,16 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	}
 	if source == "" {
 		source = "embedded default"
+	}
+	// Warnings are printed but do not fail the check: the configuration
+	// is valid, it just will not work with some callers.
+	warnings := cfg.Warnings()
+	for _, w := range warnings {
+		fmt.Fprintf(stdout, "%s: warning: %s\n", source, w)
+	}
+	if len(warnings) > 0 {
+		fmt.Fprintf(stdout, "%s: configuration OK, with %d warning(s)\n", source, len(warnings))
+		return nil
 	}
 	fmt.Fprintf(stdout, "%s: configuration OK\n", source)
 	return nil
@@ -177,9 +293,9 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs := newFlagSet("serve")
 	path := configFlag(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	cfg, source, err := resolveConfig(*path)
@@ -194,6 +310,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"hint", "copy mxid.toml.example to mxid.toml to configure")
 	} else {
 		log.Info("configuration loaded", "path", source)
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
 	}
 
 	if os.Getenv("GOGC") == "" {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,4 +139,66 @@ listen = "127.0.0.1:0"
 		t.Fatalf("reopen after shutdown: %v", err)
 	}
 	app.close()
+}
+
+// Every command and every check answers -h and --help with its usage on
+// stdout and success; a flag it does not know is still an error.
+func TestHelpEverywhere(t *testing.T) {
+	var invocations [][]string
+	for _, c := range commands() {
+		invocations = append(invocations, []string{c.name})
+	}
+	for name := range checkCommands() {
+		invocations = append(invocations, []string{"check", name})
+	}
+	for _, inv := range invocations {
+		for _, flag := range []string{"-h", "--help"} {
+			args := append(slices.Clone(inv), flag)
+			var out, errb bytes.Buffer
+			err := run(t.Context(), args, &out, &errb)
+			if err != nil || !strings.Contains(strings.ToLower(out.String()), "usage") {
+				t.Errorf("mxid %s: %v; stdout %q, stderr %q", strings.Join(args, " "), err, out.String(), errb.String())
+			}
+		}
+		args := append(slices.Clone(inv), "-no-such-flag")
+		var out, errb bytes.Buffer
+		if err := run(t.Context(), args, &out, &errb); err == nil {
+			t.Errorf("mxid %s succeeded", strings.Join(args, " "))
+		}
+	}
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}, {"help", "backup"}, {"help", "check"}} {
+		var out, errb bytes.Buffer
+		if err := run(t.Context(), args, &out, &errb); err != nil || !strings.Contains(strings.ToLower(out.String()), "usage") {
+			t.Errorf("mxid %s: %v; stdout %q", strings.Join(args, " "), err, out.String())
+		}
+	}
+	// A bad flag explains itself on stderr.
+	var out, errb bytes.Buffer
+	if err := run(t.Context(), []string{"backup", "-frobnicate", "x"}, &out, &errb); err == nil ||
+		!strings.Contains(errb.String(), "flag provided but not defined: -frobnicate") || !strings.Contains(errb.String(), "usage: mxid backup") || out.Len() > 0 {
+		t.Errorf("bad flag: %v; stdout %q, stderr %q", err, out.String(), errb.String())
+	}
+}
+
+// README's "Commands" block is what `mxid help` prints.
+func TestReadmeCommands(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, _ := strings.Cut(string(readme), "## Commands\n\n```\n")
+	block, _, _ = strings.Cut(block, "```")
+	normalize := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	var lines []string
+	for l := range strings.Lines(block) {
+		lines = append(lines, normalize(l))
+	}
+	for _, l := range usageLines() {
+		if !slices.Contains(lines, normalize(l)) {
+			t.Errorf("README's Commands block lacks %q", normalize(l))
+		}
+	}
+	if len(lines) != len(usageLines()) {
+		t.Errorf("README's Commands block has %d lines, mxid help %d", len(lines), len(usageLines()))
+	}
 }

@@ -167,6 +167,59 @@ func (c *Config) Validate() []error {
 	return errs
 }
 
+// IdentityServerName is the name homeservers know this identity server by:
+// the host of public_base_url, lower-cased, with its port unless that is
+// the scheme's default (443 for https, 80 for http). It is the id_server
+// string users type and clients pass on; homeservers verify mxid's
+// signatures under it. ok is false when public_base_url names no host.
+func (c *Config) IdentityServerName() (name string, ok bool) {
+	u, err := url.Parse(c.PublicBaseURL)
+	if err != nil || u.Hostname() == "" {
+		return "", false
+	}
+	host := strings.ToLower(u.Hostname())
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]" // IPv6 literal
+	}
+	port := u.Port()
+	if port == "" || port == map[string]string{"https": "443", "http": "80"}[u.Scheme] {
+		return host, true
+	}
+	return host + ":" + port, true
+}
+
+// Warnings are settings that are valid but will not work with the callers
+// mxid has: serve logs them at start-up, check-config prints them.
+func (c *Config) Warnings() []string {
+	var out []string
+	if w := c.ServerNameWarning(); w != "" {
+		out = append(out, w)
+	}
+	return out
+}
+
+// ServerNameWarning explains, when server_name is not IdentityServerName,
+// what homeservers will check and what to set; it is "" when they match.
+func (c *Config) ServerNameWarning() string {
+	want, ok := c.IdentityServerName()
+	if !ok || sameServerName(c.ServerName, want) {
+		return ""
+	}
+	return fmt.Sprintf("server_name %q does not match public_base_url: "+
+		"homeservers verify signatures under the name users type as their identity server, %q (the host and port of public_base_url), "+
+		"but mxid signs as %q, so Dendrite refuses invites to bound addresses (\"No signature for domain %s\"); "+
+		"set server_name = %q (or correct public_base_url)",
+		c.ServerName, want, c.ServerName, want, want)
+}
+
+// sameServerName compares server names as homeservers do for hosts:
+// case-insensitively on the host, exactly on the port.
+func sameServerName(a, b string) bool {
+	ha, pa, okA := federation.SplitServerName(a)
+	hb, pb, okB := federation.SplitServerName(b)
+	return okA && okB && strings.EqualFold(ha, hb) && pa == pb
+}
+
 func parsePrefixOrAddr(s string) (netip.Prefix, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
 		return p.Masked(), nil

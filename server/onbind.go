@@ -51,7 +51,7 @@ func (s *Server) kickDelivery() {
 }
 
 // runDelivery delivers queued onbind jobs until ctx ends: due jobs are sent
-// (POST, then PUT when the homeserver answers 404 or 405), removed after a
+// (federation.Resolver.Onbind: POST, then PUT on 404 or 405), removed after a
 // 2xx, and otherwise retried with exponential backoff up to the configured
 // number of attempts. The queue is in the store, so it survives restarts.
 func (s *Server) runDelivery(ctx context.Context) {
@@ -93,9 +93,10 @@ func (s *Server) deliverDue(ctx context.Context) {
 }
 
 func (s *Server) deliverJob(ctx context.Context, j db.Job) {
-	status, err := s.sendOnbind(ctx, j, http.MethodPost)
-	if err == nil && (status == http.StatusNotFound || status == http.StatusMethodNotAllowed) {
-		status, err = s.sendOnbind(ctx, j, http.MethodPut)
+	status := 0
+	resp, _, err := s.fed.Onbind(ctx, j.Destination, j.Body, onbindResponseCap)
+	if err == nil {
+		status = resp.Status
 	}
 	if ctx.Err() != nil {
 		return // shutting down: the job stays queued as it is
@@ -130,14 +131,6 @@ func (s *Server) deliverJob(ctx context.Context, j db.Job) {
 	if err := s.store.RetryJob(j, s.now().Add(backoff).UnixMilli(), reason); err != nil {
 		s.log.Error("rescheduling an onbind job", "job", j.ID, "err", err)
 	}
-}
-
-func (s *Server) sendOnbind(ctx context.Context, j db.Job, method string) (int, error) {
-	resp, err := s.fed.Do(ctx, j.Destination, method, onbindPath, j.Body, nil, onbindResponseCap)
-	if err != nil {
-		return 0, err
-	}
-	return resp.Status, nil
 }
 
 // runInviteSweep removes expired invites hourly.

@@ -258,6 +258,10 @@ type ClientOptions struct {
 	// certificate and sent as SNI, whatever host the URL names (for
 	// federation, where the URL holds a resolved target).
 	TLSServerName string
+	// RootCAs, when set, replaces the policy's roots (system roots plus
+	// ca_file) for this client: to see a server as someone without
+	// ca_file would.
+	RootCAs *x509.CertPool
 }
 
 // Client returns an *http.Client that applies the policy: policy-checked
@@ -279,6 +283,9 @@ func (p *Policy) Client(o ClientOptions) *http.Client {
 		MaxIdleConnsPerHost:    8,
 		IdleConnTimeout:        60 * time.Second,
 		ForceAttemptHTTP2:      true,
+	}
+	if o.RootCAs != nil {
+		tr.TLSClientConfig.RootCAs = o.RootCAs
 	}
 	maxRedirects := o.MaxRedirects
 	return &http.Client{
