@@ -114,7 +114,7 @@ func usage() string {
 	}
 	b.WriteString(`
 Without -config, mxid reads ./mxid.toml if it exists and otherwise runs the
-embedded default: plain HTTP on 127.0.0.1:8090, server name "localhost", data
+embedded default: plain HTTP on 127.0.0.1:8090, server name "127.0.0.1:8090", data
 in ./mxid-data, validation emails and SMS written to the log.
 See mxid.toml.example for every setting. mxid COMMAND -h describes a command.
 `)

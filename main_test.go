@@ -40,7 +40,7 @@ func TestEmbeddedDefault(t *testing.T) {
 	if err != nil || source != "" {
 		t.Fatalf("resolveConfig: %q %v", source, err)
 	}
-	if cfg.HTTP.Listen != "127.0.0.1:8090" || cfg.ServerName != "localhost" || cfg.DataDir != "./mxid-data" || cfg.Config.V1 {
+	if cfg.HTTP.Listen != "127.0.0.1:8090" || cfg.ServerName != "127.0.0.1:8090" || cfg.DataDir != "./mxid-data" || cfg.Config.V1 {
 		t.Errorf("embedded default %+v", cfg)
 	}
 	// ./mxid.toml is picked up when present.

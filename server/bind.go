@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -222,12 +224,16 @@ func (s *Server) verifyXMatrix(r *http.Request, body object) (string, error) {
 // base URL (Synapse uses the identity server name its user configured).
 func (s *Server) destinations() []string {
 	out := []string{s.cfg.ServerName}
-	if i := strings.Index(s.cfg.PublicBaseURL, "://"); i >= 0 {
-		host := s.cfg.PublicBaseURL[i+3:]
-		host, _, _ = strings.Cut(host, "/")
-		if host != "" && host != s.cfg.ServerName {
-			out = append(out, host)
+	add := func(name string) {
+		if name != "" && !slices.Contains(out, name) {
+			out = append(out, name)
 		}
+	}
+	if name, ok := s.cfg.IdentityServerName(); ok {
+		add(name)
+	}
+	if u, err := url.Parse(s.cfg.PublicBaseURL); err == nil {
+		add(u.Host) // as written, with an explicit default port
 	}
 	return out
 }

@@ -77,7 +77,7 @@ type PolicyText struct {
 // DefaultConfig is the configuration mxid runs with when a key is not given.
 func DefaultConfig() Config {
 	return Config{
-		ServerName:    "localhost",
+		ServerName:    "127.0.0.1:8090", // what clients call the default public_base_url
 		PublicBaseURL: "http://127.0.0.1:8090",
 		HTTP: HTTPConfig{
 			Listen:            "127.0.0.1:8090",

@@ -106,7 +106,6 @@ const (
 	maxRoomNameLen     = 30 // sydent's caps since CVE-2021-29432
 	maxDisplayNameLen  = 20
 	maxInviteFieldLen  = 64 << 10 // longer display values are clipped, not refused
-	onbindPath         = "/_matrix/federation/v1/3pid/onbind"
 	onbindResponseCap  = 64 << 10
 	webClientLocation  = "org.matrix.web_client_location"
 	deliveryBatch      = 16

@@ -26,7 +26,7 @@ func TestSignEd25519(t *testing.T) {
 	if r.body["mxid"] != "@alice:hs.test" || r.body["sender"] != "@bob:hs.test" || r.body["token"] != "invtok" {
 		t.Errorf("signed object %s", r.raw)
 	}
-	if err := signing.Verify(r.body, "localhost", "ed25519:0", eph.Public()); err != nil {
+	if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", eph.Public()); err != nil {
 		t.Errorf("signature does not verify with the ephemeral key: %v", err)
 	}
 	// The standard base64 form of the key works too.
@@ -52,7 +52,7 @@ func TestSignEd25519(t *testing.T) {
 	// say: the answer verifies with that key (and with no other).
 	r = e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64URL(other.Private.Seed())}, tok)
 	r.expect(t, "another key, with a token", 200, "")
-	if err := signing.Verify(r.body, "localhost", "ed25519:0", other.Public()); err != nil {
+	if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", other.Public()); err != nil {
 		t.Errorf("not signed with the supplied key: %v", err)
 	}
 
@@ -63,7 +63,7 @@ func TestSignEd25519(t *testing.T) {
 	q := url.Values{"token": {"invtok"}, "private_key": {priv}, "mxid": {"@alice:hs.test"}}.Encode()
 	r = e.request("POST", path+"?"+q, nil, "")
 	r.expect(t, "parameters in the query", 200, "")
-	if err := signing.Verify(r.body, "localhost", "ed25519:0", eph.Public()); err != nil || r.body["mxid"] != "@alice:hs.test" {
+	if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", eph.Public()); err != nil || r.body["mxid"] != "@alice:hs.test" {
 		t.Errorf("query-string signing: %v %s", err, r.raw)
 	}
 	e.request("POST", path+"?"+q, "null", "").expect(t, "null body, query parameters", 200, "")

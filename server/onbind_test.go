@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/server/federation"
 	"mxid/server/signing"
 )
 
@@ -32,7 +33,7 @@ type onbindCall struct {
 func newOnbindHS(t *testing.T, statuses ...int) *onbindHS {
 	hs := &onbindHS{statuses: statuses}
 	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != onbindPath {
+		if r.URL.Path != federation.OnbindPath {
 			http.NotFound(w, r)
 			return
 		}
