@@ -75,7 +75,7 @@ func explainLDAP(err error, cfg Config) error {
 	case errors.Is(err, lookup.ErrLDAPAccess):
 		return hint(err, "give [ldap] bind_dn read access to the entries under base_dns (their email and phone attributes and the uid or mxid attribute)")
 	case errors.Is(err, lookup.ErrLDAPNotFound):
-		return hint(err, "the address is not in the directory as mxid searches it: check [ldap] email_attributes / msisdn_attributes (or the preset), filter and base_dns; phone numbers are matched as +<digits>")
+		return hint(err, "the address is not in the directory as mxid searches it: check [ldap] email_attributes / msisdn_attributes (or the preset), filter and base_dns; phone numbers are searched as +<digits>, <digits>, international format and, with default_region, national format")
 	case errors.Is(err, lookup.ErrLDAPNoMXID):
 		return hint(err, "set [ldap] uid_attribute (with uid_domain, the homeserver's server name) or mxid_attribute to an attribute every user entry has")
 	case errors.Is(err, lookup.ErrLDAPEmpty):

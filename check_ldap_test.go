@@ -15,7 +15,8 @@ func TestCheckLDAP(t *testing.T) {
 		slapdtest.Person("bob", "mail", "bob@example.org") +
 		slapdtest.Person("dave", "mail", "dave@example.org", "description", "@dave:other.example") +
 		slapdtest.Person("eve", "mail", "eve@example.org", "description", "not an mxid") +
-		slapdtest.Person("nomail")
+		slapdtest.Person("nomail") +
+		slapdtest.Person("frank", "telephoneNumber", "020 7946 0000") // national format, default_region GB
 	d := slapdtest.StartTLS(t, seed)
 	dir := t.TempDir()
 	good := fmt.Sprintf(`urls = [%q]
@@ -38,11 +39,15 @@ default_region = "GB"`, d.URL, slapdtest.Reader, slapdtest.ReaderPW, slapdtest.B
 			"ok    bind: bound as " + slapdtest.Reader,
 			"ok    base DNs: ou=people,dc=example,dc=org: found",
 			"ok    lookup email alice@example.org: filter (&(objectClass=inetOrgPerson)(|(mail=alice@example.org))) under ou=people,dc=example,dc=org: 1 entry: uid=alice,ou=people,dc=example,dc=org -> @alice:example.org (uid: \"alice\"); the LDAP source answers @alice:example.org",
-			"ok    sync query: 4 entries in 1 page(s) of at most 500, 5 usable 3PID(s) for 4 Matrix ID(s); sample: uid=",
+			"ok    sync query: 5 entries in 1 page(s) of at most 500, 6 usable 3PID(s) for 5 Matrix ID(s); sample: uid=",
 			"Verdict: OK: mxid can read the directory"}},
 		{"good, by phone", good, []string{"+44 7700 900123"}, true, []string{
-			"ok    lookup msisdn 447700900123: filter (&(objectClass=inetOrgPerson)(|(mobile=+447700900123)(mobile=447700900123)(telephoneNumber=+447700900123)(telephoneNumber=447700900123)))",
+			"ok    lookup msisdn 447700900123: filter (&(objectClass=inetOrgPerson)(|(mobile=+447700900123)(mobile=447700900123)(mobile=+44 7700 900123)(mobile=07700 900123)(mobile=07700900123)(telephoneNumber=+447700900123)(telephoneNumber=447700900123)(telephoneNumber=+44 7700 900123)(telephoneNumber=07700 900123)(telephoneNumber=07700900123)))",
 			"-> @alice:example.org", "the LDAP source answers @alice:example.org", "Verdict: OK"}},
+		{"a phone number held in national format", good, []string{"+44 20 7946 0000"}, true, []string{
+			"ok    lookup msisdn 442079460000: filter ", "1 entry: uid=frank,ou=people,dc=example,dc=org -> @frank:example.org", "the LDAP source answers @frank:example.org", "Verdict: OK"}},
+		{"asked in national format", good, []string{"020 7946 0000"}, true, []string{
+			"ok    lookup msisdn 442079460000: filter ", "the LDAP source answers @frank:example.org", "Verdict: OK"}},
 		{"no address: connection, bind and sync only", good, nil, true, []string{"ok    sync query:", "Verdict: OK"}},
 		{"StartTLS with the CA", good + fmt.Sprintf("\nstarttls = true\nca_file = %q", d.CAFile), nil, true, []string{
 			"StartTLS: TLS 1.3, certificate for 127.0.0.1 issued by \"mxid test CA\"", "Verdict: OK"}},
@@ -68,7 +73,7 @@ default_region = "GB"`, d.URL, slapdtest.Reader, slapdtest.ReaderPW, slapdtest.B
 			"Matrix ID from attribute description",
 			`FAIL  lookup email eve@example.org: the entries yield no Matrix ID: filter (&(objectClass=inetOrgPerson)(|(mail=eve@example.org))) under ou=people,dc=example,dc=org: 1 entry: uid=eve,ou=people,dc=example,dc=org yields no Matrix ID (description "not an mxid" is not a Matrix ID like @user:example.org)`,
 			"hint: set [ldap] uid_attribute (with uid_domain",
-			"warn  sync query: 4 entries in 1 page(s) of at most 500, 1 usable 3PID(s) for 1 Matrix ID(s); sample: uid=dave,ou=people,dc=example,dc=org -> @dave:other.example (description: \"@dave:other.example\") for email dave@example.org; 3 entries left out",
+			"warn  sync query: 5 entries in 1 page(s) of at most 500, 1 usable 3PID(s) for 1 Matrix ID(s); sample: uid=dave,ou=people,dc=example,dc=org -> @dave:other.example (description: \"@dave:other.example\") for email dave@example.org; 4 entries left out",
 			"sync_interval = 0: the sync is off"}},
 		{"no [ldap]", "", nil, false, []string{
 			"FAIL  settings: no directory is configured ([ldap] urls is empty)", "hint: to use a directory, set [ldap] urls", `Verdict: FAILED at "settings"`}},

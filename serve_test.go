@@ -42,14 +42,27 @@ func getRetry(t *testing.T, url string) (int, string) {
 func postJSON(t *testing.T, url, token string, body any) (int, map[string]any) {
 	t.Helper()
 	raw, _ := json.Marshal(body)
-	req, _ := http.NewRequest("POST", url, bytes.NewReader(raw))
-	req.Header.Set("Content-Type", "application/json")
+	return requestJSON(t, "POST", url, token, bytes.NewReader(raw))
+}
+
+// getJSON GETs url with a bearer token ("" for none) and decodes the answer.
+func getJSON(t *testing.T, url, token string) (int, map[string]any) {
+	t.Helper()
+	return requestJSON(t, "GET", url, token, nil)
+}
+
+func requestJSON(t *testing.T, method, url, token string, body io.Reader) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, body)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
 	var out map[string]any

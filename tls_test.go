@@ -51,14 +51,51 @@ func freePort(t *testing.T) int {
 
 // syncBuffer collects a server's log from several goroutines.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed at the next write (or close): wakes waitFor
+	closed  bool          // nothing more will be written
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.wake()
 	return s.b.Write(p)
+}
+
+func (s *syncBuffer) wake() {
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+}
+
+// close says that nothing more will be written (the server returned).
+func (s *syncBuffer) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.wake()
+}
+
+// waitFor blocks until the log holds text, woken by each write (no
+// polling), or until it is closed; it reports whether text came.
+func (s *syncBuffer) waitFor(text string) bool {
+	for {
+		s.mu.Lock()
+		found, closed := strings.Contains(s.b.String(), text), s.closed
+		if found || closed {
+			s.mu.Unlock()
+			return found
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		<-ch
+	}
 }
 
 func (s *syncBuffer) String() string {
@@ -206,7 +243,7 @@ func startServe(t *testing.T, config string) *serving {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &serving{cancel: cancel, done: make(chan error, 1), log: &syncBuffer{}}
-	go func() { s.done <- run(ctx, []string{"serve", "-config", path}, io.Discard, s.log) }()
+	go func() { s.done <- run(ctx, []string{"serve", "-config", path}, io.Discard, s.log); s.log.close() }()
 	t.Cleanup(func() {
 		s.stop(t)
 		if t.Failed() {

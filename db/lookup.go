@@ -45,35 +45,44 @@ func (s *Store) BoundMXIDs(threepids [][2]string) ([]string, error) {
 
 // ScanBindings calls fn for every binding with slices of the database
 // itself: valid only during the call, never to be kept or modified. It
-// reads the reverse index in chunks, each in its own short read
-// transaction, so a scan of millions of bindings allocates nothing per
-// binding and never pins old pages for long. fn must not call the store. Bindings changed during the
-// scan may or may not be seen (the lookup index keeps up through its
-// bind/unbind hooks).
+// reads the reverse index with scanChunks, so a scan of millions of
+// bindings allocates nothing per binding and never pins old pages for long.
+// fn must not call the store. Bindings changed during the scan may or may
+// not be seen (the lookup index keeps up through its bind/unbind hooks).
 func (s *Store) ScanBindings(fn func(medium, address, mxid []byte) error) error {
+	return s.scanChunks(bucketBindingsByMXID, func(k, _ []byte) error {
+		mxid, rest, ok1 := bytes.Cut(k, []byte{0})
+		medium, address, ok2 := bytes.Cut(rest, []byte{0})
+		if !ok1 || !ok2 {
+			return fmt.Errorf("corrupt reverse index key %q", k)
+		}
+		return fn(medium, address, mxid)
+	})
+}
+
+// scanChunks calls fn for every key and value of a bucket, in key order,
+// reading it in chunks, each in its own short read transaction (a long one
+// would pin old pages while writers go on), and drops the mapped pages from
+// the resident set as it goes: a full scan leaves no resident trace.
+func (s *Store) scanChunks(bucket []byte, fn func(k, v []byte) error) error {
 	const chunk = 20000
 	var after []byte
 	chunks := 0
 	for {
 		n := 0
 		err := s.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketBindingsByMXID).Cursor()
-			var k []byte
+			c := tx.Bucket(bucket).Cursor()
+			var k, v []byte
 			if after == nil {
-				k, _ = c.First()
+				k, v = c.First()
 			} else {
-				k, _ = c.Seek(after)
+				k, v = c.Seek(after)
 				if k != nil && bytes.Equal(k, after) {
-					k, _ = c.Next()
+					k, v = c.Next()
 				}
 			}
-			for ; k != nil && n < chunk; k, _ = c.Next() {
-				mxid, rest, ok1 := bytes.Cut(k, []byte{0})
-				medium, address, ok2 := bytes.Cut(rest, []byte{0})
-				if !ok1 || !ok2 {
-					return fmt.Errorf("corrupt reverse index key %q", k)
-				}
-				if err := fn(medium, address, mxid); err != nil {
+			for ; k != nil && n < chunk; k, v = c.Next() {
+				if err := fn(k, v); err != nil {
 					return err
 				}
 				after = append(after[:0], k...)
@@ -86,7 +95,7 @@ func (s *Store) ScanBindings(fn func(medium, address, mxid []byte) error) error 
 			return err
 		}
 		if chunks++; chunks%8 == 0 {
-			s.ReleaseMapped() // a full scan leaves no resident trace
+			s.ReleaseMapped()
 		}
 	}
 }

@@ -14,7 +14,8 @@
 //	            other keys -> small JSON documents owned by a feature
 //	            (e.g. "lookup_pepper": the lookup pepper, its age and the
 //	            previous one in its grace period; "lookup_index_size": the
-//	            size of the last lookup index build)
+//	            size of the last lookup index build; "directory_snapshot":
+//	            the summary of the directory snapshot, written with it)
 //	accounts    sha256(token) -> Account{user_id, created_ts}
 //	terms       user_id -> TermsAcceptance{accepted: {policy: version}}
 //	bindings    medium 0x00 address -> Binding{medium, address, mxid, ts, not_before, not_after}
@@ -35,6 +36,11 @@
 //	ephemeral_keys
 //	            public key (unpadded base64) -> token
 //	queue       uint64 due time 0x00 id -> Job (onbind deliveries)
+//	directory   medium 0x00 address -> mxid (raw UTF-8, not JSON: read whole
+//	            at start-up) — the last LDAP sync's snapshot, canonical
+//	            addresses; replaced whole by one Update per changed sync
+//	            (bucket deleted and refilled, summary in meta), so it is
+//	            always one complete sync (directory.go)
 //
 // A bucket appears in this list when a feature first writes it; buckets are
 // created on open so readers never meet a missing bucket.
@@ -72,7 +78,8 @@ var (
 	bucketInvitesBy3PID  = []byte("invites_by_3pid")
 	bucketEphemeralKeys  = []byte("ephemeral_keys")
 	bucketQueue          = []byte("queue")
-	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue}
+	bucketDirectory      = []byte("directory")
+	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue, bucketDirectory}
 	keySchema            = []byte("schema")
 	errInUse             = errors.New("database in use")
 	ErrNotFound          = errors.New("not found")

@@ -67,7 +67,9 @@ func (c *Chain) Lookup(ctx context.Context, threepids []ThreePID, recurse bool) 
 		cancel()
 		if err != nil {
 			l.errors.Add(1)
-			c.log.Warn("lookup source failed; skipped", "source", l.Source.Name(), "addresses", len(todo), "duration_ms", took.Milliseconds(), "err", err)
+			if !errors.As(err, new(loggedError)) { // a source that logs its own outage once
+				c.log.Warn("lookup source failed; skipped", "source", l.Source.Name(), "addresses", len(todo), "duration_ms", took.Milliseconds(), "err", err)
+			}
 		}
 		rest := todo[:0:0]
 		for _, tp := range todo {

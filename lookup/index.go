@@ -242,11 +242,12 @@ func permute(es []entry, shift, nbits uint, pos, fill *[]uint32) {
 
 func (t *table) bucketOf(h *[32]byte) uint64 { return prefix(h) >> t.shift }
 
-// Directory is a source whose whole content the index holds (LDAP, after a
-// sync).
+// Directory is a source whose whole content the index holds (LDAP: its
+// stored snapshot).
 type Directory interface {
-	// Records calls fn for every 3PID of the last snapshot.
-	Records(fn func(medium, address, mxid string))
+	// Records calls fn for every 3PID of the snapshot; the slices are valid
+	// only during the call.
+	Records(fn func(medium, address, mxid []byte)) error
 }
 
 // IndexOptions configure NewIndex.
@@ -310,7 +311,7 @@ func NewPepper() string {
 }
 
 // NewIndex loads (or creates) the pepper and builds the index over the
-// local bindings and the directories' current snapshots before returning.
+// local bindings and the directories' stored snapshots before returning.
 func NewIndex(opt IndexOptions) (*Index, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
@@ -401,7 +402,9 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 		return nil, fmt.Errorf("lookup index: reading local bindings: %w", err)
 	}
 	for _, d := range x.opt.Directories {
-		d.Records(func(medium, address, mxid string) { addRecord(b, medium, address, mxid, true) })
+		if err := d.Records(func(medium, address, mxid []byte) { addRecord(b, medium, address, mxid, true) }); err != nil {
+			return nil, fmt.Errorf("lookup index: reading the directory snapshot: %w", err)
+		}
 	}
 	tables := b.build(created)
 	if err := x.opt.Store.PutMeta(sizeKey, fmt.Appendf(nil, "%d %d", len(tables[0].entries), len(tables[0].names))); err != nil {

@@ -47,6 +47,16 @@ func (m *memStore) PutMeta(k string, v []byte) error {
 	return nil
 }
 
+// The directory snapshot: none (BenchmarkSnapshot measures it on bbolt).
+func (m *memStore) ReplaceDirectory([]byte, func(func(string, string, string) error) error) error {
+	return nil
+}
+func (m *memStore) DirectorySummary() ([]byte, bool, error)                      { return nil, false, nil }
+func (m *memStore) ScanDirectory(func(medium, address, mxid []byte) error) error { return nil }
+func (m *memStore) DirectoryMXIDs(tps [][2]string) ([]string, error) {
+	return make([]string, len(tps)), nil
+}
+
 func benchIndex(b *testing.B, n int) (*lookup.Index, *memStore) {
 	b.Helper()
 	st := &memStore{meta: map[string][]byte{}}

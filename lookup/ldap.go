@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/url"
@@ -23,7 +22,9 @@ import (
 
 // LDAP is the directory source: live searches for plaintext and v1 lookups
 // (batched into OR filters, every value escaped), and a paged sync of the
-// whole directory whose snapshot the hash index holds.
+// whole directory into a snapshot kept in the store (snapshot.go), which
+// the hash index holds and which answers lookups while the directory does
+// not.
 type LDAP struct {
 	cfg     LDAPConfig // preset applied
 	timeout time.Duration
@@ -33,16 +34,19 @@ type LDAP struct {
 
 	mu      sync.Mutex
 	conn    *ldap.Conn
+	dialing *pendingDial // the dial in flight, if any
+	closed  bool
 	entries atomic.Int64 // entries returned by lookup searches
 
-	snapMu   sync.RWMutex
-	snap     []Record
-	snapSum  uint64
-	snapDone bool
+	snapshot // nil store: no snapshot (mxid check ldap)
 }
 
-// Record is one 3PID of a directory snapshot.
-type Record struct{ Medium, Address, MXID string }
+// pendingDial is one connection attempt that lookups wait for.
+type pendingDial struct {
+	done chan struct{}
+	conn *ldap.Conn
+	err  error
+}
 
 // NewLDAP builds the directory source from a validated [ldap] section;
 // timeout bounds each operation. It does not connect yet.
@@ -83,6 +87,7 @@ func (l *LDAP) Name() string { return "ldap" }
 func (l *LDAP) Close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	if l.conn != nil {
 		l.conn.Close()
 		l.conn = nil
@@ -134,19 +139,47 @@ func (l *LDAP) connect(raw string, timeout time.Duration, tc *tls.Config) (*ldap
 	return c, nil
 }
 
-// shared returns the lookup connection, connecting if there is none.
-func (l *LDAP) shared() (*ldap.Conn, error) {
+// shared returns the lookup connection, connecting if there is none. One
+// dial runs at a time, in the background; callers wait for it only until
+// their ctx ends, so a directory that accepts connections and never answers
+// costs each lookup its deadline, not a queue of dials one after the other.
+func (l *LDAP) shared(ctx context.Context) (*ldap.Conn, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.conn != nil && !l.conn.IsClosing() {
-		return l.conn, nil
+		c := l.conn
+		l.mu.Unlock()
+		return c, nil
 	}
+	d := l.dialing
+	if d == nil {
+		d = &pendingDial{done: make(chan struct{})}
+		l.dialing = d
+		go l.runDial(d)
+	}
+	l.mu.Unlock()
+	select {
+	case <-d.done:
+		return d.conn, d.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connecting to the directory: %w", ctx.Err())
+	}
+}
+
+func (l *LDAP) runDial(d *pendingDial) {
 	c, err := l.dial(l.timeout)
-	if err != nil {
-		return nil, err
+	l.mu.Lock()
+	l.dialing = nil
+	switch {
+	case err != nil:
+	case l.closed:
+		c.Close()
+		c, err = nil, errors.New("the directory source is closed")
+	default:
+		l.conn = c
 	}
-	l.conn = c
-	return c, nil
+	d.conn, d.err = c, err
+	l.mu.Unlock()
+	close(d.done)
 }
 
 // drop forgets a connection that failed, so the next call reconnects.
@@ -208,13 +241,22 @@ func (l *LDAP) threepidsOf(e *ldap.Entry, fn func(ThreePID)) {
 }
 
 // Lookup implements Source: one search per base DN and batch of addresses,
-// with an OR filter over every attribute of the medium.
+// with an OR filter over every attribute of the medium. When the directory
+// fails (or does not answer before ctx ends), the 3PIDs it did not answer
+// are answered from the stored snapshot (snapshot.go).
 func (l *LDAP) Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]string, error) {
 	want, terms := l.lookupTerms(threepids)
-	out := map[ThreePID]string{}
 	if len(terms) == 0 {
-		return out, nil
+		return map[ThreePID]string{}, nil
 	}
+	out, err := l.search3PIDs(ctx, want, terms)
+	return l.orSnapshot(want, out, err)
+}
+
+// search3PIDs asks the directory itself for the 3PIDs want, with the
+// filter terms lookupTerms made for them.
+func (l *LDAP) search3PIDs(ctx context.Context, want map[ThreePID]bool, terms []string) (map[ThreePID]string, error) {
+	out := map[ThreePID]string{}
 	per := max(1, l.cfg.BatchSize*max(1, len(terms)/max(1, len(want))))
 	for start := 0; start < len(terms); start += per {
 		filter := l.withFilter("(|" + strings.Join(terms[start:min(len(terms), start+per)], "") + ")")
@@ -256,11 +298,17 @@ func (l *LDAP) lookupTerms(threepids []ThreePID) (map[ThreePID]bool, []string) {
 				terms = append(terms, "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
 			}
 		case threepid.MSISDN:
-			// Directories hold numbers as people typed them; telephoneNumber
+			// Directories hold numbers as people typed them. telephoneNumber
 			// matching ignores spaces and hyphens, so "+<digits>" finds
-			// "+44 20 7946 0018". The plain digits catch the rest.
+			// "+44 20 7946 0018" and the national digits "020 7946 0000";
+			// the formatted forms serve directories that compare strings
+			// as they are. Each entry found is compared canonically after
+			// the search (threepidsOf).
+			forms := threepid.PhoneForms(tp.Address, l.cfg.DefaultRegion)
 			for _, a := range l.cfg.MSISDNAttributes {
-				terms = append(terms, "("+a+"=+"+ldap.EscapeFilter(tp.Address)+")", "("+a+"="+ldap.EscapeFilter(tp.Address)+")")
+				for _, f := range forms {
+					terms = append(terms, "("+a+"="+ldap.EscapeFilter(f)+")")
+				}
 			}
 		}
 	}
@@ -271,7 +319,7 @@ func (l *LDAP) lookupTerms(threepids []ThreePID) (map[ThreePID]bool, []string) {
 // the connection turns out to be dead.
 func (l *LDAP) search(ctx context.Context, base, filter string, fn func(*ldap.Entry)) error {
 	for attempt := 0; ; attempt++ {
-		c, err := l.shared()
+		c, err := l.shared(ctx)
 		if err != nil {
 			return err
 		}
@@ -296,9 +344,13 @@ func (l *LDAP) search(ctx context.Context, base, filter string, fn func(*ldap.En
 }
 
 // Sync reads the whole directory with paged searches (on its own
-// connection) and keeps the result as the snapshot the index holds. changed
-// says whether the snapshot differs from the previous one; n is its size.
+// connection) and, when it differs from the stored snapshot, stores it as
+// the new snapshot the index holds. changed says whether it did; n is the
+// number of 3PIDs it holds.
 func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
+	if l.store == nil {
+		return false, 0, errors.New("ldap sync: no store to keep the snapshot in")
+	}
 	c, err := l.dial(max(l.timeout, 30*time.Second))
 	if err != nil {
 		return false, 0, err
@@ -314,7 +366,6 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 		}
 	}()
 	var recs []Record
-	var sum uint64
 	_, err = l.readAll(ctx, c, func(_ string, e *ldap.Entry) {
 		m := l.mxidOf(e)
 		if m == "" {
@@ -322,19 +373,12 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 		}
 		l.threepidsOf(e, func(tp ThreePID) {
 			recs = append(recs, Record{tp.Medium, tp.Address, m})
-			h := fnv.New64a()
-			h.Write([]byte(tp.Medium + "\x00" + tp.Address + "\x00" + m))
-			sum += h.Sum64() // order-independent
 		})
 	})
 	if err != nil {
 		return false, 0, err
 	}
-	l.snapMu.Lock()
-	changed = !l.snapDone || sum != l.snapSum || len(recs) != len(l.snap)
-	l.snap, l.snapSum, l.snapDone = recs, sum, true
-	l.snapMu.Unlock()
-	return changed, len(recs), nil
+	return l.save(recs)
 }
 
 // syncFilter selects every entry that holds an address of either medium.
@@ -374,13 +418,4 @@ func (l *LDAP) readAll(ctx context.Context, c *ldap.Conn, fn func(base string, e
 		}
 	}
 	return pages, nil
-}
-
-// Records implements Directory: the last snapshot.
-func (l *LDAP) Records(fn func(medium, address, mxid string)) {
-	l.snapMu.RLock()
-	defer l.snapMu.RUnlock()
-	for _, r := range l.snap {
-		fn(r.Medium, r.Address, r.MXID)
-	}
 }

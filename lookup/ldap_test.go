@@ -23,6 +23,8 @@ func seedDirectory() string {
 	b.WriteString(person("Dave", "mail", "dave@example.org", "description", "@dave:other.example"))
 	b.WriteString(person("eve", "mail", "eve@example.org", "description", "not an mxid"))
 	b.WriteString(person("nomail"))
+	// National format, read in default_region GB.
+	b.WriteString(person("frank", "telephoneNumber", "020 7946 0000", "mobile", "07700-900456"))
 	for i := range syncUsers {
 		attrs := []string{"mail", fmt.Sprintf("user%04d@example.org", i)}
 		if i%10 == 0 {
@@ -68,6 +70,8 @@ func TestLDAPLookup(t *testing.T) {
 		{"email", "dave@example.org"}:         "@dave:example.org",  // uid "Dave": lower-cased
 		{"msisdn", "447700900123"}:            "@alice:example.org", // "+44 7700 900123"
 		{"msisdn", "442079460018"}:            "@bob:example.org",   // telephoneNumber "+44 20 7946 0018"
+		{"msisdn", "442079460000"}:            "@frank:example.org", // telephoneNumber "020 7946 0000"
+		{"msisdn", "447700900456"}:            "@frank:example.org", // mobile "07700-900456"
 		{"email", "nobody@example.org"}:       "",
 		{"msisdn", "447700900999"}:            "",
 	}
@@ -125,7 +129,6 @@ func TestLDAPLookup(t *testing.T) {
 
 func TestLDAPSyncIntoIndex(t *testing.T) {
 	d := startSlapd(t, seedDirectory())
-	l := newLDAP(t, ldapConfig(d.URL), 3*time.Second)
 	ctx := context.Background()
 	// The directory's size limit (1,000) means only paged searches read it all.
 	c, err := ldap.DialURL(d.URL)
@@ -138,23 +141,25 @@ func TestLDAPSyncIntoIndex(t *testing.T) {
 	if !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
 		t.Fatalf("an unpaged search of everything should hit the size limit, got %v", err)
 	}
-	changed, n, err := l.Sync(ctx)
+	s := openStore(t, t.TempDir())
+	svc := newService(t, s, ldapConfig(d.URL), nil)
+	changed, n, err := svc.LDAP.Sync(ctx)
 	if err != nil || !changed {
 		t.Fatalf("sync: changed=%v n=%d err=%v", changed, n, err)
 	}
 	// users' mails and mobiles; alice: 2 mails, 1 mobile; bob: mail, phone;
-	// Dave, eve: mail; carol's "carol(x)@example.org" is not an address.
-	if want := syncUsers + syncUsers/10 + 3 + 2 + 2; n != want {
+	// Dave, eve: mail; frank: 2 phones; carol's "carol(x)@example.org" is
+	// not an address.
+	if want := syncUsers + syncUsers/10 + 3 + 2 + 2 + 2; n != want {
 		t.Errorf("synced %d 3PIDs, want %d", n, want)
 	}
-	if changed, _, _ := l.Sync(ctx); changed {
+	if changed, _, _ := svc.LDAP.Sync(ctx); changed {
 		t.Error("a second sync of the same directory reports a change")
 	}
-	s := openStore(t, t.TempDir())
-	x, err := lookup.NewIndex(lookup.IndexOptions{Store: s, Directories: []lookup.Directory{l}, Rotation: time.Hour, Grace: time.Minute})
-	if err != nil {
+	if err := svc.Index.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
+	x := svc.Index
 	p := x.Pepper()
 	for addr, want := range map[string]string{
 		"user1234@example.org": "@user1234:example.org", "user2499@example.org": "@user2499:example.org",
@@ -164,8 +169,10 @@ func TestLDAPSyncIntoIndex(t *testing.T) {
 			t.Errorf("index %s: %q, want %q", addr, got, want)
 		}
 	}
-	if got, _ := find(t, x, p, "msisdn", "12015550120"); got != "@user0120:example.org" {
-		t.Errorf("index msisdn: %q", got)
+	for msisdn, want := range map[string]string{"12015550120": "@user0120:example.org", "442079460000": "@frank:example.org", "447700900456": "@frank:example.org"} {
+		if got, _ := find(t, x, p, "msisdn", msisdn); got != want {
+			t.Errorf("index msisdn %s: %q, want %q", msisdn, got, want)
+		}
 	}
 	// A local binding wins over the directory; unbinding it shows the directory again.
 	bind(t, s, x, "email", "user0001@example.org", "@local:example.org")

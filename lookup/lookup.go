@@ -8,11 +8,18 @@
 // the sub-packages slapdtest and dnstest are test support (a throw-away
 // slapd, a DNS server on 127.0.0.1) imported only by tests.
 //
+// The LDAP directory's snapshot (snapshot.go) is kept in the store, not in
+// memory: each sync that finds a change replaces it whole; the index is
+// built from it as from the local bindings (at start-up too, so a restart
+// while the directory is down keeps directory users); and it answers the
+// plaintext and v1 lookups the directory fails, the outage logged once.
+//
 // It imports no mxid package except its sub-package lookup/threepid (3PID
-// grammar and the lookup hash). Its collaborators come from main with builtin
-// types at the border: a Store (satisfied by *db.Store), an *http.Client built
-// by the outbound policy, the address of the DNS server to ask. go-ldap and
-// miekg/dns are used only here.
+// grammar, phone forms and the lookup hash). Its collaborators come from
+// main with builtin types at the border: a Store (bindings, meta, the
+// directory snapshot; satisfied by *db.Store, and by any other backend that
+// implements it), an *http.Client built by the outbound policy, the address
+// of the DNS server to ask. go-ldap and miekg/dns are used only here.
 package lookup
 
 import (
@@ -37,8 +44,8 @@ type Source interface {
 	Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]string, error)
 }
 
-// Store is what lookup needs from mxid's database: the local bindings and a
-// place for the pepper.
+// Store is what lookup needs from mxid's database: the local bindings, a
+// place for the pepper, and the directory snapshot.
 type Store interface {
 	// ScanBindings calls fn for every local binding; the slices are valid
 	// only during the call.
@@ -48,7 +55,34 @@ type Store interface {
 	BoundMXIDs(threepids [][2]string) ([]string, error)
 	GetMeta(key string) (value []byte, ok bool, err error)
 	PutMeta(key string, value []byte) error
+	DirectoryStore
 }
+
+// DirectoryStore keeps the LDAP directory's snapshot (canonical 3PID ->
+// Matrix ID, from the last sync that changed it) across restarts, with a
+// small summary document lookup owns.
+type DirectoryStore interface {
+	// ReplaceDirectory swaps the whole snapshot and its summary in one
+	// transaction: fill calls put once per record (in medium, address
+	// order for speed). A nil summary with no records removes it.
+	ReplaceDirectory(summary []byte, fill func(put func(medium, address, mxid string) error) error) error
+	// DirectorySummary returns the stored summary; ok is false when there
+	// is no snapshot.
+	DirectorySummary() (summary []byte, ok bool, err error)
+	// ScanDirectory calls fn for every record; the slices are valid only
+	// during the call.
+	ScanDirectory(fn func(medium, address, mxid []byte) error) error
+	// DirectoryMXIDs returns, for each {medium, address}, the Matrix ID
+	// the snapshot holds or "".
+	DirectoryMXIDs(threepids [][2]string) ([]string, error)
+}
+
+// loggedError is a source's failure that the source has logged itself
+// (once per outage) and answered as well as it could: the cascade counts
+// it but does not log it again for every request.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
 
 // ValidMXID reports whether s is a well-formed Matrix user ID: "@", a
 // non-empty localpart of printable ASCII without ':', ":", a server name

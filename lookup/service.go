@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -31,6 +32,10 @@ type Deps struct {
 	// recurse). It counts requests, not addresses, so a 1,000-address
 	// batch is one observation; it must be cheap (it runs on the hot path).
 	Observe func(source, outcome string, d time.Duration)
+	// SyncDone, when set, is told the outcome of every directory sync the
+	// background loop runs, after the index has taken it in (tests wait on
+	// it).
+	SyncDone func(err error)
 }
 
 // Service is everything lookups need, wired: the hash index, the cascade
@@ -40,15 +45,17 @@ type Service struct {
 	Chain *Chain
 	LDAP  *LDAP // nil without a directory
 
-	cfg     Config
-	ldapCfg LDAPConfig
-	cidrs   []netip.Prefix
-	log     *slog.Logger
-	wg      sync.WaitGroup
+	cfg      Config
+	ldapCfg  LDAPConfig
+	cidrs    []netip.Prefix
+	log      *slog.Logger
+	syncDone func(error)
+	wg       sync.WaitGroup
 }
 
 // New builds the lookup service from validated configuration and builds
-// the index over the local bindings before it returns.
+// the index over the local bindings and the stored directory snapshot
+// before it returns.
 func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []ForwarderConfig, d Deps) (*Service, error) {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
@@ -56,7 +63,7 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Service{cfg: cfg, ldapCfg: ldapCfg, log: d.Logger}
+	s := &Service{cfg: cfg, ldapCfg: ldapCfg, log: d.Logger, syncDone: d.SyncDone}
 	for _, c := range cfg.RecursionCIDRs {
 		p, err := ParsePrefix(c)
 		if err != nil {
@@ -73,7 +80,17 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 		}
 		s.LDAP = l
 		links = append(links, &Link{Source: l, Deadline: cfg.Deadlines.LDAP})
-		dirs = append(dirs, l)
+		if ldapCfg.SyncInterval > 0 {
+			if err := l.useStore(d.Store, d.Now); err != nil {
+				return nil, err
+			}
+			dirs = append(dirs, l)
+		}
+	}
+	if s.LDAP == nil || ldapCfg.SyncInterval == 0 {
+		if err := dropStaleSnapshot(d.Store, d.Logger); err != nil {
+			return nil, err
+		}
 	}
 	if dnsCfg.Enabled {
 		links = append(links, &Link{Source: NewDNS(dnsCfg, d.DNSServer, d.HTTPClient, d.Self, d.Now), Deadline: cfg.Deadlines.DNS, Remote: true})
@@ -132,20 +149,12 @@ func (s *Service) Close() {
 
 func (s *Service) syncLoop(ctx context.Context) {
 	for {
-		start := time.Now()
-		changed, n, err := s.LDAP.Sync(ctx)
-		switch {
-		case ctx.Err() != nil:
+		err := s.Sync(ctx)
+		if ctx.Err() != nil {
 			return
-		case err != nil:
-			s.log.Error("ldap sync failed; sha256 lookups keep the last snapshot", "err", err)
-		default:
-			s.log.Info("ldap sync done", "threepids", n, "changed", changed, "duration_ms", time.Since(start).Milliseconds())
-			if changed {
-				if err := s.Index.Refresh(ctx); err != nil && ctx.Err() == nil {
-					s.log.Error("lookup index rebuild failed", "err", err)
-				}
-			}
+		}
+		if s.syncDone != nil {
+			s.syncDone(err)
 		}
 		t := time.NewTimer(s.ldapCfg.SyncInterval)
 		select {
@@ -155,4 +164,34 @@ func (s *Service) syncLoop(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// Sync reads the directory once (as the background loop does every
+// sync_interval), stores the snapshot when it changed and rebuilds the
+// index over it. A failed sync keeps the stored snapshot in use. Both are
+// logged.
+func (s *Service) Sync(ctx context.Context) error {
+	if s.LDAP == nil {
+		return errors.New("no [ldap] directory")
+	}
+	start := time.Now()
+	changed, n, err := s.LDAP.Sync(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		sum := s.LDAP.stored()
+		s.log.Error("ldap sync failed; lookups keep the stored directory snapshot", "threepids", sum.Count, "stored", s.LDAP.storedAt(sum), "err", err)
+		return err
+	}
+	if changed {
+		if err := s.Index.Refresh(ctx); err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("lookup index rebuild failed", "err", err)
+			}
+			return err
+		}
+	}
+	s.log.Info("ldap sync done", "threepids", n, "changed", changed, "duration_ms", time.Since(start).Milliseconds())
+	return nil
 }

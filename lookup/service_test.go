@@ -1,12 +1,58 @@
 package lookup_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
-	"time"
 
 	"mxid/lookup"
 )
+
+// newService wires the lookup service over s with the directory c (not
+// started: tests run syncs themselves or call Start).
+func newService(t testing.TB, s lookup.Store, c lookup.LDAPConfig, d *lookup.Deps) *lookup.Service {
+	t.Helper()
+	if d == nil {
+		d = &lookup.Deps{}
+	}
+	d.Store = s
+	svc, err := lookup.New(lookup.DefaultConfig(), c, lookup.DefaultDNSConfig(), nil, *d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	return svc
+}
+
+// logBuffer collects a logger's lines for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+// count is the number of lines holding s.
+func (b *logBuffer) count(s string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Count(b.buf.String(), s)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // The wired service: the first directory sync runs in the background after
 // start-up and then sha256 lookups find directory users; plaintext lookups
@@ -15,26 +61,20 @@ func TestServiceWithDirectory(t *testing.T) {
 	d := startSlapd(t, seedDirectory())
 	s := openStore(t, t.TempDir())
 	bind(t, s, nil, "email", "local@example.org", "@local:example.org")
-	cfg := lookup.DefaultConfig()
-	svc, err := lookup.New(cfg, ldapConfig(d.URL), lookup.DefaultDNSConfig(), nil, lookup.Deps{Store: s})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	synced := make(chan error, 1)
+	svc := newService(t, s, ldapConfig(d.URL), &lookup.Deps{SyncDone: func(err error) { synced <- err }})
 	ctx, cancel := context.WithCancel(context.Background())
 	svc.Start(ctx)
 	defer func() { cancel(); svc.Wait() }()
 	p := svc.Index.Pepper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, _ := find(t, svc.Index, p, "email", "user0042@example.org")
-		if got == "@user0042:example.org" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("directory users not in the index 10s after start: %q", got)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if got, _ := find(t, svc.Index, p, "email", "user0042@example.org"); got != "" {
+		t.Errorf("a directory user in the index before any sync: %q", got)
+	}
+	if err := <-synced; err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	if got, _ := find(t, svc.Index, p, "email", "user0042@example.org"); got != "@user0042:example.org" {
+		t.Errorf("directory user after the first sync: %q", got)
 	}
 	if got, _ := find(t, svc.Index, p, "email", "local@example.org"); got != "@local:example.org" {
 		t.Errorf("local binding: %q", got)

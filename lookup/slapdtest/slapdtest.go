@@ -39,6 +39,9 @@ const (
 	Base     = "ou=people,dc=example,dc=org"
 	Reader   = "cn=isreader,dc=example,dc=org"
 	ReaderPW = "readerpw"
+	// Admin may change the directory (its rootdn), e.g. to remove a user.
+	Admin   = "cn=admin," + Suffix
+	AdminPW = "adminpw"
 )
 
 // Binary is where Debian's slapd package installs the server.
@@ -103,8 +106,8 @@ loglevel none
 database mdb
 maxsize  67108864
 suffix   "%[2]s"
-rootdn   "cn=admin,%[2]s"
-rootpw   adminpw
+rootdn   "%[4]s"
+rootpw   %[5]s
 directory %[1]s/db
 sizelimit size.soft=1000 size.hard=1000 size.prtotal=unlimited
 index objectClass eq
@@ -112,7 +115,7 @@ index mail,uid eq
 index telephoneNumber,mobile eq
 access to attrs=userPassword by self write by anonymous auth by * none
 access to * by dn.exact="%[3]s" read by * none
-`, dir, Suffix, Reader)
+`, dir, Suffix, Reader, Admin, AdminPW)
 	base := fmt.Sprintf(`dn: %[1]s
 objectClass: top
 objectClass: dcObject

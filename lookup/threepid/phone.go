@@ -89,3 +89,43 @@ func acceptable(num *phonenumbers.PhoneNumber) bool {
 	}
 	return phonenumbers.GetRegionCodeForCountryCode(int(num.GetCountryCode())) != "ZZ" && phonenumbers.IsPossibleNumber(num)
 }
+
+// PhoneForms returns the ways a directory may hold the number msisdn (E.164
+// digits), for a search that cannot canonicalise what it compares:
+// "+<digits>" and "<digits>", the international format ("+44 20 7946
+// 0000"), and, when the number has the country code of defaultRegion (the
+// region national numbers are read in), the national format as
+// libphonenumber writes it ("020 7946 0000") and its bare digits
+// ("02079460000"). Each form appears once, and only forms NormalizePhone
+// reads back as msisdn (so a search finds what the sync would index: bare
+// national digits that look international are left out). An msisdn that
+// does not parse gives only the first two.
+func PhoneForms(msisdn, defaultRegion string) []string {
+	forms := []string{"+" + msisdn, msisdn}
+	add := func(f string) {
+		for _, g := range forms {
+			if g == f {
+				return
+			}
+		}
+		if m, err := NormalizePhone(f, defaultRegion); err == nil && m == msisdn {
+			forms = append(forms, f)
+		}
+	}
+	num, err := phonenumbers.Parse("+"+msisdn, "")
+	if err != nil {
+		return forms
+	}
+	add(phonenumbers.Format(num, phonenumbers.INTERNATIONAL))
+	if defaultRegion != "" && int(num.GetCountryCode()) == phonenumbers.GetCountryCodeForRegion(defaultRegion) {
+		national := phonenumbers.Format(num, phonenumbers.NATIONAL)
+		add(national)
+		add(strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return r
+			}
+			return -1
+		}, national))
+	}
+	return forms
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -117,6 +118,33 @@ func TestDecodeHashAgainstBase64(t *testing.T) {
 		got, ok := DecodeHash(string(s))
 		if ok != (err == nil && len(want) == 32) || (ok && !bytes.Equal(got[:], want)) {
 			t.Fatalf("DecodeHash(%q) = %x, %v; base64: %x, %v", s, got, ok, want, err)
+		}
+	}
+}
+
+func TestPhoneForms(t *testing.T) {
+	for _, c := range []struct {
+		msisdn, region string
+		want           []string
+	}{
+		{"442079460000", "GB", []string{"+442079460000", "442079460000", "+44 20 7946 0000", "020 7946 0000", "02079460000"}},
+		{"447700900123", "GB", []string{"+447700900123", "447700900123", "+44 7700 900123", "07700 900123", "07700900123"}},
+		// Not of the default region: no national forms (a national value
+		// in the directory is read as a GB number).
+		{"12015550123", "GB", []string{"+12015550123", "12015550123", "+1 201-555-0123"}},
+		// "2015550123" would read as +20 (bare digits are international).
+		{"12015550123", "US", []string{"+12015550123", "12015550123", "+1 201-555-0123", "(201) 555-0123"}},
+		{"442079460000", "", []string{"+442079460000", "442079460000", "+44 20 7946 0000"}},
+	} {
+		got := PhoneForms(c.msisdn, c.region)
+		if strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("PhoneForms(%q, %q) = %q, want %q", c.msisdn, c.region, got, c.want)
+		}
+		// Every form reads back as the same number.
+		for _, f := range got {
+			if m, err := NormalizePhone(f, c.region); err != nil || m != c.msisdn {
+				t.Errorf("PhoneForms(%q, %q): %q reads as %q, %v", c.msisdn, c.region, f, m, err)
+			}
 		}
 	}
 }
