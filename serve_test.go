@@ -182,7 +182,7 @@ enabled = true
 		`msg="lookup source" source=forwarders enabled=false`,
 		`level=WARN msg="lookup recursion: [lookup] recursion_cidrs is empty, so the dns and forwarder sources are asked for nobody"`,
 		`msg="lookup pepper" fixed=false age=0s next_rotation=`, "rotation=24h0m0s grace=10m0s",
-		`msg="v1 API" enabled=true`,
+		`msg="v1 API" enabled=true`, `msg="outbound policy"`,
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)
@@ -214,6 +214,11 @@ bind_password = "ldap-secret-pw"
 base_dns = ["ou=people,dc=example,dc=org"]
 preset = "openldap"
 uid_domain = "example.org"
+[ratelimit]
+trusted_callers = ["203.0.113.5", "10.1.0.0/16"]
+[outbound]
+allow_cidrs = ["10.2.0.0/16"]
+pins = { "hs.example" = "https://10.2.0.5:8448" }
 [[forwarders]]
 url = "https://matrix.example.net/"
 access_token = "forwarder-secret-token"
@@ -231,7 +236,8 @@ access_token = "forwarder-secret-token"
 		`msg="lookup source" source=forwarders enabled=true servers=[https://matrix.example.net] deadline=5s`,
 		`msg="lookup recursion" cidrs="[10.0.0.0/8 127.0.0.1]" trusted_proxies=[127.0.0.1]`,
 		`msg="lookup pepper" fixed=true age=0s`,
-		`msg="v1 API" enabled=false`,
+		`msg="v1 API" enabled=false trusted_callers="[203.0.113.5 10.1.0.0/16]"`,
+		`msg="outbound policy" timeout=15s allow_cidrs=[10.2.0.0/16] pins=map[hs.example:https://10.2.0.5:8448] ca_file=false insecure_skip_verify=false`,
 		"msg=\"metrics off\"",
 	} {
 		if !strings.Contains(log, want) {

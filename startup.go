@@ -11,8 +11,9 @@ import (
 // logLookupDecisions logs, one line each, what serve decided about
 // lookups: the algorithms offered, each source on or off (with where it
 // asks, never its secrets), who may have lookups passed on, the pepper's
-// age and next rotation, and the v1 API. TLS mode, metrics, email and SMS
-// are logged where they are wired.
+// age and next rotation, the v1 API with the homeservers trusted as callers,
+// and the outbound policy (what mxid may call). TLS mode, metrics, email and
+// SMS are logged where they are wired.
 func logLookupDecisions(log *slog.Logger, cfg Config, lk *lookup.Service) {
 	log.Info("lookup algorithms", "algorithms", cfg.Lookup.Algorithms, "plaintext", cfg.Lookup.NoneEnabled())
 	log.Info("lookup source", "source", "local", "enabled", true, "deadline", cfg.Lookup.Deadlines.Local.String())
@@ -64,7 +65,21 @@ func logLookupDecisions(log *slog.Logger, cfg Config, lk *lookup.Service) {
 		log.Info("lookup pepper", "fixed", false, "age", st.PepperAge.Round(time.Second).String(),
 			"next_rotation", st.NextRotation.UTC().Format(time.RFC3339), "rotation", cfg.Lookup.PepperRotation.String(), "grace", cfg.Lookup.PepperGrace.String())
 	}
-	log.Info("v1 API", "enabled", cfg.V1)
+	log.Info("v1 API", "enabled", cfg.V1, "trusted_callers", nonNil(cfg.RateLimit.TrustedCallers))
+	pins := make(map[string]string, len(cfg.Outbound.Pins))
+	for name, raw := range cfg.Outbound.Pins {
+		pins[name] = schemeHost(raw)
+	}
+	log.Info("outbound policy", "timeout", cfg.Outbound.Timeout.String(), "allow_cidrs", nonNil(cfg.Outbound.AllowCIDRs),
+		"pins", pins, "ca_file", cfg.Outbound.CAFile != "", "insecure_skip_verify", cfg.Outbound.InsecureSkipVerify)
+}
+
+// nonNil logs an empty list as [] rather than nothing.
+func nonNil(list []string) []string {
+	if list == nil {
+		return []string{}
+	}
+	return list
 }
 
 // schemeHost is scheme://host of a URL: what is logged of it (no user

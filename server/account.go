@@ -18,8 +18,8 @@ const accessTokenLen = 64
 func (s *Server) postRegister(w http.ResponseWriter, r *http.Request) error {
 	// Each register makes mxid call a homeserver: limited per client IP
 	// ([ratelimit] register).
-	if ok, wait := s.limits.register.take("ip:"+s.clientIP(r).String(), 1); !ok {
-		return errLimited(wait)
+	if err := s.limits.register.spend("ip:"+s.clientIP(r).String(), 1); err != nil {
+		return err
 	}
 	body, err := s.readObject(r, false)
 	if err != nil {

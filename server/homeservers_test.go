@@ -331,14 +331,18 @@ func TestTrustedCallerBudgets(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		wantReply(t, "invites of one sender", d.storeInvite("email", fmt.Sprintf("more%d@example.org", i), "!room:hs.test", "@user1:hs.test", ""), 200, "")
 	}
-	wantReply(t, "the sixth invite of one sender", d.storeInvite("email", "more5@example.org", "!room:hs.test", "@user1:hs.test", ""), 429, "M_LIMIT_EXCEEDED")
+	r := d.storeInvite("email", "more5@example.org", "!room:hs.test", "@user1:hs.test", "")
+	wantReply(t, "the sixth invite of one sender", r, 429, "M_LIMIT_EXCEEDED")
+	if msg := r.str("error"); !strings.Contains(msg, "invites from this sender") || !strings.Contains(msg, "invites.rate_limit") {
+		t.Errorf("the refusal does not say which limit: %q", msg)
+	}
 
 	// An untrusted address is limited per IP, as before.
 	other := dendrite{h: h, ip: "192.0.2.7", idServer: d.idServer}
 	for i := 0; i < 5; i++ {
 		wantReply(t, "untrusted requestToken", other.createSession("o", fmt.Sprintf("o%d@example.org", i), 1), 200, "")
 	}
-	r := other.createSession("o", "o5@example.org", 1)
+	r = other.createSession("o", "o5@example.org", 1)
 	wantReply(t, "untrusted sixth requestToken", r, 429, "M_LIMIT_EXCEEDED")
 	for i := 0; i < 5; i++ {
 		other.storeInvite("email", fmt.Sprintf("oi%d@example.org", i), "!room:hs.test", fmt.Sprintf("@o%d:hs.test", i), "")

@@ -174,11 +174,11 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	if isV1(r) && !s.forHomeserver(r) {
 		sender = "ip:" + s.clientIP(r).String()
 	}
-	if ok, wait := s.inviteLimit.take(sender, 1); !ok {
-		return errLimited(wait)
+	if err := s.inviteLimit.spend(sender, 1); err != nil {
+		return err
 	}
-	if ok, wait := s.inviteAddrLimit.take(address, 1); !ok {
-		return errLimited(wait)
+	if err := s.inviteAddrLimit.spend(address, 1); err != nil {
+		return err
 	}
 	switch b, err := s.store.GetBinding(threepid.Email, address); {
 	case err == nil:

@@ -40,9 +40,9 @@ func newLookupAPI(svc *lookup.Service, d Deps) (*lookupAPI, BindingListener, err
 	return &lookupAPI{
 		svc:     svc,
 		cfg:     cfg,
-		perAcct: newLimiter(Rate{Burst: cfg.RatePerAccount.Burst, Every: cfg.RatePerAccount.Every}, d.Now),
-		perIP:   newLimiter(Rate{Burst: cfg.RatePerIP.Burst, Every: cfg.RatePerIP.Every}, d.Now),
-		perHS:   newLimiter(Rate{Burst: cfg.RatePerHomeserver.Burst, Every: cfg.RatePerHomeserver.Every}, d.Now),
+		perAcct: newLimiter(Rate{Burst: cfg.RatePerAccount.Burst, Every: cfg.RatePerAccount.Every}, d.Now, "lookup.rate_per_account", "addresses looked up by this account"),
+		perIP:   newLimiter(Rate{Burst: cfg.RatePerIP.Burst, Every: cfg.RatePerIP.Every}, d.Now, "lookup.rate_per_ip", "addresses looked up from this IP"),
+		perHS:   newLimiter(Rate{Burst: cfg.RatePerHomeserver.Burst, Every: cfg.RatePerHomeserver.Every}, d.Now, "lookup.rate_per_homeserver", "addresses looked up by users of this homeserver"),
 	}, listener, nil
 }
 
@@ -65,16 +65,16 @@ func (l *lookupAPI) algorithms() []string {
 // spendLookups charges n addresses to the caller's budgets: the client IP
 // and, when there is an account, the account and its homeserver.
 func (s *Server) spendLookups(r *http.Request, n int) error {
-	if ok, retry := s.lk.perIP.take("ip:"+s.clientIP(r).String(), n); !ok {
-		return errLimited(retry)
+	if err := s.lk.perIP.spend("ip:"+s.clientIP(r).String(), n); err != nil {
+		return err
 	}
 	if user := account(r).UserID; user != "" {
-		if ok, retry := s.lk.perAcct.take("user:"+user, n); !ok {
-			return errLimited(retry)
+		if err := s.lk.perAcct.spend("user:"+user, n); err != nil {
+			return err
 		}
 		if _, hs, ok := strings.Cut(user, ":"); ok {
-			if ok, retry := s.lk.perHS.take("hs:"+hs, n); !ok {
-				return errLimited(retry)
+			if err := s.lk.perHS.spend("hs:"+hs, n); err != nil {
+				return err
 			}
 		}
 	}

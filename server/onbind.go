@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"mxid/db"
 	"mxid/server/federation"
+	"mxid/server/outbound"
 )
 
 // onbindBody is what the homeserver of the bound user receives: the
@@ -127,7 +129,11 @@ func (s *Server) deliverJob(ctx context.Context, j db.Job) {
 		backoff = s.cfg.Invites.DeliveryMaxBackoff
 	}
 	backoff += time.Duration(rand.Int64N(int64(backoff)/10 + 1)) // jitter, so retries do not arrive together
-	s.log.Warn("onbind delivery failed; will retry", "job", j.ID, "destination", j.Destination, "attempt", j.Attempts+1, "retry_in", backoff.Round(time.Second).String(), "error", reason)
+	attrs := []any{"job", j.ID, "destination", j.Destination, "attempt", j.Attempts + 1, "retry_in", backoff.Round(time.Second).String(), "error", reason}
+	if errors.Is(err, outbound.ErrBlocked) {
+		attrs = append(attrs, "hint", "the homeserver's address is private, loopback or reserved, which [outbound] refuses: add its range to allow_cidrs, or pin it in [outbound.pins]")
+	}
+	s.log.Warn("onbind delivery failed; will retry", attrs...)
 	if err := s.store.RetryJob(j, s.now().Add(backoff).UnixMilli(), reason); err != nil {
 		s.log.Error("rescheduling an onbind job", "job", j.ID, "err", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -222,5 +223,27 @@ func TestOnbindSurvivesRestart(t *testing.T) {
 	e.clock.Advance(2 * time.Hour)
 	if n, err := e.store.SweepInvites(e.clock.Now().UnixMilli()); err != nil || n != 1 {
 		t.Errorf("sweep after expiry removed %d (%v), want 1", n, err)
+	}
+}
+
+// A homeserver on an address the outbound policy refuses: the retry is
+// logged with the setting that would let it through.
+func TestOnbindBlockedDestinationHint(t *testing.T) {
+	hs := newOnbindHS(t)
+	e := newTestEnv(t, nil)
+	host := strings.TrimPrefix(hs.URL, "http://") // 127.0.0.1:port, not pinned, not allowed
+	storeTestInvite(t, e, "tok", "alice@example.org")
+	if _, err := e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:"+host, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.deliverDue(context.Background())
+	if n := len(hs.got()); n != 0 {
+		t.Fatalf("a refused destination was called %d times", n)
+	}
+	logged := e.logs()
+	for _, want := range []string{`msg="onbind delivery failed; will retry"`, "destination address is not allowed", "/_matrix/federation/v1/3pid/onbind", "allow_cidrs", "[outbound.pins]"} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("the retry log lacks %q:\n%s", want, logged)
+		}
 	}
 }

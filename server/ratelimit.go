@@ -28,16 +28,35 @@ func (r Rate) validate(name string) error {
 }
 
 // limiter is a set of token buckets keyed by string (an account, an IP, a
-// 3PID, a country), all with the same rate.
+// 3PID, a country), all with the same rate. Its refusals say what was
+// counted and which setting counts it.
 type limiter struct {
 	rate  Rate
+	name  string // the configuration key, e.g. "ratelimit.email_address"
+	what  string // what is counted, in words: "verification emails to this address"
 	now   func() time.Time
 	mu    sync.Mutex
 	byKey map[string]*rate.Limiter
 }
 
-func newLimiter(r Rate, now func() time.Time) *limiter {
-	return &limiter{rate: r, now: now, byKey: map[string]*rate.Limiter{}}
+func newLimiter(r Rate, now func() time.Time, name, what string) *limiter {
+	return &limiter{rate: r, name: name, what: what, now: now, byKey: map[string]*rate.Limiter{}}
+}
+
+// spend takes n tokens of key's bucket, or answers the refusal.
+func (l *limiter) spend(key string, n int) error {
+	if ok, wait := l.take(key, n); !ok {
+		return l.refusal(wait)
+	}
+	return nil
+}
+
+// refusal is 429 M_LIMIT_EXCEEDED naming what was counted and the setting
+// (so an operator reading either side's log knows which limit it was).
+func (l *limiter) refusal(retryAfter time.Duration) *Error {
+	e := errLimited(retryAfter)
+	e.Message = fmt.Sprintf("Too many %s; try again later (limit: %s)", l.what, l.name)
+	return e
 }
 
 // maxLimiterKeys bounds memory; past it, full (idle) buckets are dropped.

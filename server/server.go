@@ -122,8 +122,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 		binds:  d.Bindings,
 
 		inviteMail:      d.InviteMail,
-		inviteLimit:     newLimiter(cfg.Invites.RateLimit, d.Now),
-		inviteAddrLimit: newLimiter(cfg.Invites.AddressRateLimit, d.Now),
+		inviteLimit:     newLimiter(cfg.Invites.RateLimit, d.Now, "invites.rate_limit", "invites from this sender"),
+		inviteAddrLimit: newLimiter(cfg.Invites.AddressRateLimit, d.Now, "invites.address_rate_limit", "invites to this address"),
 		onbind:          delivery{kick: make(chan struct{}, 1)},
 		metrics:         d.Metrics,
 		mail:            d.Mail,

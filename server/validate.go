@@ -146,8 +146,8 @@ func (s *Server) limitAttempt(r *http.Request) error {
 	if s.forHomeserver(r) {
 		return nil
 	}
-	if ok, wait := s.limits.attempts.take("ip:"+s.clientIP(r).String(), 1); !ok {
-		return errLimited(wait)
+	if err := s.limits.attempts.spend("ip:"+s.clientIP(r).String(), 1); err != nil {
+		return err
 	}
 	return nil
 }
@@ -158,8 +158,8 @@ func (s *Server) limitSubject(r *http.Request, subject string) error {
 	if !s.forHomeserver(r) {
 		return nil
 	}
-	if ok, wait := s.limits.attempts.take("subject:"+subject, 1); !ok {
-		return errLimited(wait)
+	if err := s.limits.attempts.spend("subject:"+subject, 1); err != nil {
+		return err
 	}
 	return nil
 }
@@ -270,12 +270,12 @@ func (s *Server) chargeSend(r *http.Request, tr tokenRequest) error {
 	}
 	for _, c := range checks {
 		if ok, wait := c.l.available(c.key); !ok {
-			return errLimited(wait)
+			return c.l.refusal(wait)
 		}
 	}
 	for _, c := range checks {
-		if ok, wait := c.l.take(c.key, 1); !ok {
-			return errLimited(wait)
+		if err := c.l.spend(c.key, 1); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -98,12 +98,12 @@ type limits struct {
 // newLimits builds the limiters of a validated [ratelimit] section.
 func newLimits(c RateLimitConfig, now func() time.Time) *limits {
 	l := &limits{
-		requestToken:  newLimiter(c.RequestToken, now),
-		emailAddress:  newLimiter(c.EmailAddress, now),
-		msisdnNumber:  newLimiter(c.MSISDNNumber, now),
-		msisdnCountry: newLimiter(c.MSISDNCountry, now),
-		attempts:      newLimiter(c.Attempts, now),
-		register:      newLimiter(c.Register, now),
+		requestToken:  newLimiter(c.RequestToken, now, "ratelimit.request_token", "verification messages requested by this account or IP"),
+		emailAddress:  newLimiter(c.EmailAddress, now, "ratelimit.email_address", "verification emails to this address"),
+		msisdnNumber:  newLimiter(c.MSISDNNumber, now, "ratelimit.msisdn_number", "verification SMS to this number"),
+		msisdnCountry: newLimiter(c.MSISDNCountry, now, "ratelimit.msisdn_country", "verification SMS to this country"),
+		attempts:      newLimiter(c.Attempts, now, "ratelimit.attempts", "validation requests"),
+		register:      newLimiter(c.Register, now, "ratelimit.register", "registrations from this IP"),
 	}
 	for _, p := range c.TrustedCallers {
 		if pfx, err := parsePrefixOrAddr(p); err == nil {

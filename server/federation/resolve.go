@@ -260,12 +260,14 @@ func (r *Resolver) Do(ctx context.Context, serverName, method, pathQuery string,
 	req.Host = t.Host
 	resp, err := r.client(t.TLSName).Do(req)
 	if err != nil {
-		// *url.Error quotes the URL, whose query may hold a token: keep only the cause.
+		// *url.Error quotes the URL, whose query may hold a token: keep only
+		// the cause, and name the URL without its query.
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, t.BaseURL, err)
+		path, _, _ := strings.Cut(pathQuery, "?")
+		return nil, fmt.Errorf("%w: %s %s%s: %w", ErrUnreachable, method, t.BaseURL, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
