@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,23 +193,129 @@ func normalise(c Config) string {
 	return regexp.MustCompile(`(?m)^.* = \[\]\n`).ReplaceAllString(b.String(), "")
 }
 
-func TestKnownKeysAndSuggest(t *testing.T) {
-	known := knownKeys(reflect.TypeOf(Config{}))
-	for _, want := range []string{"server_name", "http.listen", "outbound.pins", "terms.policy.*.languages.*.url"} {
-		found := false
-		for _, k := range known {
-			found = found || k == want
-		}
-		if !found {
-			t.Errorf("knownKeys lacks %s", want)
+// checkConfig runs check-config on a file and returns its report, failing
+// the test when the file passes.
+func checkConfig(t *testing.T, path string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if err := run(t.Context(), []string{"check-config", "-config", path}, &stdout, &stderr); err == nil {
+		t.Fatalf("check-config accepted %s: %s", path, stdout.String())
+	}
+	return stderr.String()
+}
+
+// problemLines are the report's problem lines, without the file name.
+func problemLines(report, path string) []string {
+	var out []string
+	for _, line := range strings.Split(report, "\n") {
+		if rest, ok := strings.CutPrefix(line, "  "+path); ok {
+			out = append(out, rest)
 		}
 	}
-	for in, want := range map[string]string{
-		"sever_name": "server_name", "http.listn": "http.listen", "outbound.allow_cidr": "outbound.allow_cidrs",
-		"terms.policy.0.languages.en.ulr": "terms.policy.0.languages.en.url", "completely_unrelated_thing": "",
+	return out
+}
+
+// Ten values of the wrong type, and one invalid value, are all reported in
+// one run, each with its line; the values decode around them.
+func TestCheckConfigTenWrongTypes(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, dir, "mxid.toml", `server_name = "id.example.org"
+public_base_url = "https://id.example.org"
+v1 = "yes"
+templates_dir = 7
+log = "debug"
+data_dir = "`+dir+`"
+
+[http]
+listen = "nowhere"
+max_body_bytes = "1MB"
+read_timeout = 30
+trusted_proxies = "127.0.0.1"
+
+[ratelimit]
+attempts = { burst = 1.5, every = "30 seconds" }
+
+[outbound]
+allow_cidrs = [
+  "10.0.0.0/8",
+  false,
+]
+pins = { "matrix.org" = 5 }
+
+[forwarders]
+url = "https://matrix.org"
+`)
+	report := checkConfig(t, path)
+	want := []string{
+		`:3: v1: "yes" must be true or false`,
+		`:4: templates_dir: 7 must be a string in double quotes`,
+		`:5: log: "debug" must be a table ([log])`,
+		`:9: http.listen: "nowhere" must be IP:port like "127.0.0.1:8090" or ":8090"`,
+		`:10: http.max_body_bytes: "1MB" must be a whole number`,
+		`:11: http.read_timeout: 30 is not a duration (write it like "30s", "5m", "24h")`,
+		`:12: http.trusted_proxies: "127.0.0.1" must be a list: write ["127.0.0.1"]`,
+		`:15: ratelimit.attempts.burst: 1.5 must be a whole number`,
+		`:15: ratelimit.attempts.every: "30 seconds" is not a duration (write it like "30s", "5m", "24h")`,
+		`:20: outbound.allow_cidrs[1]: false must be a string in double quotes`,
+		`:22: outbound.pins."matrix.org": 5 must be a string in double quotes`,
+		`:24: forwarders: must be a list of tables: write each one as [[forwarders]]`,
+	}
+	got := problemLines(report, path)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("check-config reported\n%s\nwant\n  %s", report, strings.Join(want, "\n  "))
+	}
+	if !strings.HasPrefix(report, "12 problems in "+path+":\n") {
+		t.Errorf("report does not start with the count:\n%s", report)
+	}
+
+	// mxid serve refuses to start on the same list.
+	var stdout, stderr bytes.Buffer
+	err := run(t.Context(), []string{"serve", "-config", path}, &stdout, &stderr)
+	if err == nil || err.Error()+"\n" != report {
+		t.Errorf("serve: %v\nwant the check-config report", err)
+	}
+}
+
+// Unknown keys get a suggestion wherever they are: in tables, in arrays of
+// tables, in tables inside those, in inline tables, and for a key written
+// below the wrong header.
+func TestCheckConfigDidYouMean(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, dir, "mxid.toml", `server_name = "id.example.org"
+public_base_url = "https://id.example.org"
+
+[http]
+listen = "127.0.0.1:8090"
+data_dir = "/var/lib/mxid"
+
+[[forwarders]]
+url = "https://matrix.org"
+access_token = "t"
+
+[[forwarders]]
+urll = "https://vector.im"
+allow_v1_fallback = true
+
+[[terms.policy]]
+name = "privacy"
+verison = "1.0"
+[terms.policy.languages.en]
+name = "Privacy"
+ulr = "https://id.example.org/privacy"
+
+[lookup]
+deadlines = { local = "1s", ldpa = "2s" }
+`)
+	got := problemLines(checkConfig(t, path), path)
+	for _, want := range []string{
+		`:6: unknown key "http.data_dir" (did you mean "data_dir"? top-level keys go above the first [table] header)`,
+		`:13: unknown key "forwarders[1].urll" (did you mean "forwarders[1].url"?)`,
+		`:18: unknown key "terms.policy[0].verison" (did you mean "terms.policy[0].version"?)`,
+		`:21: unknown key "terms.policy[0].languages.en.ulr" (did you mean "terms.policy[0].languages.en.url"?)`,
+		`:24: unknown key "lookup.deadlines.ldpa" (did you mean "lookup.deadlines.ldap"?)`,
 	} {
-		if got := suggest(in, known); got != want {
-			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
+		if !slices.Contains(got, want) {
+			t.Errorf("report lacks %s:\n%s", want, strings.Join(got, "\n"))
 		}
 	}
 }
@@ -260,4 +367,180 @@ listen = "127.0.0.1:%d"
 	if err := run(t.Context(), []string{"check-config", "-config", path}, &stdout, &stderr); err != nil || strings.Contains(stdout.String(), "warning") {
 		t.Errorf("check-config with a matching server_name: %v\n%s", err, stdout.String())
 	}
+}
+
+// A file that is not TOML gets the parser's line and a plain message, and
+// nothing else.
+func TestCheckConfigNotTOML(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, content, want string
+	}{
+		{"yaml", "# mxid\nserver_name: id.example.org\nhttp:\n  listen: 127.0.0.1:8090\n",
+			`:2: not valid TOML: expected '.' or '=', but got ':' instead (settings are written key = value under [table] headers; see mxid.toml.example)`},
+		{"json", "{\n  \"server_name\": \"id.example.org\"\n}\n", `:1: not valid TOML: expected '.' or '=', but got '{' instead`},
+		{"utf16", "\xff\xfes\x00=\x00", `:1: not valid TOML: files cannot contain NULL bytes; probably using UTF-16; TOML files must be UTF-8`},
+		{"twice", "v1 = true\n\nv1 = false\n", `:3: not valid TOML: Key 'v1' has already been defined`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, dir, tc.name+".toml", tc.content)
+			report := checkConfig(t, path)
+			got := problemLines(report, path)
+			if len(got) != 1 || !strings.HasPrefix(got[0], tc.want) {
+				t.Errorf("report:\n%s\nwant one problem starting %s", report, tc.want)
+			}
+			if strings.Contains(strings.ReplaceAll(report, path, "FILE"), "toml:") {
+				t.Errorf("report shows the library's prefix:\n%s", report)
+			}
+		})
+	}
+}
+
+// keyLines finds each key's line through the parts of TOML that could
+// mislead it: multi-line strings and arrays, comments, quoted and dotted
+// keys, inline tables, nested arrays of tables.
+func TestKeyLines(t *testing.T) {
+	doc := `# a = 1
+a = """
+[not_a_table]
+b = 2
+"""
+'c.d' = 'x' # e = 3
+f.g = [
+  1, # h = 4
+  [2, 3],
+  { i = "]" },
+]
+"j k" = { l = { m = 1 }, n = '''
+}''' }
+[[p]]
+q = 1
+[[p.r]]
+s = 1
+[ p . t ]
+u = 1
+[[p]]
+[[p.r]]
+[[p.r]]
+v = "\"[w]\""
+x = 1
+`
+	want := map[string]int{
+		"a": 2, `"c.d"`: 6, "f": 7, "f.g": 7, "f.g[0]": 8, "f.g[1]": 9, "f.g[1][1]": 9, "f.g[2]": 10, "f.g[2].i": 10,
+		`"j k"`: 12, `"j k".l`: 12, `"j k".l.m`: 12, `"j k".n`: 12,
+		"p": 14, "p[0]": 14, "p[0].q": 15, "p[0].r[0]": 16, "p[0].r[0].s": 17, "p[0].t": 18, "p[0].t.u": 19,
+		"p[1]": 20, "p[1].r[0]": 21, "p[1].r[1]": 22, "p[1].r[1].v": 23, "p[1].r[1].x": 24,
+	}
+	var tree map[string]any
+	if _, err := toml.Decode(doc, &tree); err != nil {
+		t.Fatalf("the test document is not TOML: %v", err)
+	}
+	got := keyLines(doc)
+	for k, l := range want {
+		if got[k] != l {
+			t.Errorf("line of %s: %d, want %d", k, got[k], l)
+		}
+	}
+	for _, k := range []string{"not_a_table", "b", "e", "h", "w"} {
+		if _, ok := got[k]; ok {
+			t.Errorf("%s (inside a string or comment) was taken for a key", k)
+		}
+	}
+	if l := lineOf(got, "p[1].r[1].nope"); l != 22 {
+		t.Errorf("an unknown key is placed on line %d, want its table's (22)", l)
+	}
+	if l := lineOf(got, "nowhere.at.all"); l != 0 {
+		t.Errorf("a key not in the file is placed on line %d", l)
+	}
+}
+
+func TestDidYouMean(t *testing.T) {
+	known := knownKeys(reflect.TypeOf(Config{}))
+	top := tableFields(reflect.TypeOf(Config{}))
+	http := tableFields(reflect.TypeOf(Config{}.HTTP))
+	for _, tc := range []struct {
+		path, key string
+		fields    map[string]reflect.Type
+		want      string
+	}{
+		{"", "sever_name", top, ` (did you mean "server_name"?)`},
+		{"", "Server_Nmae", top, ` (did you mean "server_name"?)`},
+		{"http", "listn", http, ` (did you mean "http.listen"?)`},
+		{"http", "public_base_url", http, ` (did you mean "public_base_url"? top-level keys go above the first [table] header)`},
+		{"", "max_body_bytes", top, ` (did you mean "http.max_body_bytes"? it belongs under [http])`},
+		{"", "completely_unrelated_thing", top, ""},
+	} {
+		if got := didYouMean(tc.path, tc.key, tc.fields, known); got != tc.want {
+			t.Errorf("didYouMean(%q, %q) = %q, want %q", tc.path, tc.key, got, tc.want)
+		}
+	}
+}
+
+// FuzzConfig: no document makes the checker panic, every key of a
+// document that parses has a line in it, and a document that passes the
+// check decodes exactly as the library alone decodes it.
+func FuzzConfig(f *testing.F) {
+	example, err := os.ReadFile("mxid.toml.example")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(example))
+	for _, seed := range []string{
+		"v1 = \"yes\"\n[http]\nlisen = 1\n[[forwarders]]\nurll = 2\n",
+		"a = \"\"\"\n[x]\n\"\"\"\n[[p]]\n[[p.r]]\n[p.t]\nu = [1, {v = 2}]\n",
+		"server:\n  name: x\n",
+		"[outbound.pins]\n\"a.b\" = \"x\"\n'c' = 5\n",
+		"ratelimit.attempts = { burst = 1.5, every = \"30 seconds\" }\n",
+		"[0]\n\"\"=[0,{0=0}]",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, doc string) {
+		// decodeConfig reads no files; the secrets and Validate, which do,
+		// are left out so that a mutated path cannot block on a device.
+		cfg := DefaultConfig()
+		lines, problems := decodeConfig(doc, &cfg)
+		var tree map[string]any
+		if _, err := toml.Decode(doc, &tree); err != nil {
+			if lines != nil || len(problems) != 1 {
+				t.Fatalf("a syntax error gave lines %v and problems %v", lines, problems)
+			}
+			return
+		}
+		n := strings.Count(doc, "\n") + 1
+		var walk func(key string, v any)
+		walk = func(key string, v any) {
+			if l := lines[key]; l < 1 || l > n {
+				t.Fatalf("key %s: line %d (of %d)", key, l, n)
+			}
+			if m, ok := v.(map[string]any); ok {
+				for k, e := range m {
+					walk(joinKey(key, k), e)
+				}
+			}
+			if l, ok := listOf(v); ok {
+				if _, more := lines[fmt.Sprintf("%s[%d]", key, len(l))]; more {
+					// The library drops elements of some arrays under the
+					// empty key ("" = [0, {a = 1}] decodes to [{a = 1}]);
+					// there is no saying which.
+					return
+				}
+				for i, e := range l {
+					walk(fmt.Sprintf("%s[%d]", key, i), e)
+				}
+			}
+		}
+		for k, v := range tree {
+			walk(joinKey("", k), v)
+		}
+		if len(problems) == 0 {
+			direct := DefaultConfig()
+			if _, err := toml.Decode(doc, &direct); err != nil {
+				t.Fatalf("passed the check, but the library refuses it: %v", err)
+			}
+			if !reflect.DeepEqual(normalise(direct), normalise(cfg)) {
+				t.Fatalf("decoded differently:\n%s\n%s", normalise(direct), normalise(cfg))
+			}
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"mxid/server"
 )
 
 // Where `mxid install` puts things (before the --root prefix).
@@ -88,7 +91,7 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	// uses.
 	configPath := in.path(filepath.Join(installConfigDir, "mxid.toml"))
 	var config []byte
-	if _, err := os.Stat(configPath); err != nil {
+	if _, err := os.Stat(configPath); errors.Is(err, os.ErrNotExist) {
 		if *domain == "" {
 			return errors.New("--domain is required (the host name clients reach mxid at, e.g. id.example.org)")
 		}
@@ -99,12 +102,20 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err := validateGenerated(config); err != nil {
 			return err
 		}
-	} else if existing, err := loadConfig(configPath); err == nil {
-		// The existing config wins over flags; the hints below follow it.
+	} else {
+		// The existing config wins over flags; it must load, or the
+		// service would be (re)started on a config it refuses.
+		existing, err := loadConfig(configPath)
+		if err != nil {
+			return fmt.Errorf("%s exists and does not pass check-config, so nothing was changed; fix it (mxid check-config -config %s) and run mxid install again.\n%w",
+				configPath, configPath, err)
+		}
+		given := map[string]string{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
+		for _, note := range ignoredFlags(given, existing) {
+			fmt.Fprintf(stdout, "note: %s is ignored: %s exists and says %s\n", note[0], filepath.Join(installConfigDir, "mxid.toml"), note[1])
+		}
 		if u, err := url.Parse(existing.PublicBaseURL); err == nil {
-			if *domain != "" && *domain != u.Hostname() {
-				fmt.Fprintf(stdout, "note: --domain %s is ignored: %s exists and says %s\n", *domain, filepath.Join(installConfigDir, "mxid.toml"), existing.PublicBaseURL)
-			}
 			*domain = u.Hostname()
 		}
 		*tlsMode = existing.TLS.Mode
@@ -157,6 +168,32 @@ func cmdInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprint(stdout, installNextSteps(*tlsMode, *domain))
 	return nil
+}
+
+// ignoredFlags lists, for each flag given that an existing config decides
+// instead, the flag as given and what the config says.
+func ignoredFlags(given map[string]string, cfg Config) [][2]string {
+	listenKey, listen := "http.listen", cfg.HTTP.Listen
+	if cfg.TLS.Mode != server.TLSOff {
+		listenKey, listen = "tls.listen", cfg.TLS.Listen
+	}
+	host := cfg.PublicBaseURL
+	if u, err := url.Parse(cfg.PublicBaseURL); err == nil {
+		host = u.Hostname()
+	}
+	var out [][2]string
+	for _, f := range []struct{ flag, value, key, says string }{
+		{"domain", host, "public_base_url", cfg.PublicBaseURL},
+		{"server-name", cfg.ServerName, "server_name", cfg.ServerName},
+		{"email", cfg.TLS.Email, "tls.email", cfg.TLS.Email},
+		{"tls", cfg.TLS.Mode, "tls.mode", cfg.TLS.Mode},
+		{"listen", listen, listenKey, listen},
+	} {
+		if v, ok := given[f.flag]; ok && v != f.value {
+			out = append(out, [2]string{fmt.Sprintf("--%s %s", f.flag, v), fmt.Sprintf("%s = %q", f.key, f.says)})
+		}
+	}
+	return out
 }
 
 // path is p under the --root prefix.
@@ -239,10 +276,13 @@ func (in *installer) ensureDir(p string, mode os.FileMode, o ownership) (string,
 		if in.dry {
 			return fmt.Sprintf("would create (mode %04o)", mode), nil
 		}
-		if err := os.MkdirAll(full, mode); err != nil {
+		if err := makeParents(full); err != nil {
 			return "", err
 		}
-		if err := os.Chmod(full, mode); err != nil { // MkdirAll honours the umask
+		if err := os.Mkdir(full, mode); err != nil {
+			return "", err
+		}
+		if err := os.Chmod(full, mode); err != nil { // Mkdir honours the umask
 			return "", err
 		}
 		in.changed[p] = true
@@ -281,11 +321,8 @@ func (in *installer) ensureDir(p string, mode os.FileMode, o ownership) (string,
 func (in *installer) ensureConfig(config []byte) (string, error) {
 	full := in.path(filepath.Join(installConfigDir, "mxid.toml"))
 	if config == nil {
-		// Never overwritten: the operator may have edited it. Check it, so
-		// a broken one is reported now rather than at start.
-		if _, err := loadConfig(full); err != nil {
-			return "exists, left unchanged; it has problems (fix them before starting):\n" + indent(err.Error(), "       "), nil
-		}
+		// Never overwritten: the operator may have edited it. cmdInstall
+		// has checked it before changing anything.
 		return "exists, left unchanged (valid)", nil
 	}
 	if in.dry {
@@ -328,7 +365,7 @@ func (in *installer) ensureBinary(exe string) (string, error) {
 	} else if in.dry {
 		return "would copy " + exe, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+	if err := makeParents(dest); err != nil {
 		return "", err
 	}
 	// Write beside it and rename, so a running mxid is not disturbed.
@@ -355,7 +392,7 @@ func (in *installer) ensureUnit() (string, error) {
 	case in.dry:
 		return "would write:\n" + indent(string(unit), "       | "), nil
 	}
-	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+	if err := makeParents(full); err != nil {
 		return "", err
 	}
 	if err := writeFileAtomic(full, unit, 0o644); err != nil {
@@ -596,6 +633,22 @@ func fileHash(path string) ([32]byte, error) {
 	}
 	copy(sum[:], h.Sum(nil))
 	return sum, nil
+}
+
+// makeParents creates the missing directories above p with mode 0755, the
+// mode of /etc, /var/lib or /usr/local/bin; it changes none that exists.
+func makeParents(p string) error {
+	parent := filepath.Dir(p)
+	if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := makeParents(parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(parent, 0o755); err != nil {
+		return err
+	}
+	return os.Chmod(parent, 0o755) // Mkdir honours the umask
 }
 
 // writeFileAtomic writes data beside path and renames it into place.

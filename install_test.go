@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -136,15 +138,112 @@ func TestInstallIntoRoot(t *testing.T) {
 		t.Errorf("the config was overwritten: %q", cfg2.PublicBaseURL)
 	}
 
-	// A broken mode is repaired; an edited config is reported, not replaced.
+	// A config that does not pass check-config stops install before it
+	// changes anything: it names every problem and exits non-zero.
 	os.Chmod(filepath.Join(root, "var/lib/mxid"), 0o755)
-	os.WriteFile(filepath.Join(root, "etc/mxid/mxid.toml"), []byte("server_name = \"bad name\"\n"), 0o640)
-	out, err = runInstall(t, "--root", root, "--user", svcUser)
-	if err != nil {
-		t.Fatalf("third install: %v\n%s", err, out)
+	broken := "server_name = \"bad name\"\npublic_base_url = \"https://id.example.org\"\nv1 = \"yes\"\n[http]\nlisen = \":80\"\n"
+	os.WriteFile(filepath.Join(root, "etc/mxid/mxid.toml"), []byte(broken), 0o640)
+	before := treeState(t, root)
+	out, err = runInstall(t, "--root", root, "--user", svcUser, "--tls", "off")
+	if err == nil {
+		t.Fatalf("install over a broken config succeeded:\n%s", out)
 	}
-	if !strings.Contains(out, "mode set to 0700") || !strings.Contains(out, "has problems") || !strings.Contains(out, "server_name") {
-		t.Errorf("third run output:\n%s", out)
+	report := err.Error()
+	for _, want := range []string{
+		"does not pass check-config, so nothing was changed",
+		"mxid.toml:1: server_name:",
+		`mxid.toml:3: v1: "yes" must be true or false`,
+		`mxid.toml:5: unknown key "http.lisen" (did you mean "http.listen"?)`,
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("install error lacks %q:\n%s", want, report)
+		}
+	}
+	if after := treeState(t, root); !reflect.DeepEqual(before, after) {
+		t.Errorf("install over a broken config changed files:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// Fixed, the next run goes through and repairs the mode.
+	os.WriteFile(filepath.Join(root, "etc/mxid/mxid.toml"), []byte("server_name = \"example.org\"\npublic_base_url = \"https://id.example.org\"\n"), 0o640)
+	out, err = runInstall(t, "--root", root, "--user", svcUser)
+	if err != nil || !strings.Contains(out, "mode set to 0700") {
+		t.Errorf("install over the fixed config: %v\n%s", err, out)
+	}
+}
+
+// treeState is every path under root with its mode, size and time.
+func treeState(t *testing.T, root string) map[string]string {
+	t.Helper()
+	state := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		state[p] = fmt.Sprintf("%v %d %v", fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+// With a config in place, each flag that it overrides is named, with what
+// the config says instead; flags that agree with it are not.
+func TestInstallNamesIgnoredFlags(t *testing.T) {
+	root := t.TempDir()
+	if out, err := runInstall(t, "--root", root, "--domain", "id.example.org", "--email", "ops@example.org"); err != nil {
+		t.Fatalf("first install: %v\n%s", err, out)
+	}
+	out, err := runInstall(t, "--root", root, "--domain", "id.example.org", "--server-name", "example.org",
+		"--email", "other@example.org", "--tls", "off", "--listen", "127.0.0.1:9000")
+	if err != nil {
+		t.Fatalf("second install: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		`note: --server-name example.org is ignored: /etc/mxid/mxid.toml exists and says server_name = "id.example.org"`,
+		`note: --email other@example.org is ignored: /etc/mxid/mxid.toml exists and says tls.email = "ops@example.org"`,
+		`note: --tls off is ignored: /etc/mxid/mxid.toml exists and says tls.mode = "acme"`,
+		`note: --listen 127.0.0.1:9000 is ignored: /etc/mxid/mxid.toml exists and says tls.listen = ":443"`,
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "--domain") {
+		t.Errorf("--domain agrees with the config, yet is named:\n%s", out)
+	}
+}
+
+// install creates the directories it owns (the data directory 0700, its
+// config directory 0755) and, under --root, the missing system directories
+// above them with the usual 0755; it changes no directory that exists.
+func TestInstallDirectoryModes(t *testing.T) {
+	root := t.TempDir()
+	for dir, mode := range map[string]os.FileMode{"var": 0o711, "usr/local/bin": 0o775} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(filepath.Join(root, dir), mode)
+	}
+	if out, err := runInstall(t, "--root", root, "--domain", "id.example.org"); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	for dir, mode := range map[string]os.FileMode{
+		"var": 0o711, "usr/local/bin": 0o775, // existed: left alone
+		"var/lib": 0o755, "etc": 0o755, "etc/systemd": 0o755, "etc/systemd/system": 0o755, // created above
+		"var/lib/mxid": 0o700, "etc/mxid": 0o755, // owned
+	} {
+		fi, err := os.Stat(filepath.Join(root, dir))
+		if err != nil {
+			t.Errorf("%s: %v", dir, err)
+		} else if fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %04o, want %04o", dir, fi.Mode().Perm(), mode)
+		}
 	}
 }
 
