@@ -49,7 +49,7 @@ default_region = "GB"
 `, base, filepath.Join(dir, "data"), port, hs.URL, d.URL, slapdtest.Reader, slapdtest.ReaderPW, slapdtest.Base)
 
 	mxid := startServe(t, config)
-	if !mxid.log.waitFor("ldap sync done") {
+	if !mxid.log.waitFor("ldap sync done") || !mxid.log.waitFor("msg=serving") {
 		t.Fatal("mxid stopped before the first sync")
 	}
 	_, reg := postJSON(t, base+"/_matrix/identity/v2/account/register", "", map[string]any{"access_token": "bob", "token_type": "Bearer", "matrix_server_name": "hs.test", "expires_in": 3600})
@@ -92,7 +92,7 @@ default_region = "GB"
 
 	d.Stop()
 	mxid = startServe(t, config)
-	if !mxid.log.waitFor("ldap sync failed") {
+	if !mxid.log.waitFor("ldap sync failed") || !mxid.log.waitFor("msg=serving") {
 		t.Fatal("mxid stopped before its first sync")
 	}
 	check("directory down, mxid restarted")
