@@ -1,0 +1,9 @@
+package db
+
+// Validate reports why b cannot be stored (an empty medium, address or
+// mxid, a NUL), so that every backend refuses the same bindings.
+func (b Binding) Validate() error { return b.check() }
+
+// Validate reports why s cannot be stored (an empty sid, medium, address or
+// client_secret, a NUL), so that every backend refuses the same sessions.
+func (s Session) Validate() error { return s.check() }
