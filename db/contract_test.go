@@ -18,3 +18,15 @@ func TestContract(t *testing.T) {
 		return s
 	})
 }
+
+// BenchmarkStore measures the bbolt store's hot writes (storetest.Bench).
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) storetest.Store {
+		s, err := db.Open(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	})
+}

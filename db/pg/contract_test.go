@@ -39,3 +39,9 @@ func TestContract(t *testing.T) {
 		return handle{openURL(t, url, Options{}), url}
 	})
 }
+
+// BenchmarkStore measures the PostgreSQL store's hot writes (storetest.Bench)
+// on a local server with fsync on.
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) storetest.Store { return openURL(b, pgtest.New(b), Options{}) })
+}

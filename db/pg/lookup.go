@@ -29,16 +29,19 @@ func (s *Store) BoundMXIDs(threepids [][2]string) ([]string, error) {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `SELECT q.i, b.mxid
-		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(m, a, i)
-		JOIN bindings b ON b.medium = q.m AND b.address = q.a`, media, addresses)
+	// A correlated subquery, so each pair is one primary-key probe whatever
+	// plan a cached statement ends up with.
+	rows, err := s.pool.Query(ctx, `SELECT q.i, (SELECT b.mxid FROM bindings b WHERE b.medium = q.m AND b.address = q.a)
+		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(m, a, i)`, media, addresses)
 	if err != nil {
 		return nil, classify(err)
 	}
 	var i int64
-	var mxid string
+	var mxid *string
 	_, err = pgx.ForEachRow(rows, []any{&i, &mxid}, func() error {
-		out[at[i-1]] = mxid
+		if mxid != nil {
+			out[at[i-1]] = *mxid
+		}
 		return nil
 	})
 	if err != nil {

@@ -279,11 +279,20 @@ func (s *Server) NewDatabase(t testing.TB) string {
 // SQL runs statements on the server's "postgres" database with psql.
 func (s *Server) SQL(sql string) error { return s.SQLOn("postgres", sql) }
 
-// SQLOn runs statements on database name with psql (for tests that set up
-// what the store would refuse to write).
-func (s *Server) SQLOn(name, sql string) error {
-	cmd := exec.Command(filepath.Join(s.bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-		"-h", "127.0.0.1", "-p", strconv.Itoa(s.port), "-U", "mxid", "-d", name, "-c", sql)
+// SQLOn runs statements on database name with psql.
+func (s *Server) SQLOn(name, sql string) error { return psql(s.bin, s.URL(name), sql) }
+
+// Exec runs statements on the database at url with psql, for tests that set
+// up what a store would refuse to write.
+func Exec(t testing.TB, url, sql string) {
+	t.Helper()
+	if err := psql(binDir(t), url, sql); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func psql(bin, url, sql string) error {
+	cmd := exec.Command(filepath.Join(bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("psql %q: %v\n%s", sql, err, out)
 	}
