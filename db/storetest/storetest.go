@@ -29,6 +29,9 @@ import (
 // again before it has completed, retried or dropped what it got.
 type Store interface {
 	Close() error
+	// Path says where the data is, for messages: a file, or a URL
+	// without its password.
+	Path() string
 	SchemaVersion() (uint64, error)
 	GetMeta(key string) (value []byte, ok bool, err error)
 	PutMeta(key string, value []byte) error
