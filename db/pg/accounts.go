@@ -1,7 +1,6 @@
 package pg
 
 import (
-	"crypto/sha256"
 	"errors"
 	"time"
 
@@ -59,12 +58,6 @@ func (s *Store) exec(sql string, args ...any) error {
 	return classify(err)
 }
 
-// tokenHash is what is stored of a token (see db.Account).
-func tokenHash(token string) []byte {
-	h := sha256.Sum256([]byte(token))
-	return h[:]
-}
-
 // CreateAccountToken records a new access token for userID.
 func (s *Store) CreateAccountToken(token, userID string, now time.Time) error {
 	if token == "" || userID == "" {
@@ -75,7 +68,7 @@ func (s *Store) CreateAccountToken(token, userID string, now time.Time) error {
 	}
 	return s.exec(`INSERT INTO accounts (token_hash, user_id, created_ts) VALUES ($1, $2, $3)
 		ON CONFLICT (token_hash) DO UPDATE SET user_id = excluded.user_id, created_ts = excluded.created_ts`,
-		tokenHash(token), userID, now.UnixMilli())
+		db.TokenHash(token), userID, now.UnixMilli())
 }
 
 // AccountByToken finds the account of an access token, or db.ErrNotFound.
@@ -83,7 +76,7 @@ func (s *Store) AccountByToken(token string) (db.Account, error) {
 	ctx, cancel := s.call()
 	defer cancel()
 	var a db.Account
-	err := s.pool.QueryRow(ctx, "SELECT user_id, created_ts FROM accounts WHERE token_hash = $1", tokenHash(token)).Scan(&a.UserID, &a.CreatedTS)
+	err := s.pool.QueryRow(ctx, "SELECT user_id, created_ts FROM accounts WHERE token_hash = $1", db.TokenHash(token)).Scan(&a.UserID, &a.CreatedTS)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return db.Account{}, db.ErrNotFound
 	}
@@ -93,7 +86,7 @@ func (s *Store) AccountByToken(token string) (db.Account, error) {
 // DeleteAccountToken ends one token (logout). Deleting an unknown token is
 // not an error.
 func (s *Store) DeleteAccountToken(token string) error {
-	return s.exec("DELETE FROM accounts WHERE token_hash = $1", tokenHash(token))
+	return s.exec("DELETE FROM accounts WHERE token_hash = $1", db.TokenHash(token))
 }
 
 // AcceptedTerms returns, for userID, the version of each policy it accepted.

@@ -212,7 +212,7 @@ func (s *Store) Bind(b db.Binding, since int64, onbind db.OnbindFunc) (stored db
 // 3PID's pending invites (locked, then marked queued). A rebind to the same
 // MXID with no pending invite queues nothing.
 func queueOnbind(ctx context.Context, tx pgx.Tx, b db.Binding, old *db.Binding, onbind db.OnbindFunc) (*db.Job, error) {
-	pending, err := queryInvites(ctx, tx, `SELECT `+inviteColumns+` FROM invites
+	pending, err := queryAll(ctx, tx, inviteFields, `SELECT `+inviteColumns+` FROM invites
 		WHERE medium = $1 AND address = $2 AND queued_job = 0 AND expires_ts > $3
 		ORDER BY token FOR UPDATE`, b.Medium, b.Address, b.TS)
 	if err != nil {

@@ -35,17 +35,8 @@ func appendChanges(ctx context.Context, tx pgx.Tx, kind db.ChangeKind, bs ...db.
 func (s *Store) ChangesSince(seq int64, limit int) ([]db.Change, error) {
 	ctx, cancel := s.call()
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `SELECT seq, kind, medium, address, mxid, ts FROM changes
-		WHERE seq > $1 ORDER BY seq LIMIT $2`, seq, max(limit, 0))
-	if err != nil {
-		return nil, classify(err)
-	}
-	var out []db.Change
-	var c db.Change
-	_, err = pgx.ForEachRow(rows, []any{&c.Seq, &c.Kind, &c.Medium, &c.Address, &c.MXID, &c.TS}, func() error {
-		out = append(out, c)
-		return nil
-	})
+	out, err := queryAll(ctx, s.pool, func(c *db.Change) []any { return []any{&c.Seq, &c.Kind, &c.Medium, &c.Address, &c.MXID, &c.TS} },
+		`SELECT seq, kind, medium, address, mxid, ts FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2`, seq, max(limit, 0))
 	if err != nil {
 		return nil, classify(err)
 	}

@@ -1,10 +1,7 @@
 package pg
 
 import (
-	"context"
 	"errors"
-
-	"github.com/jackc/pgx/v5"
 
 	"mxid/db"
 )
@@ -12,21 +9,9 @@ import (
 const inviteColumns = `token, medium, address, room_id, sender, ephemeral_public_key,
 	created_ts, expires_ts, queued_job, delivered_ts`
 
-func queryInvites(ctx context.Context, q interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, sql string, args ...any) ([]db.Invite, error) {
-	rows, err := q.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	var out []db.Invite
-	var inv db.Invite
-	_, err = pgx.ForEachRow(rows, []any{&inv.Token, &inv.Medium, &inv.Address, &inv.RoomID, &inv.Sender, &inv.Ephemeral,
-		&inv.CreatedTS, &inv.ExpiresTS, &inv.QueuedJob, &inv.DeliveredTS}, func() error {
-		out = append(out, inv)
-		return nil
-	})
-	return out, err
+func inviteFields(inv *db.Invite) []any {
+	return []any{&inv.Token, &inv.Medium, &inv.Address, &inv.RoomID, &inv.Sender, &inv.Ephemeral,
+		&inv.CreatedTS, &inv.ExpiresTS, &inv.QueuedJob, &inv.DeliveredTS}
 }
 
 // PutInvite stores a new invite with its ephemeral key; db.ErrExists when
@@ -60,7 +45,7 @@ func (s *Store) GetInvite(token string) (db.Invite, error) {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	invs, err := queryInvites(ctx, s.pool, "SELECT "+inviteColumns+" FROM invites WHERE token = $1", token)
+	invs, err := queryAll(ctx, s.pool, inviteFields, "SELECT "+inviteColumns+" FROM invites WHERE token = $1", token)
 	if err != nil {
 		return db.Invite{}, classify(err)
 	}

@@ -1,15 +1,27 @@
 package pg
 
-import "github.com/jackc/pgx/v5"
+import (
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+)
 
 // BoundMXID returns the Matrix ID bound to a 3PID (canonical address); ok is
 // false when it is not bound.
 func (s *Store) BoundMXID(medium, address string) (mxid string, ok bool, err error) {
-	got, err := s.BoundMXIDs([][2]string{{medium, address}})
-	if err != nil {
-		return "", false, err
+	if !storable(medium, address) {
+		return "", false, nil
 	}
-	return got[0], got[0] != "", nil
+	ctx, cancel := s.call()
+	defer cancel()
+	err = s.pool.QueryRow(ctx, "SELECT mxid FROM bindings WHERE medium = $1 AND address = $2", medium, address).Scan(&mxid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, classify(err)
+	}
+	return mxid, true, nil
 }
 
 // BoundMXIDs looks up many 3PIDs ({medium, address} pairs, canonical

@@ -17,23 +17,6 @@ func sessionFields(x *db.Session) []any {
 		&x.UndoAttempted, &x.UndoSendAttempt, &x.NextLink, &x.CreatedTS, &x.ModifiedTS, &x.ValidatedTS}
 }
 
-// querySessions runs a query selecting sessionColumns.
-func querySessions(ctx context.Context, q interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, sql string, args ...any) ([]db.Session, error) {
-	rows, err := q.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	var out []db.Session
-	var x db.Session
-	_, err = pgx.ForEachRow(rows, sessionFields(&x), func() error {
-		out = append(out, x)
-		return nil
-	})
-	return out, err
-}
-
 // oneSession is the first of a query's sessions, or nil.
 func oneSession(ss []db.Session, err error) (*db.Session, error) {
 	if err != nil || len(ss) == 0 {
@@ -77,7 +60,7 @@ func (s *Store) RequestSession(medium, address, clientSecret string, decide func
 				return err
 			}
 			var err error
-			existing, err = oneSession(querySessions(ctx, tx, `SELECT `+sessionColumns+` FROM sessions
+			existing, err = oneSession(queryAll(ctx, tx, sessionFields, `SELECT `+sessionColumns+` FROM sessions
 				WHERE medium = $1 AND address = $2 AND client_secret = $3 FOR UPDATE`, medium, address, clientSecret))
 			if err != nil {
 				return err
@@ -137,7 +120,7 @@ func (s *Store) UpdateSession(sid string, fn func(sess *db.Session) (changed boo
 	}
 	var out db.Session
 	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
-		sess, err := oneSession(querySessions(ctx, tx, "SELECT "+sessionColumns+" FROM sessions WHERE sid = $1 FOR UPDATE", sid))
+		sess, err := oneSession(queryAll(ctx, tx, sessionFields, "SELECT "+sessionColumns+" FROM sessions WHERE sid = $1 FOR UPDATE", sid))
 		if err != nil {
 			return err
 		}
@@ -171,7 +154,7 @@ func (s *Store) GetSession(sid string) (db.Session, error) {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	sess, err := oneSession(querySessions(ctx, s.pool, "SELECT "+sessionColumns+" FROM sessions WHERE sid = $1", sid))
+	sess, err := oneSession(queryAll(ctx, s.pool, sessionFields, "SELECT "+sessionColumns+" FROM sessions WHERE sid = $1", sid))
 	if err != nil {
 		return db.Session{}, classify(err)
 	}
@@ -190,7 +173,7 @@ func (s *Store) CountSessions() (int, error) { return s.count("SELECT count(*) F
 // survives. It returns how many were deleted.
 func (s *Store) SweepSessions(expired func(db.Session) bool) (int, error) {
 	ctx, cancel := s.call()
-	all, err := querySessions(ctx, s.pool, "SELECT "+sessionColumns+" FROM sessions")
+	all, err := queryAll(ctx, s.pool, sessionFields, "SELECT "+sessionColumns+" FROM sessions")
 	cancel()
 	if err != nil {
 		return 0, classify(err)
@@ -207,7 +190,7 @@ func (s *Store) SweepSessions(expired func(db.Session) bool) (int, error) {
 		end := min(start+chunk, len(victims))
 		n := 0
 		err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
-			now, err := querySessions(ctx, tx, "SELECT "+sessionColumns+" FROM sessions WHERE sid = ANY($1) ORDER BY sid FOR UPDATE", victims[start:end])
+			now, err := queryAll(ctx, tx, sessionFields, "SELECT "+sessionColumns+" FROM sessions WHERE sid = ANY($1) ORDER BY sid FOR UPDATE", victims[start:end])
 			if err != nil {
 				return err
 			}

@@ -84,3 +84,24 @@ func checkStorable(what string, parts ...string) error {
 	}
 	return nil
 }
+
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// queryAll runs a query and collects its rows, each scanned into the
+// fields of a T.
+func queryAll[T any](ctx context.Context, q querier, fields func(*T) []any, sql string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	var x T
+	_, err = pgx.ForEachRow(rows, fields(&x), func() error {
+		out = append(out, x)
+		return nil
+	})
+	return out, err
+}
