@@ -51,6 +51,17 @@
 // as the server's statement_timeout). A database that cannot be reached, a
 // lost connection and a timeout come back wrapped in db.ErrUnavailable.
 //
+// # Where a caller could tell the difference
+//
+// Text columns hold valid UTF-8 without NUL: a write of anything else is
+// refused with a plain error (bbolt keeps any bytes; mxid's canonical 3PIDs
+// and Matrix IDs are never affected), and a lookup of such a key finds
+// nothing, as on bbolt. NextJobDue reports a claimed job as due when its
+// claim ends. RetryJob of a job that is no longer queued (completed by
+// another replica after this one's claim lapsed) leaves it gone. The
+// deadline of RequestSession, UpdateSession and Bind includes their
+// callbacks.
+//
 // # What replaces the bbolt-only methods
 //
 // WriteBackup, BackupOffline and VerifyBackup: pg_dump. ReleaseMapped:
