@@ -36,6 +36,8 @@ func putJob(tx *bolt.Tx, j Job) error {
 }
 
 // DueJobs returns up to limit jobs due at or before nowMS, earliest first.
+// One process has nothing to claim (the PostgreSQL store claims what it
+// returns; the contract is on storetest.Store).
 func (s *Store) DueJobs(nowMS int64, limit int) ([]Job, error) {
 	var out []Job
 	err := s.db.View(func(tx *bolt.Tx) error {

@@ -1,0 +1,206 @@
+// Package pg is mxid's PostgreSQL store, for several replicas sharing one
+// database (DESIGN.md §6). *Store has the method set and the semantics of
+// package db's bbolt *db.Store, with db's types and sentinel errors
+// (db.ErrNotFound, db.ErrExists, ...), so a caller cannot tell the backends
+// apart; one behavioural suite (db/storetest) runs against both. It adds
+// what replicas need: a change log (ChangesSince, LatestChange,
+// PruneChanges) and claims on queued jobs (DueJobs).
+//
+// It imports package db and github.com/jackc/pgx/v5 (pgxpool, pure Go), and
+// is the only package that imports pgx. The schema is in migrations/*.sql
+// (embedded, applied by Open: see migrate.go).
+//
+// # Transactions and concurrency
+//
+// Transactions run at READ COMMITTED and serialize conflicting writers with
+// locks, never by retrying: RequestSession, UpdateSession and Bind run
+// caller callbacks that have side effects outside the database (charging a
+// send budget, signing an onbind body), so each callback runs exactly once
+// per call, as it does on bbolt. A row that exists is locked with SELECT …
+// FOR UPDATE; a row that may not exist yet (the binding of a 3PID bound for
+// the first time, the session of a new (3PID, client_secret)) is guarded by
+// a transaction-scoped advisory lock on a hash of its key
+// (pg_advisory_xact_lock), taken first, so a second writer waits and then
+// reads what the first committed. SERIALIZABLE with retry on 40001 was the
+// alternative; it would re-run the callbacks. Every transaction takes at
+// most one such key lock and then row locks in key order, so writers do not
+// deadlock.
+//
+// # Change log
+//
+// Every write that changes what lookups see (Bind, PutBinding, PutBindings,
+// DeleteBinding) appends to the changes table in its own transaction and
+// calls pg_notify('mxid_changes', seq) there, so the notification is sent at
+// commit. Appends take one advisory lock held to commit, so sequence
+// numbers are assigned in commit order and a reader that has seen seq N has
+// seen every change before it. (PostgreSQL already serializes the commits
+// of notifying transactions, so this costs little more.)
+//
+// # Queue claims
+//
+// DueJobs claims the jobs it returns (FOR UPDATE SKIP LOCKED, then
+// claimed_until = now + Options.ClaimLease): another replica's DueJobs does
+// not return them until the lease has passed, so a replica that dies
+// mid-delivery leaves its jobs to another. CompleteJob, RetryJob and DropJob
+// end the claim. Leases use the callers' clocks (the nowMS arguments), so
+// replicas' clocks must agree to well within the lease (NTP).
+//
+// # Errors
+//
+// Each method runs under a context with Options.StatementTimeout (also set
+// as the server's statement_timeout). A database that cannot be reached, a
+// lost connection and a timeout come back wrapped in db.ErrUnavailable.
+//
+// # Where a caller could tell the difference
+//
+// Text columns hold valid UTF-8 without NUL: a write of anything else is
+// refused with a plain error (bbolt keeps any bytes; mxid's canonical 3PIDs
+// and Matrix IDs are never affected), and a lookup of such a key finds
+// nothing, as on bbolt. NextJobDue reports a claimed job as due when its
+// claim ends. RetryJob of a job that is no longer queued (completed by
+// another replica after this one's claim lapsed) leaves it gone. The
+// deadline of RequestSession, UpdateSession and Bind includes their
+// callbacks.
+//
+// # What replaces the bbolt-only methods
+//
+// WriteBackup, BackupOffline and VerifyBackup: pg_dump. ReleaseMapped:
+// nothing (no file is mapped). Path: the connection URL without its
+// password.
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"mxid/db"
+)
+
+// Options tune a Store. Zero values take the defaults.
+type Options struct {
+	// MaxConns is the connection pool's size (default 10).
+	MaxConns int32
+	// StatementTimeout bounds each call (default 5s).
+	StatementTimeout time.Duration
+	// ClaimLease is how long a job returned by DueJobs stays hidden from
+	// other replicas unless it is completed, retried or dropped first
+	// (default 2 minutes).
+	ClaimLease time.Duration
+	// ChangeRetention is how old a change must be before PruneChanges
+	// deletes it (default 24 hours).
+	ChangeRetention time.Duration
+	// Logger receives the migration log (default: discarded).
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxConns <= 0 {
+		o.MaxConns = 10
+	}
+	if o.StatementTimeout <= 0 {
+		o.StatementTimeout = 5 * time.Second
+	}
+	if o.ClaimLease <= 0 {
+		o.ClaimLease = 2 * time.Minute
+	}
+	if o.ChangeRetention <= 0 {
+		o.ChangeRetention = 24 * time.Hour
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Store is the handle on the database: a connection pool. It is safe for
+// concurrent use, and any number of Stores (in one process or in several)
+// may share one database.
+type Store struct {
+	pool *pgxpool.Pool
+	opts Options
+	path string
+}
+
+// Open connects to the database at url (postgres://…, or key=value pairs),
+// checks that it answers, and migrates its schema to this build's version.
+func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	opts = opts.withDefaults()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("database url: %w", err)
+	}
+	cfg.MaxConns = opts.MaxConns
+	if cfg.ConnConfig.ConnectTimeout <= 0 || cfg.ConnConfig.ConnectTimeout > opts.StatementTimeout {
+		cfg.ConnConfig.ConnectTimeout = opts.StatementTimeout
+	}
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
+	cfg.ConnConfig.RuntimeParams["application_name"] = "mxid"
+	s := &Store{opts: opts, path: redacted(cfg.ConnConfig.Config)}
+	if err := migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+	}
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+	}
+	return s, nil
+}
+
+// redacted is where the database is, for messages: no password.
+func redacted(c pgconn.Config) string {
+	host := c.Host
+	if strings.HasPrefix(host, "/") {
+		host = "[" + host + "]" // a Unix socket directory
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s", c.User, net.JoinHostPort(host, fmt.Sprint(c.Port)), c.Database)
+}
+
+// Close closes the pool, waiting for connections in use to be returned.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// Path is where the database is: its URL without the password.
+func (s *Store) Path() string { return s.path }
+
+// call gives one method its deadline.
+func (s *Store) call() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.opts.StatementTimeout)
+}
+
+// classify wraps the errors that mean "the database is not there or did not
+// answer in time" in db.ErrUnavailable, and returns others as they are.
+func classify(err error) error {
+	if err == nil || !unavailable(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", db.ErrUnavailable, err)
+}
+
+func unavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57014", // query_canceled: the statement timeout
+			"57P01", "57P02", "57P03", // admin shutdown, crash shutdown, cannot connect now
+			"53300", // too many connections
+			"55P03": // lock not available
+			return true
+		}
+		return strings.HasPrefix(pgErr.Code, "08") // connection exception
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) ||
+		errors.As(err, &connectErr) || errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, pgconn.ErrConnClosed)
+}

@@ -1,0 +1,228 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"mxid/db"
+	"mxid/db/pgtest"
+)
+
+// recorder is a slog handler that keeps the messages it is given.
+type recorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Message)
+	return nil
+}
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *recorder) count(msg string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+func TestMigrationFilesMatchSchemaVersion(t *testing.T) {
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := ms[len(ms)-1].version; last != SchemaVersion {
+		t.Errorf("newest migration file is %d, SchemaVersion %d", last, SchemaVersion)
+	}
+}
+
+// TestConcurrentOpenMigratesOnce: replicas starting together on an empty
+// database all start, and the schema is migrated once.
+func TestConcurrentOpenMigratesOnce(t *testing.T) {
+	url := pgtest.New(t)
+	rec := &recorder{}
+	const n = 8
+	var wg sync.WaitGroup
+	stores := make([]*Store, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			stores[i], errs[i] = Open(context.Background(), url, Options{MaxConns: 2, Logger: slog.New(rec)})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("replica %d: %v", i, err)
+		}
+		defer stores[i].Close()
+	}
+	if got := rec.count("applied schema migration"); got != SchemaVersion {
+		t.Errorf("%d migrations applied by %d replicas, want %d", got, n, SchemaVersion)
+	}
+	for _, s := range stores {
+		if v, err := s.SchemaVersion(); err != nil || v != SchemaVersion {
+			t.Errorf("SchemaVersion: %d %v", v, err)
+		}
+	}
+	// Opening again migrates nothing.
+	openURL(t, url, Options{Logger: slog.New(rec)})
+	if got := rec.count("applied schema migration"); got != SchemaVersion {
+		t.Errorf("a reopen migrated again: %d", got)
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	url := pgtest.New(t)
+	openURL(t, url, Options{}).Close()
+	pgtest.Exec(t, url, "INSERT INTO schema_version (version, name) VALUES (3, '0003_future.sql')")
+	_, err := Open(context.Background(), url, Options{})
+	want := "the database was migrated by a newer mxid (schema 3, this binary knows 1): upgrade mxid"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Open of a newer database: %v\nwant %q", err, want)
+	}
+	if errors.Is(err, db.ErrUnavailable) {
+		t.Error("a newer schema reported as the database being unavailable")
+	}
+}
+
+func TestPathHasNoPassword(t *testing.T) {
+	url := strings.Replace(pgtest.New(t), "mxid@", "mxid:s3cret@", 1) // trust auth ignores it
+	s := openURL(t, url, Options{})
+	if p := s.Path(); strings.Contains(p, "s3cret") || !strings.HasPrefix(p, "postgres://mxid@127.0.0.1:") {
+		t.Errorf("Path() = %q", p)
+	}
+}
+
+// TestUnavailable: with PostgreSQL down, calls fail with db.ErrUnavailable
+// (decide is never run) instead of hanging; once it is back, the pool
+// reconnects by itself and nothing acknowledged is lost.
+func TestUnavailable(t *testing.T) {
+	srv := pgtest.Start(t)
+	url := srv.NewDatabase(t)
+	s := openURL(t, url, Options{StatementTimeout: 3 * time.Second})
+	b := db.Binding{Medium: "email", Address: "a@example.org", MXID: "@a:hs", TS: 1}
+	if _, err := s.PutBinding(b); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	decided := false
+	calls := map[string]error{
+		"PutBinding": func() error { _, err := s.PutBinding(b); return err }(),
+		"GetBinding": func() error { _, err := s.GetBinding("email", "a@example.org"); return err }(),
+		"BoundMXIDs": func() error { _, err := s.BoundMXIDs([][2]string{{"email", "a@example.org"}}); return err }(),
+		"RequestSession": func() error {
+			_, err := s.RequestSession("email", "a@example.org", "cs", func(*db.Session) (db.Session, bool, error) {
+				decided = true
+				return db.Session{}, false, nil
+			})
+			return err
+		}(),
+		"DueJobs":      func() error { _, err := s.DueJobs(1, 10); return err }(),
+		"ScanBindings": s.ScanBindings(func(_, _, _ []byte) error { return nil }),
+	}
+	for name, err := range calls {
+		if !errors.Is(err, db.ErrUnavailable) {
+			t.Errorf("%s with the database down: %v, want ErrUnavailable", name, err)
+		}
+	}
+	if decided {
+		t.Error("decide ran with the database down")
+	}
+	if _, err := Open(context.Background(), url, Options{StatementTimeout: 3 * time.Second}); !errors.Is(err, db.ErrUnavailable) {
+		t.Errorf("Open with the database down: %v", err)
+	}
+	srv.Start(t)
+	if got, err := s.GetBinding("email", "a@example.org"); err != nil || got != b {
+		t.Errorf("after restart: %+v %v", got, err)
+	}
+}
+
+// TestStatementTimeout: a call stuck behind another session's lock gives up
+// after the statement timeout with db.ErrUnavailable, and the store works
+// once the lock is gone.
+func TestStatementTimeout(t *testing.T) {
+	url := pgtest.New(t)
+	s := openURL(t, url, Options{StatementTimeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	blocker, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close(ctx)
+	tx, err := blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE bindings IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetBinding("email", "a@example.org"); !errors.Is(err, db.ErrUnavailable) {
+		t.Errorf("a read behind a lock: %v, want ErrUnavailable", err)
+	}
+	if _, _, _, err := s.Bind(db.Binding{Medium: "email", Address: "a@example.org", MXID: "@a:hs"}, 0, nil); !errors.Is(err, db.ErrUnavailable) {
+		t.Errorf("a bind behind a lock: %v, want ErrUnavailable", err)
+	}
+	tx.Rollback(ctx)
+	if _, _, _, err := s.Bind(db.Binding{Medium: "email", Address: "a@example.org", MXID: "@a:hs"}, 0, nil); err != nil {
+		t.Errorf("after the lock: %v", err)
+	}
+}
+
+// TestChangeNotified: a write notifies mxid_changes with its seq.
+func TestChangeNotified(t *testing.T) {
+	url := pgtest.New(t)
+	s := openURL(t, url, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	listener, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN mxid_changes"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutBindings([]db.Binding{{Medium: "email", Address: "a@example.org", MXID: "@a:hs"}, {Medium: "email", Address: "b@example.org", MXID: "@b:hs"}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := listener.WaitForNotification(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest, _ := s.LatestChange()
+	if n.Channel != "mxid_changes" || n.Payload != strconv.FormatInt(latest, 10) {
+		t.Errorf("notification %s %q, latest change %d", n.Channel, n.Payload, latest)
+	}
+}
+
+// TestNotStorable: what PostgreSQL text cannot hold is refused with a plain
+// message, not mistaken for an outage.
+func TestNotStorable(t *testing.T) {
+	s := openURL(t, pgtest.New(t), Options{})
+	_, err := s.PutBinding(db.Binding{Medium: "email", Address: "\xff@example.org", MXID: "@a:hs"})
+	if err == nil || errors.Is(err, db.ErrUnavailable) || !strings.Contains(err.Error(), "UTF-8") {
+		t.Errorf("invalid UTF-8: %v", err)
+	}
+	if err := s.PutInvite(db.Invite{Token: "t", Medium: "email", Address: "a@example.org", Ephemeral: "e", RoomID: "\x00"}); err == nil || errors.Is(err, db.ErrUnavailable) {
+		t.Errorf("a NUL in an invite: %v", err)
+	}
+}

@@ -1,0 +1,89 @@
+// Package storetest is the one behavioural suite of mxid's storage
+// contract: Run checks a backend (the bbolt store in package db, the
+// PostgreSQL store in db/pg) against what callers rely on, so that callers
+// cannot tell the backends apart. Backend-specific matters (bbolt's file
+// lock and backups, PostgreSQL's migrations and outages) are tested beside
+// each backend.
+//
+// It is test support: only _test.go files import it. It imports package db
+// (the types and sentinel errors) and the standard library.
+package storetest
+
+import (
+	"testing"
+	"time"
+
+	"mxid/db"
+)
+
+// Store is the storage contract: the methods both backends have, with the
+// semantics documented on package db's Store.
+//
+// Queue claims: DueJobs hands out jobs for delivery. A backend that several
+// processes share (PostgreSQL) claims the jobs it returns: no other handle's
+// DueJobs returns them until the claim lease has passed (measured on the
+// callers' nowMS clock), so each job is delivered by one replica at a time
+// and a replica that dies mid-delivery leaves its jobs to another after the
+// lease. CompleteJob, RetryJob and DropJob end the claim. A single-process
+// backend (bbolt) has nothing to claim: its one delivery loop does not ask
+// again before it has completed, retried or dropped what it got.
+type Store interface {
+	Close() error
+	// Path says where the data is, for messages: a file, or a URL
+	// without its password.
+	Path() string
+	SchemaVersion() (uint64, error)
+	GetMeta(key string) (value []byte, ok bool, err error)
+	PutMeta(key string, value []byte) error
+
+	CreateAccountToken(token, userID string, now time.Time) error
+	AccountByToken(token string) (db.Account, error)
+	DeleteAccountToken(token string) error
+	AcceptedTerms(userID string) (map[string]string, error)
+	AcceptTerms(userID string, accepted map[string]string) error
+
+	Bind(b db.Binding, since int64, onbind db.OnbindFunc) (stored db.Binding, changed bool, queued *db.Job, err error)
+	PutBinding(b db.Binding) (previous *db.Binding, err error)
+	PutBindings(bs []db.Binding, chunk int) (stored int, err error)
+	GetBinding(medium, address string) (db.Binding, error)
+	DeleteBinding(medium, address, mxid string) (bool, error)
+	CountBindings() (int, error)
+	BoundMXID(medium, address string) (mxid string, ok bool, err error)
+	BoundMXIDs(threepids [][2]string) ([]string, error)
+	ScanBindings(fn func(medium, address, mxid []byte) error) error
+
+	PutInvite(inv db.Invite) error
+	GetInvite(token string) (db.Invite, error)
+	EphemeralKeyExists(pub string) (bool, error)
+	SweepInvites(nowMS int64) (int, error)
+	DeleteInvite(token string) error
+
+	DueJobs(nowMS int64, limit int) ([]db.Job, error)
+	NextJobDue() (dueTS int64, ok bool, err error)
+	CompleteJob(j db.Job, nowMS int64) error
+	RetryJob(j db.Job, dueTS int64, lastErr string) error
+	DropJob(j db.Job) error
+	QueueDepth() (int, error)
+
+	RequestSession(medium, address, clientSecret string, decide func(existing *db.Session) (next db.Session, write bool, err error)) (db.Session, error)
+	UpdateSession(sid string, fn func(sess *db.Session) (changed bool, err error)) (db.Session, error)
+	GetSession(sid string) (db.Session, error)
+	CountSessions() (int, error)
+	SweepSessions(expired func(db.Session) bool) (int, error)
+}
+
+// Replicated is implemented by the stores of a backend that several
+// processes share: Replica opens another handle on the same database (as
+// another replica would). The concurrency cases then race two handles;
+// otherwise they race goroutines on one handle.
+type Replicated interface {
+	Replica(t *testing.T) Store
+}
+
+// ChangeLog is implemented by the stores of a backend that keeps a change
+// log (PostgreSQL). The change-log cases are skipped for the others.
+type ChangeLog interface {
+	ChangesSince(seq int64, limit int) ([]db.Change, error)
+	LatestChange() (int64, error)
+	PruneChanges(nowMS int64) (int, error)
+}
