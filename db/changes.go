@@ -33,6 +33,9 @@ const (
 	ChangeBind ChangeKind = "bind"
 	// ChangeUnbind: the 3PID, bound to MXID until now, is no longer bound.
 	ChangeUnbind ChangeKind = "unbind"
+	// ChangeDirectory: the directory snapshot was replaced (no 3PID):
+	// readers reload it.
+	ChangeDirectory ChangeKind = "directory"
 )
 
 // ErrChangesPruned is returned when the changes after the sequence number a

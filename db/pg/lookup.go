@@ -28,6 +28,13 @@ func (s *Store) BoundMXID(medium, address string) (mxid string, ok bool, err err
 // addresses) in one statement. The result has one Matrix ID per pair, ""
 // where the 3PID is not bound.
 func (s *Store) BoundMXIDs(threepids [][2]string) ([]string, error) {
+	return s.lookupPairs("bindings", threepids)
+}
+
+// lookupPairs answers many {medium, address} pairs from table (bindings or
+// directory, both keyed by medium and address) in one statement: one Matrix
+// ID per pair, "" where the table does not hold it.
+func (s *Store) lookupPairs(table string, threepids [][2]string) ([]string, error) {
 	out := make([]string, len(threepids))
 	var media, addresses []string
 	var at []int32 // index in threepids of each queried pair
@@ -42,8 +49,8 @@ func (s *Store) BoundMXIDs(threepids [][2]string) ([]string, error) {
 	ctx, cancel := s.call()
 	defer cancel()
 	// A correlated subquery, so each pair is one primary-key probe whatever
-	// plan a cached statement ends up with.
-	rows, err := s.pool.Query(ctx, `SELECT q.i, (SELECT b.mxid FROM bindings b WHERE b.medium = q.m AND b.address = q.a)
+	// plan a cached statement ends up with. table is one of two constants.
+	rows, err := s.pool.Query(ctx, `SELECT q.i, (SELECT t.mxid FROM `+table+` t WHERE t.medium = q.m AND t.address = q.a)
 		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(m, a, i)`, media, addresses)
 	if err != nil {
 		return nil, classify(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,22 @@ func (e *callbackError) Error() string { return e.err.Error() }
 func (s *Store) inTx(fn func(ctx context.Context, tx pgx.Tx) error) error {
 	ctx, cancel := s.call()
 	defer cancel()
+	return s.runTx(ctx, fn)
+}
+
+// bulkDeadline bounds a transaction of many statements (a directory
+// snapshot of 100,000 entries); each statement keeps the server-side
+// statement timeout.
+const bulkDeadline = 2 * time.Minute
+
+// inBulkTx is inTx with bulkDeadline for the whole transaction.
+func (s *Store) inBulkTx(fn func(ctx context.Context, tx pgx.Tx) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), max(bulkDeadline, s.opts.StatementTimeout))
+	defer cancel()
+	return s.runTx(ctx, fn)
+}
+
+func (s *Store) runTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return classify(err)

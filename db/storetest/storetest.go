@@ -65,6 +65,11 @@ type Store interface {
 	DropJob(j db.Job) error
 	QueueDepth() (int, error)
 
+	ReplaceDirectory(summary []byte, fill func(put func(medium, address, mxid string) error) error) error
+	DirectorySummary() (summary []byte, ok bool, err error)
+	ScanDirectory(fn func(medium, address, mxid []byte) error) error
+	DirectoryMXIDs(threepids [][2]string) ([]string, error)
+
 	RequestSession(medium, address, clientSecret string, decide func(existing *db.Session) (next db.Session, write bool, err error)) (db.Session, error)
 	UpdateSession(sid string, fn func(sess *db.Session) (changed bool, err error)) (db.Session, error)
 	GetSession(sid string) (db.Session, error)

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"QueueClaims", queueClaims},
 		{"ChangeLog", changeLog},
 		{"ChangeLogOrderUnderConcurrentWrites", changeLogOrder},
+		{"DirectorySnapshot", directorySnapshot},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -877,5 +878,90 @@ func changeLogOrder(t *testing.T, s Store) {
 	s.ScanBindings(func(m, a, x []byte) error { stored[string(a)] = string(x); return nil })
 	if fmt.Sprint(stored) != fmt.Sprint(state) {
 		t.Errorf("the follower's view differs from the store:\nfollower %v\nstore    %v", state, stored)
+	}
+}
+
+// PutAll is a directory snapshot fill that puts recs ({medium, address,
+// mxid} each).
+func PutAll(recs [][3]string) func(put func(medium, address, mxid string) error) error {
+	return func(put func(medium, address, mxid string) error) error {
+		for _, r := range recs {
+			if err := put(r[0], r[1], r[2]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// ScanDirectory reads the whole directory snapshot of s.
+func ScanDirectory(t *testing.T, s interface {
+	ScanDirectory(fn func(medium, address, mxid []byte) error) error
+}) map[[2]string]string {
+	t.Helper()
+	got := map[[2]string]string{}
+	if err := s.ScanDirectory(func(m, a, x []byte) error {
+		got[[2]string{string(m), string(a)}] = string(x)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// The directory snapshot is replaced whole or not at all; its summary goes
+// with it; a later record for a 3PID replaces an earlier one.
+func directorySnapshot(t *testing.T, s Store) {
+	if _, ok, err := s.DirectorySummary(); ok || err != nil {
+		t.Fatalf("a new store has a snapshot: %v %v", ok, err)
+	}
+	// Larger than one scan chunk.
+	var first [][3]string
+	for i := range 45000 {
+		first = append(first, [3]string{"email", fmt.Sprintf("user%05d@example.org", i), fmt.Sprintf("@user%05d:example.org", i)})
+	}
+	first = append(first, [3]string{"msisdn", "442079460000", "@frank:example.org"})
+	if err := s.ReplaceDirectory([]byte(`{"n":1}`), PutAll(first)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ScanDirectory(t, s); len(got) != len(first) || got[[2]string{"email", "user44999@example.org"}] != "@user44999:example.org" {
+		t.Fatalf("first snapshot: %d records", len(got))
+	}
+	next := [][3]string{{"email", "new@example.org", "@old:example.org"}, {"msisdn", "442079460000", "@frank:example.org"}, {"email", "new@example.org", "@new:example.org"}}
+	if err := s.ReplaceDirectory([]byte(`{"n":2}`), PutAll(next)); err != nil {
+		t.Fatal(err)
+	}
+	// A failing fill leaves the second snapshot as it was.
+	boom := errors.New("the directory read broke off")
+	err := s.ReplaceDirectory([]byte(`{"n":3}`), func(put func(string, string, string) error) error {
+		put("email", "half@example.org", "@half:example.org")
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("failing fill: %v", err)
+	}
+	if err := s.ReplaceDirectory(nil, PutAll([][3]string{{"email", "a\x00b", "@x:y"}})); err == nil {
+		t.Error("a NUL in an address was stored")
+	}
+	got := ScanDirectory(t, s)
+	if len(got) != 2 || got[[2]string{"email", "new@example.org"}] != "@new:example.org" || got[[2]string{"msisdn", "442079460000"}] != "@frank:example.org" {
+		t.Errorf("second snapshot: %v", got)
+	}
+	if sum, ok, err := s.DirectorySummary(); string(sum) != `{"n":2}` || !ok || err != nil {
+		t.Errorf("summary %q %v %v", sum, ok, err)
+	}
+	mxids, err := second(t, s).DirectoryMXIDs([][2]string{{"email", "new@example.org"}, {"email", "user00001@example.org"}, {"email", "half@example.org"}, {"msisdn", "442079460000"}})
+	if err != nil || fmt.Sprint(mxids) != "[@new:example.org   @frank:example.org]" {
+		t.Errorf("DirectoryMXIDs = %q, %v", mxids, err)
+	}
+	// Dropped: nothing left, no summary.
+	if err := s.ReplaceDirectory(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := ScanDirectory(t, s); len(got) != 0 {
+		t.Errorf("after drop: %v", got)
+	}
+	if _, ok, _ := s.DirectorySummary(); ok {
+		t.Error("summary kept after drop")
 	}
 }

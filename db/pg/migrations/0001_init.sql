@@ -110,3 +110,13 @@ CREATE TABLE changes_pruned (
     through bigint NOT NULL
 );
 INSERT INTO changes_pruned (through) VALUES (0);
+
+-- The LDAP directory snapshot (what the last successful sync read), replaced
+-- whole by each sync in one transaction; its summary is the meta key
+-- "directory_snapshot".
+CREATE TABLE directory (
+    medium  text COLLATE "C" NOT NULL,
+    address text COLLATE "C" NOT NULL,
+    mxid    text NOT NULL,
+    PRIMARY KEY (medium, address)
+);
