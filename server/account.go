@@ -80,6 +80,7 @@ func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
 // postLogout implements POST /_matrix/identity/v2/account/logout: it ends the
 // token the request was made with.
 func (s *Server) postLogout(w http.ResponseWriter, r *http.Request) error {
+	s.authMemory.forget(accessToken(r))
 	if err := s.store.DeleteAccountToken(accessToken(r)); err != nil {
 		return errInternal(err)
 	}

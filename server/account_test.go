@@ -64,44 +64,46 @@ func canary(t *testing.T) (port string, conns *atomic.Int64) {
 }
 
 func TestRegisterWithOpenID(t *testing.T) {
-	hs := newFakeHomeserver(t)
-	e := newTestEnv(t, func(c *Config) {
-		c.Outbound.Pins = map[string]string{"hs.test": hs.URL}
-		c.Outbound.Timeout = 3 * time.Second
-	})
-	var gotToken, gotHost atomic.Value
-	hs.handler.Store(func(w http.ResponseWriter, r *http.Request) {
-		gotToken.Store(r.URL.Query().Get("access_token"))
-		gotHost.Store(r.Host)
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"sub":"@alice:hs.test"}`))
-	})
-	body := map[string]any{"access_token": "openid+tok/en", "token_type": "Bearer", "matrix_server_name": "hs.test", "expires_in": 3600}
-	r := e.request("POST", "/_matrix/identity/v2/account/register", body, "")
-	r.expect(t, "register", 200, "")
-	tok, _ := r.body["token"].(string)
-	if len(tok) < 32 || r.body["access_token"] != tok {
-		t.Fatalf("register answer %s", r.raw)
-	}
-	if gotToken.Load() != "openid+tok/en" {
-		t.Errorf("homeserver got OpenID token %v", gotToken.Load())
-	}
-	for _, use := range []func() *response{
-		func() *response { return e.request("GET", "/_matrix/identity/v2/account", nil, tok) },
-		func() *response { return e.request("GET", "/_matrix/identity/v2/account?access_token="+tok, nil, "") },
-	} {
-		a := use()
-		a.expect(t, "account with the new token", 200, "")
-		if a.body["user_id"] != "@alice:hs.test" {
-			t.Errorf("user_id %v", a.body["user_id"])
+	onEachBackend(t, func(t *testing.T, be backend) {
+		hs := newFakeHomeserver(t)
+		e := newTestEnvOn(t, be, func(c *Config) {
+			c.Outbound.Pins = map[string]string{"hs.test": hs.URL}
+			c.Outbound.Timeout = 3 * time.Second
+		})
+		var gotToken, gotHost atomic.Value
+		hs.handler.Store(func(w http.ResponseWriter, r *http.Request) {
+			gotToken.Store(r.URL.Query().Get("access_token"))
+			gotHost.Store(r.Host)
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`{"sub":"@alice:hs.test"}`))
+		})
+		body := map[string]any{"access_token": "openid+tok/en", "token_type": "Bearer", "matrix_server_name": "hs.test", "expires_in": 3600}
+		r := e.request("POST", "/_matrix/identity/v2/account/register", body, "")
+		r.expect(t, "register", 200, "")
+		tok, _ := r.body["token"].(string)
+		if len(tok) < 32 || r.body["access_token"] != tok {
+			t.Fatalf("register answer %s", r.raw)
 		}
-	}
-	// Every register gives a new, distinct token.
-	r2 := e.request("POST", "/_matrix/identity/v2/account/register", body, "")
-	r2.expect(t, "register again", 200, "")
-	if r2.body["token"] == tok {
-		t.Error("two registrations returned the same token")
-	}
+		if gotToken.Load() != "openid+tok/en" {
+			t.Errorf("homeserver got OpenID token %v", gotToken.Load())
+		}
+		for _, use := range []func() *response{
+			func() *response { return e.request("GET", "/_matrix/identity/v2/account", nil, tok) },
+			func() *response { return e.request("GET", "/_matrix/identity/v2/account?access_token="+tok, nil, "") },
+		} {
+			a := use()
+			a.expect(t, "account with the new token", 200, "")
+			if a.body["user_id"] != "@alice:hs.test" {
+				t.Errorf("user_id %v", a.body["user_id"])
+			}
+		}
+		// Every register gives a new, distinct token.
+		r2 := e.request("POST", "/_matrix/identity/v2/account/register", body, "")
+		r2.expect(t, "register again", 200, "")
+		if r2.body["token"] == tok {
+			t.Error("two registrations returned the same token")
+		}
+	})
 }
 
 func TestRegisterRefusesBadHomeserverAnswers(t *testing.T) {
@@ -223,55 +225,57 @@ func TestRegisterAllowlist(t *testing.T) {
 }
 
 func TestTermsAcrossVersions(t *testing.T) {
-	policy := func(version string) []Policy {
-		return []Policy{{Name: "privacy_policy", Version: version, Languages: map[string]PolicyText{
-			"en": {Name: "Privacy Policy", URL: "https://id.test/privacy-" + version + ".en.html"},
-			"fr": {Name: "Politique", URL: "https://id.test/privacy-" + version + ".fr.html"},
-		}}}
-	}
-	e := newTestEnv(t, func(c *Config) { c.Terms.Policies = policy("1.0") })
-	e.srv.handle("GET /test/authed", authed, func(w http.ResponseWriter, r *http.Request) error {
-		writeJSON(w, 200, map[string]string{"user": account(r).UserID})
-		return nil
+	onEachBackend(t, func(t *testing.T, be backend) {
+		policy := func(version string) []Policy {
+			return []Policy{{Name: "privacy_policy", Version: version, Languages: map[string]PolicyText{
+				"en": {Name: "Privacy Policy", URL: "https://id.test/privacy-" + version + ".en.html"},
+				"fr": {Name: "Politique", URL: "https://id.test/privacy-" + version + ".fr.html"},
+			}}}
+		}
+		e := newTestEnvOn(t, be, func(c *Config) { c.Terms.Policies = policy("1.0") })
+		e.srv.handle("GET /test/authed", authed, func(w http.ResponseWriter, r *http.Request) error {
+			writeJSON(w, 200, map[string]string{"user": account(r).UserID})
+			return nil
+		})
+		tok := e.register("@alice:hs.test")
+
+		r := e.request("GET", "/_matrix/identity/v2/terms", nil, "")
+		r.expect(t, "GET terms", 200, "")
+		var got struct {
+			Policies map[string]map[string]json.RawMessage `json:"policies"`
+		}
+		json.Unmarshal(r.raw, &got)
+		if string(got.Policies["privacy_policy"]["version"]) != `"1.0"` || !strings.Contains(string(got.Policies["privacy_policy"]["en"]), "privacy-1.0.en.html") {
+			t.Errorf("GET terms = %s", r.raw)
+		}
+
+		e.request("GET", "/test/authed", nil, tok).expect(t, "before accepting", 403, "M_TERMS_NOT_SIGNED")
+		// GET /account answers M_TERMS_NOT_SIGNED too: clients (Element) ask it
+		// to learn whether to show the terms.
+		e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account before accepting", 403, "M_TERMS_NOT_SIGNED")
+		e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://elsewhere.test/tos"}}, tok).expect(t, "unknown url", 200, "")
+		e.request("GET", "/test/authed", nil, tok).expect(t, "after an unknown url", 403, "M_TERMS_NOT_SIGNED")
+		e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-1.0.fr.html"}}, tok).expect(t, "accept", 200, "")
+		e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting", 200, "")
+		e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account after accepting", 200, "")
+
+		// A new version requires a new acceptance: same store, new configuration.
+		cfg := e.srv.cfg
+		cfg.Terms.Policies = policy("2.0")
+		srv2, err := New(cfg, Deps{Store: e.store, Key: e.key, Policy: e.srv.policy, Now: e.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv2.handle("GET /test/authed", authed, func(w http.ResponseWriter, r *http.Request) error { writeJSON(w, 200, struct{}{}); return nil })
+		e.srv = srv2
+		e.http.Config.Handler = srv2.Handler()
+		e.request("GET", "/test/authed", nil, tok).expect(t, "after a new version", 403, "M_TERMS_NOT_SIGNED")
+		e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-1.0.en.html"}}, tok).expect(t, "old url", 200, "")
+		e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting the old version", 403, "M_TERMS_NOT_SIGNED")
+		e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-2.0.en.html"}}, tok).expect(t, "new url", 200, "")
+		e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting the new version", 200, "")
+		e.request("POST", "/_matrix/identity/v2/account/logout", nil, tok).expect(t, "logout", 200, "")
 	})
-	tok := e.register("@alice:hs.test")
-
-	r := e.request("GET", "/_matrix/identity/v2/terms", nil, "")
-	r.expect(t, "GET terms", 200, "")
-	var got struct {
-		Policies map[string]map[string]json.RawMessage `json:"policies"`
-	}
-	json.Unmarshal(r.raw, &got)
-	if string(got.Policies["privacy_policy"]["version"]) != `"1.0"` || !strings.Contains(string(got.Policies["privacy_policy"]["en"]), "privacy-1.0.en.html") {
-		t.Errorf("GET terms = %s", r.raw)
-	}
-
-	e.request("GET", "/test/authed", nil, tok).expect(t, "before accepting", 403, "M_TERMS_NOT_SIGNED")
-	// GET /account answers M_TERMS_NOT_SIGNED too: clients (Element) ask it
-	// to learn whether to show the terms.
-	e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account before accepting", 403, "M_TERMS_NOT_SIGNED")
-	e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://elsewhere.test/tos"}}, tok).expect(t, "unknown url", 200, "")
-	e.request("GET", "/test/authed", nil, tok).expect(t, "after an unknown url", 403, "M_TERMS_NOT_SIGNED")
-	e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-1.0.fr.html"}}, tok).expect(t, "accept", 200, "")
-	e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting", 200, "")
-	e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "GET account after accepting", 200, "")
-
-	// A new version requires a new acceptance: same store, new configuration.
-	cfg := e.srv.cfg
-	cfg.Terms.Policies = policy("2.0")
-	srv2, err := New(cfg, Deps{Store: e.store, Key: e.key, Policy: e.srv.policy, Now: e.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv2.handle("GET /test/authed", authed, func(w http.ResponseWriter, r *http.Request) error { writeJSON(w, 200, struct{}{}); return nil })
-	e.srv = srv2
-	e.http.Config.Handler = srv2.Handler()
-	e.request("GET", "/test/authed", nil, tok).expect(t, "after a new version", 403, "M_TERMS_NOT_SIGNED")
-	e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-1.0.en.html"}}, tok).expect(t, "old url", 200, "")
-	e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting the old version", 403, "M_TERMS_NOT_SIGNED")
-	e.request("POST", "/_matrix/identity/v2/terms", map[string]any{"user_accepts": []string{"https://id.test/privacy-2.0.en.html"}}, tok).expect(t, "new url", 200, "")
-	e.request("GET", "/test/authed", nil, tok).expect(t, "after accepting the new version", 200, "")
-	e.request("POST", "/_matrix/identity/v2/account/logout", nil, tok).expect(t, "logout", 200, "")
 }
 
 func TestNoTermsNothingToAccept(t *testing.T) {

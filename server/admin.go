@@ -8,6 +8,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -66,8 +67,15 @@ func (s *Server) adminServer() *http.Server {
 // admin socket).
 func (s *Server) getBackup(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	bs, ok := s.store.(interface {
+		WriteBackup(w io.Writer, announce func(size int64)) (int64, error)
+	})
+	if !ok {
+		http.Error(w, "this database is not a file mxid can copy: back it up with its own tools (pg_dump)", http.StatusNotImplemented)
+		return
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	n, err := s.store.WriteBackup(w, func(size int64) {
+	n, err := bs.WriteBackup(w, func(size int64) {
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	})
 	if err != nil {

@@ -1,9 +1,12 @@
 package server
 
 import (
+	"crypto/sha256"
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"mxid/db"
 )
@@ -38,6 +41,13 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 	if errors.Is(err, db.ErrNotFound) {
 		return db.Account{}, errUnauthorized("Unrecognised access token")
 	}
+	if errors.Is(err, db.ErrUnavailable) {
+		// The database is down: a token that passed (with the terms) a
+		// little while ago still does, for what needs no database.
+		if acct, ok := s.authMemory.recall(tok); ok {
+			return acct, nil
+		}
+	}
 	if err != nil {
 		return db.Account{}, errInternal(err)
 	}
@@ -50,5 +60,66 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 			return db.Account{}, errorf(http.StatusForbidden, "M_TERMS_NOT_SIGNED", "Terms of service have not been accepted; see GET /_matrix/identity/v2/terms")
 		}
 	}
+	if checkTerms {
+		s.authMemory.remember(tok, acct)
+	}
 	return acct, nil
+}
+
+// authMemoryTTL is how long a token that passed authentication (and the
+// terms) keeps passing while the database is unavailable.
+const authMemoryTTL = time.Hour
+
+// maxRemembered bounds authMemory.
+const maxRemembered = 100000
+
+// authMemory remembers the accounts of tokens that recently passed
+// authentication with the terms, by the token's hash. It is consulted only
+// when the database does not answer, so that during an outage a replica
+// goes on answering what it can from memory (hashed lookups, hash_details)
+// for users active in the last hour; anything that writes fails with 503
+// anyway.
+type authMemory struct {
+	now    func() time.Time
+	mu     sync.Mutex
+	byHash map[[32]byte]remembered
+}
+
+type remembered struct {
+	acct db.Account
+	at   time.Time
+}
+
+func newAuthMemory(now func() time.Time) *authMemory {
+	return &authMemory{now: now, byHash: map[[32]byte]remembered{}}
+}
+
+func (m *authMemory) remember(tok string, acct db.Account) {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.byHash) >= maxRemembered {
+		for k, r := range m.byHash {
+			if now.Sub(r.at) >= authMemoryTTL || len(m.byHash) >= maxRemembered {
+				delete(m.byHash, k)
+			}
+		}
+	}
+	m.byHash[sha256.Sum256([]byte(tok))] = remembered{acct, now}
+}
+
+func (m *authMemory) forget(tok string) {
+	m.mu.Lock()
+	delete(m.byHash, sha256.Sum256([]byte(tok)))
+	m.mu.Unlock()
+}
+
+func (m *authMemory) recall(tok string) (db.Account, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.byHash[sha256.Sum256([]byte(tok))]
+	if !ok || m.now().Sub(r.at) >= authMemoryTTL {
+		return db.Account{}, false
+	}
+	return r.acct, true
 }

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
+
+	"mxid/db"
 )
 
 // Error is the one error type handlers return to the client: an HTTP status,
@@ -70,7 +73,22 @@ func errInvalid(field, why string) *Error {
 }
 
 func errInternal(cause error) *Error {
+	if errors.Is(cause, db.ErrUnavailable) {
+		return errUnavailable(cause)
+	}
 	return (&Error{Status: http.StatusInternalServerError, Code: "M_UNKNOWN", Message: "Internal server error"}).withCause(cause)
+}
+
+// unavailableRetry is the Retry-After of a 503: about how long a database
+// failover or restart takes.
+const unavailableRetry = 5 * time.Second
+
+// errUnavailable is 503 M_UNKNOWN with Retry-After: the database did not
+// answer (PostgreSQL down, a statement past its timeout). Nothing was
+// acknowledged, so the client may simply retry.
+func errUnavailable(cause error) *Error {
+	return (&Error{Status: http.StatusServiceUnavailable, Code: "M_UNKNOWN", Message: "The database is not available; try again in a few seconds",
+		Extra: map[string]any{"retry_after_ms": unavailableRetry.Milliseconds()}}).withCause(cause)
 }
 
 // asError turns any error into an *Error; anything that is not one already

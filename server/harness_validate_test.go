@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"mxid/db"
+	"mxid/db/storetest"
 	"mxid/mail"
 	"mxid/mail/smtptest"
 	"mxid/server/outbound"
@@ -70,7 +70,7 @@ type idHarness struct {
 	t     testing.TB
 	srv   *Server
 	ts    *httptest.Server
-	store *db.Store
+	store storetest.Store
 	clock *manualClock
 	smtp  *smtptest.Server
 	binds *bindRecorder
@@ -84,8 +84,9 @@ type idHarnessOpts struct {
 	email  *mail.EmailConfig // nil: plain SMTP to a fresh smtptest server
 	sms    *mail.SMSConfig   // nil: log
 	smtp   *smtptest.Server
-	clock  *manualClock    // nil: a new one at the current time
-	tmpl   *mail.Templates // nil: the embedded templates
+	clock  *manualClock                     // nil: a new one at the current time
+	tmpl   *mail.Templates                  // nil: the embedded templates
+	store  func(testing.TB) storetest.Store // nil: bbolt
 }
 
 // generousLimits keeps rate limits out of the way of tests about other things.
@@ -115,12 +116,12 @@ func newIDHarness(t testing.TB, o idHarnessOpts) *idHarness {
 		t.Fatalf("config: %v", errs)
 	}
 	h.cfg = cfg
-	store, err := db.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	if o.store == nil {
+		o.store = openBolt
 	}
-	t.Cleanup(func() { store.Close() })
+	store := o.store(t)
 	h.store = store
+	var err error
 	h.key, err = signing.NewKey(signing.LongTermKeyID)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -13,16 +14,59 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/db/pg"
+	"mxid/db/pgtest"
+	"mxid/db/storetest"
 	"mxid/server/outbound"
 	"mxid/server/signing"
 )
+
+// A backend opens a fresh, empty store for a test, closed when it ends.
+type backend struct {
+	name string
+	open func(t testing.TB) storetest.Store
+}
+
+// backends are the storage backends server flows run on: bbolt (a file in
+// t.TempDir()) and PostgreSQL (a new database on pgtest's server; skipped
+// when PostgreSQL is not installed, failed under CI=true).
+var backends = []backend{{"bbolt", openBolt}, {"postgres", openPostgres}}
+
+func openBolt(t testing.TB) storetest.Store {
+	t.Helper()
+	store, err := db.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+func openPostgres(t testing.TB) storetest.Store {
+	t.Helper()
+	store, err := pg.Open(context.Background(), pgtest.New(t), pg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+// onEachBackend runs a flow test once per backend, as subtests.
+func onEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { fn(t, b) })
+	}
+}
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // testEnv is a real mxid server over real HTTP, with its own store.
 type testEnv struct {
 	t     *testing.T
 	srv   *Server
 	http  *httptest.Server
-	store *db.Store
+	store storetest.Store
 	key   *signing.Key
 	clock *manualClock
 	log   *syncBuffer
@@ -35,6 +79,12 @@ func (e *testEnv) logs() string { return e.log.String() }
 // mutate (may be nil).
 func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	t.Helper()
+	return newTestEnvOn(t, backends[0], mutate)
+}
+
+// newTestEnvOn is newTestEnv on the store of backend b.
+func newTestEnvOn(t *testing.T, b backend, mutate func(*Config)) *testEnv {
+	t.Helper()
 	cfg := DefaultConfig()
 	if mutate != nil {
 		mutate(&cfg)
@@ -42,11 +92,7 @@ func newTestEnv(t *testing.T, mutate func(*Config)) *testEnv {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		t.Fatalf("test config invalid: %v", errs)
 	}
-	store, err := db.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := b.open(t)
 	key, err := signing.NewKey(signing.LongTermKeyID)
 	if err != nil {
 		t.Fatal(err)

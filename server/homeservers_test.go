@@ -103,9 +103,9 @@ func (d dendrite) checkSignatures(assoc map[string]any) error {
 // clients call it by, behind a trusted proxy (127.0.0.1), with the
 // homeserver at 10.1.1.1 listed in trusted_callers and the invitees'
 // homeserver (hs.test) played by onbind.
-func homeserverHarness(t *testing.T, tmpl *mail.Templates, mutate func(*Config)) (*idHarness, dendrite, *onbindHS) {
+func homeserverHarness(t *testing.T, b backend, tmpl *mail.Templates, mutate func(*Config)) (*idHarness, dendrite, *onbindHS) {
 	hs := newOnbindHS(t)
-	h := newIDHarness(t, idHarnessOpts{tmpl: tmpl, config: func(c *Config) {
+	h := newIDHarness(t, idHarnessOpts{store: b.open, tmpl: tmpl, config: func(c *Config) {
 		c.V1 = true
 		c.ServerName = strings.TrimPrefix(c.PublicBaseURL, "http://")
 		c.HTTP.TrustedProxies = []string{"127.0.0.1"}
@@ -126,99 +126,101 @@ func homeserverHarness(t *testing.T, tmpl *mail.Templates, mutate func(*Config))
 // key Dendrite put in the room, and the invitee's client signs the join
 // from the mailed link.
 func TestDendriteThirdPartyInviteChain(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, mail.TemplateInviteText), []byte("{{.SenderID}} invited you. Invite token: {{.Token}}\nJoin: {{.Link}}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tmpl, err := mail.LoadTemplates(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, d, hs := homeserverHarness(t, tmpl, nil)
+	onEachBackend(t, func(t *testing.T, be backend) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, mail.TemplateInviteText), []byte("{{.SenderID}} invited you. Invite token: {{.Token}}\nJoin: {{.Link}}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmpl, err := mail.LoadTemplates(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, d, hs := homeserverHarness(t, be, tmpl, nil)
 
-	// Dendrite looks the address up first, finds nothing, stores the invite.
-	if r := d.lookup("email", "alice@example.org"); r.status != 200 || len(r.body) != 0 {
-		t.Fatalf("lookup of an unbound address: %d %s", r.status, r.raw)
-	}
-	r := d.storeInvite("email", "alice@example.org", "!room:hs.test", "@bob:hs.test", "Bob")
-	wantReply(t, "store-invite (form)", r, 200, "")
-	token := r.str("token")
-	if token == "" || r.str("display_name") != "ali...@exa..." {
-		t.Fatalf("store-invite answer %s", r.raw)
-	}
-	published, _ := signing.DecodeBase64(r.str("public_key"))
-	if !ed25519.PublicKey(published).Equal(d.pubKey("ed25519:0")) {
-		t.Errorf("store-invite's public_key is not the published long-term key")
-	}
-	// Dendrite builds its key_validity_url itself, on the v1 path.
-	v := d.send("GET", v1Path+"/pubkey/isvalid?public_key="+url.QueryEscape(r.str("public_key")), nil)
-	if v.body["valid"] != true {
-		t.Errorf("v1 isvalid of the long-term key: %s", v.raw)
-	}
+		// Dendrite looks the address up first, finds nothing, stores the invite.
+		if r := d.lookup("email", "alice@example.org"); r.status != 200 || len(r.body) != 0 {
+			t.Fatalf("lookup of an unbound address: %d %s", r.status, r.raw)
+		}
+		r := d.storeInvite("email", "alice@example.org", "!room:hs.test", "@bob:hs.test", "Bob")
+		wantReply(t, "store-invite (form)", r, 200, "")
+		token := r.str("token")
+		if token == "" || r.str("display_name") != "ali...@exa..." {
+			t.Fatalf("store-invite answer %s", r.raw)
+		}
+		published, _ := signing.DecodeBase64(r.str("public_key"))
+		if !ed25519.PublicKey(published).Equal(d.pubKey("ed25519:0")) {
+			t.Errorf("store-invite's public_key is not the published long-term key")
+		}
+		// Dendrite builds its key_validity_url itself, on the v1 path.
+		v := d.send("GET", v1Path+"/pubkey/isvalid?public_key="+url.QueryEscape(r.str("public_key")), nil)
+		if v.body["valid"] != true {
+			t.Errorf("v1 isvalid of the long-term key: %s", v.raw)
+		}
 
-	// The invite mail, with the operator's template showing the token.
-	m := h.smtp.Wait(t, 1)
-	p, err := m.Parse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(m.To) != 1 || m.To[0] != "alice@example.org" || !strings.Contains(p.Text, "Invite token: "+token) {
-		t.Fatalf("invite mail to %v:\n%s", m.To, p.Text)
-	}
-	link := inviteLinkRE.FindString(p.Text)
-	lu, err := url.Parse(link)
-	if err != nil || link == "" {
-		t.Fatalf("no invite link in %q", p.Text)
-	}
-	q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
-	signURL, err := url.Parse(q.Get("signurl"))
-	if err != nil {
-		t.Fatal(err)
-	}
+		// The invite mail, with the operator's template showing the token.
+		m := h.smtp.Wait(t, 1)
+		p, err := m.Parse()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.To) != 1 || m.To[0] != "alice@example.org" || !strings.Contains(p.Text, "Invite token: "+token) {
+			t.Fatalf("invite mail to %v:\n%s", m.To, p.Text)
+		}
+		link := inviteLinkRE.FindString(p.Text)
+		lu, err := url.Parse(link)
+		if err != nil || link == "" {
+			t.Fatalf("no invite link in %q", p.Text)
+		}
+		q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
+		signURL, err := url.Parse(q.Get("signurl"))
+		if err != nil {
+			t.Fatal(err)
+		}
 
-	// Alice adds the address to her account on Dendrite: requestToken,
-	// the link in the mail, getValidated3pid, bind.
-	r = d.createSession("aliceSecret1", "alice@example.org", 1)
-	wantReply(t, "requestToken (form)", r, 200, "")
-	sid := r.str("sid")
-	vlink, _, _ := h.mailLink(2)
-	vu, _ := url.Parse(vlink)
-	wantReply(t, "the mailed link", h.call("GET", vu.Path+"?"+vu.RawQuery, "", nil, nil), 200, "")
-	r = d.checkAssociation(sid, "aliceSecret1")
-	wantReply(t, "getValidated3pid", r, 200, "")
-	if r.str("address") != "alice@example.org" || r.str("medium") != "email" {
-		t.Errorf("getValidated3pid %s", r.raw)
-	}
-	wantReply(t, "bind (form)", d.publishAssociation(sid, "aliceSecret1", "@alice:hs.test"), 200, "")
+		// Alice adds the address to her account on Dendrite: requestToken,
+		// the link in the mail, getValidated3pid, bind.
+		r = d.createSession("aliceSecret1", "alice@example.org", 1)
+		wantReply(t, "requestToken (form)", r, 200, "")
+		sid := r.str("sid")
+		vlink, _, _ := h.mailLink(2)
+		vu, _ := url.Parse(vlink)
+		wantReply(t, "the mailed link", h.call("GET", vu.Path+"?"+vu.RawQuery, "", nil, nil), 200, "")
+		r = d.checkAssociation(sid, "aliceSecret1")
+		wantReply(t, "getValidated3pid", r, 200, "")
+		if r.str("address") != "alice@example.org" || r.str("medium") != "email" {
+			t.Errorf("getValidated3pid %s", r.raw)
+		}
+		wantReply(t, "bind (form)", d.publishAssociation(sid, "aliceSecret1", "@alice:hs.test"), 200, "")
 
-	// The invitee's homeserver gets the invite, signed by the key in the room.
-	h.srv.deliverDue(context.Background())
-	calls := hs.got()
-	if len(calls) != 1 {
-		t.Fatalf("the homeserver saw %d onbind calls, want 1", len(calls))
-	}
-	checkOnbindBody(t, d.idServer, published, calls[0].body, "@alice:hs.test", token)
+		// The invitee's homeserver gets the invite, signed by the key in the room.
+		h.srv.deliverDue(context.Background())
+		calls := hs.got()
+		if len(calls) != 1 {
+			t.Fatalf("the homeserver saw %d onbind calls, want 1", len(calls))
+		}
+		checkOnbindBody(t, d.idServer, published, calls[0].body, "@alice:hs.test", token)
 
-	// Dendrite's lookup now verifies under the name its user typed.
-	r = d.lookup("email", "Alice@Example.org")
-	if r.str("mxid") != "@alice:hs.test" {
-		t.Fatalf("lookup after bind: %s", r.raw)
-	}
-	if err := d.checkSignatures(r.body); err != nil {
-		t.Errorf("Dendrite would refuse the lookup: %v", err)
-	}
+		// Dendrite's lookup now verifies under the name its user typed.
+		r = d.lookup("email", "Alice@Example.org")
+		if r.str("mxid") != "@alice:hs.test" {
+			t.Fatalf("lookup after bind: %s", r.raw)
+		}
+		if err := d.checkSignatures(r.body); err != nil {
+			t.Errorf("Dendrite would refuse the lookup: %v", err)
+		}
 
-	// Alice's client joins: it follows the mailed signing URL (no body, no
-	// token, mxid added to the query), and the signature verifies with the
-	// invite's ephemeral key, the other key of the room's invite event.
-	sq := signURL.Query()
-	sq.Set("mxid", "@alice:hs.test")
-	sr := h.call("POST", signURL.Path+"?"+sq.Encode(), "", nil, nil)
-	wantReply(t, "sign-ed25519 from the link", sr, 200, "")
-	eph, _ := signing.DecodeBase64(signingKeyOf(t, h, token))
-	if err := signing.Verify(sr.body, d.idServer, "ed25519:0", eph); err != nil || sr.body["mxid"] != "@alice:hs.test" || sr.body["sender"] != "@bob:hs.test" {
-		t.Errorf("the join signature: %v %s", err, sr.raw)
-	}
+		// Alice's client joins: it follows the mailed signing URL (no body, no
+		// token, mxid added to the query), and the signature verifies with the
+		// invite's ephemeral key, the other key of the room's invite event.
+		sq := signURL.Query()
+		sq.Set("mxid", "@alice:hs.test")
+		sr := h.call("POST", signURL.Path+"?"+sq.Encode(), "", nil, nil)
+		wantReply(t, "sign-ed25519 from the link", sr, 200, "")
+		eph, _ := signing.DecodeBase64(signingKeyOf(t, h, token))
+		if err := signing.Verify(sr.body, d.idServer, "ed25519:0", eph); err != nil || sr.body["mxid"] != "@alice:hs.test" || sr.body["sender"] != "@bob:hs.test" {
+			t.Errorf("the join signature: %v %s", err, sr.raw)
+		}
+	})
 }
 
 // signingKeyOf is the ephemeral public key of a stored invite.
@@ -234,7 +236,7 @@ func signingKeyOf(t *testing.T, h *idHarness, token string) string {
 // Every v1 POST takes a form body, as sydent reads them (and Dendrite sends
 // them); v2 store-invite stays JSON only, and says so.
 func TestV1FormBodies(t *testing.T) {
-	h, _, _ := homeserverHarness(t, nil, nil)
+	h, _, _ := homeserverHarness(t, backends[0], nil, nil)
 	bob := h.account("@bob:hs.test")
 	form := url.Values{"medium": {"email"}, "address": {"carol@example.org"}, "room_id": {"!room:hs.test"}, "sender": {"@bob:hs.test"}}.Encode()
 	formHdr := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
@@ -274,7 +276,7 @@ func TestV1FormBodies(t *testing.T) {
 // homeserver's address. It also asks hash_details with the token in the
 // query string.
 func TestSynapseSMSDelegate(t *testing.T) {
-	h, d, _ := homeserverHarness(t, nil, nil)
+	h, d, _ := homeserverHarness(t, backends[0], nil, nil)
 	synapse := http.Header{"X-Forwarded-For": {d.ip}, "User-Agent": {"Synapse/1.120.0"}}
 	r := h.call("POST", v1Path+"/validate/msisdn/requestToken", "", map[string]any{
 		"country": "GB", "phone_number": "07700900123", "client_secret": "smsSecret", "send_attempt": 1,
@@ -312,7 +314,7 @@ func smsCode(t *testing.T, h *idHarness) string {
 // sender, not as one IP. Another address gets the per-IP limits as
 // before, and so does the homeserver's own v2 traffic.
 func TestTrustedCallerBudgets(t *testing.T) {
-	h, d, _ := homeserverHarness(t, nil, nil)
+	h, d, _ := homeserverHarness(t, backends[0], nil, nil)
 	for i := 0; i < 10; i++ {
 		user := fmt.Sprintf("user%d", i)
 		wantReply(t, user+" requestToken", d.createSession("s"+user, user+"@example.org", 1), 200, "")

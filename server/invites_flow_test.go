@@ -18,103 +18,105 @@ var inviteLinkRE = regexp.MustCompile(`https://app\.element\.io/#/room/\S+`)
 // it, and the invitee's homeserver receives the invite signed with mxid's
 // published key.
 func TestInviteChain(t *testing.T) {
-	hs := newOnbindHS(t)
-	h := newIDHarness(t, idHarnessOpts{config: func(c *Config) {
-		c.Outbound.Pins = map[string]string{"hs.test": hs.URL}
-	}})
-	bob := h.account("@bob:hs.test")
-	r := h.call("POST", v2Path+"/store-invite", bob, map[string]any{
-		"medium": "email", "address": "Alice@Example.org", "room_id": "!room:hs.test", "sender": "@bob:hs.test",
-		"room_name": "Bob's room", "sender_display_name": "Bob", "room_type": "m.space",
-	}, nil)
-	wantReply(t, "store-invite", r, 200, "")
-	token := r.str("token")
-	if len(token) < 32 || strings.Trim(token, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.=_-") != "" {
-		t.Errorf("token %q", token)
-	}
-	if r.str("display_name") != "Ali...@Exa..." {
-		t.Errorf("display_name %q", r.str("display_name"))
-	}
-	keys, _ := r.body["public_keys"].([]any)
-	if len(keys) != 2 {
-		t.Fatalf("public_keys %v", r.body["public_keys"])
-	}
-	long, eph := keys[0].(map[string]any), keys[1].(map[string]any)
-	if long["public_key"] != h.key.PublicBase64() || long["key_validity_url"] != h.cfg.PublicBaseURL+"/_matrix/identity/v2/pubkey/isvalid" ||
-		eph["key_validity_url"] != h.cfg.PublicBaseURL+"/_matrix/identity/v2/pubkey/ephemeral/isvalid" {
-		t.Errorf("public_keys %v", keys)
-	}
-	// The ephemeral key validates at its key_validity_url.
-	v := h.call("GET", "/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key="+url.QueryEscape(eph["public_key"].(string)), "", nil, nil)
-	if v.body["valid"] != true {
-		t.Errorf("ephemeral key not valid: %s", v.raw)
-	}
+	onEachBackend(t, func(t *testing.T, be backend) {
+		hs := newOnbindHS(t)
+		h := newIDHarness(t, idHarnessOpts{store: be.open, config: func(c *Config) {
+			c.Outbound.Pins = map[string]string{"hs.test": hs.URL}
+		}})
+		bob := h.account("@bob:hs.test")
+		r := h.call("POST", v2Path+"/store-invite", bob, map[string]any{
+			"medium": "email", "address": "Alice@Example.org", "room_id": "!room:hs.test", "sender": "@bob:hs.test",
+			"room_name": "Bob's room", "sender_display_name": "Bob", "room_type": "m.space",
+		}, nil)
+		wantReply(t, "store-invite", r, 200, "")
+		token := r.str("token")
+		if len(token) < 32 || strings.Trim(token, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.=_-") != "" {
+			t.Errorf("token %q", token)
+		}
+		if r.str("display_name") != "Ali...@Exa..." {
+			t.Errorf("display_name %q", r.str("display_name"))
+		}
+		keys, _ := r.body["public_keys"].([]any)
+		if len(keys) != 2 {
+			t.Fatalf("public_keys %v", r.body["public_keys"])
+		}
+		long, eph := keys[0].(map[string]any), keys[1].(map[string]any)
+		if long["public_key"] != h.key.PublicBase64() || long["key_validity_url"] != h.cfg.PublicBaseURL+"/_matrix/identity/v2/pubkey/isvalid" ||
+			eph["key_validity_url"] != h.cfg.PublicBaseURL+"/_matrix/identity/v2/pubkey/ephemeral/isvalid" {
+			t.Errorf("public_keys %v", keys)
+		}
+		// The ephemeral key validates at its key_validity_url.
+		v := h.call("GET", "/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key="+url.QueryEscape(eph["public_key"].(string)), "", nil, nil)
+		if v.body["valid"] != true {
+			t.Errorf("ephemeral key not valid: %s", v.raw)
+		}
 
-	// The invite mail: to the address as given, naming sender and room,
-	// with a link that carries the signing URL and the ephemeral key.
-	m := h.smtp.Wait(t, 1)
-	if len(m.To) != 1 || m.To[0] != "Alice@Example.org" {
-		t.Errorf("mail to %v", m.To)
-	}
-	p, err := m.Parse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(p.Subject, "Bob") || !strings.Contains(p.Subject, "Bob's room") {
-		t.Errorf("subject %q", p.Subject)
-	}
-	if !strings.Contains(p.Text, "@bob:hs.test") || !strings.Contains(p.Text, "space") || !strings.Contains(p.HTML, "Bob&#39;s room") {
-		t.Errorf("mail body lacks sender, room type or room name:\n%s\n%s", p.Text, p.HTML)
-	}
-	link := inviteLinkRE.FindString(p.Text)
-	lu, err := url.Parse(link)
-	if err != nil || link == "" {
-		t.Fatalf("no invite link in %q", p.Text)
-	}
-	q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
-	signURL, err := url.Parse(q.Get("signurl"))
-	if err != nil || !strings.HasPrefix(q.Get("signurl"), h.cfg.PublicBaseURL+"/_matrix/identity/v2/sign-ed25519?") || q.Get("email") != "Alice@Example.org" {
-		t.Fatalf("invite link %s", link)
-	}
-	// The invitee's client signs with the key from the link.
-	alice := h.account("@alice:hs.test")
-	sr := h.call("POST", v2Path+"/sign-ed25519", alice, map[string]any{"mxid": "@alice:hs.test",
-		"token": signURL.Query().Get("token"), "private_key": signURL.Query().Get("private_key")}, nil)
-	wantReply(t, "sign-ed25519 with the mailed key", sr, 200, "")
-	ephPub, _ := signing.DecodeBase64(eph["public_key"].(string))
-	if err := signing.Verify(sr.body, h.cfg.ServerName, "ed25519:0", ephPub); err != nil {
-		t.Errorf("sign-ed25519 answer does not verify with the ephemeral key: %v", err)
-	}
+		// The invite mail: to the address as given, naming sender and room,
+		// with a link that carries the signing URL and the ephemeral key.
+		m := h.smtp.Wait(t, 1)
+		if len(m.To) != 1 || m.To[0] != "Alice@Example.org" {
+			t.Errorf("mail to %v", m.To)
+		}
+		p, err := m.Parse()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(p.Subject, "Bob") || !strings.Contains(p.Subject, "Bob's room") {
+			t.Errorf("subject %q", p.Subject)
+		}
+		if !strings.Contains(p.Text, "@bob:hs.test") || !strings.Contains(p.Text, "space") || !strings.Contains(p.HTML, "Bob&#39;s room") {
+			t.Errorf("mail body lacks sender, room type or room name:\n%s\n%s", p.Text, p.HTML)
+		}
+		link := inviteLinkRE.FindString(p.Text)
+		lu, err := url.Parse(link)
+		if err != nil || link == "" {
+			t.Fatalf("no invite link in %q", p.Text)
+		}
+		q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
+		signURL, err := url.Parse(q.Get("signurl"))
+		if err != nil || !strings.HasPrefix(q.Get("signurl"), h.cfg.PublicBaseURL+"/_matrix/identity/v2/sign-ed25519?") || q.Get("email") != "Alice@Example.org" {
+			t.Fatalf("invite link %s", link)
+		}
+		// The invitee's client signs with the key from the link.
+		alice := h.account("@alice:hs.test")
+		sr := h.call("POST", v2Path+"/sign-ed25519", alice, map[string]any{"mxid": "@alice:hs.test",
+			"token": signURL.Query().Get("token"), "private_key": signURL.Query().Get("private_key")}, nil)
+		wantReply(t, "sign-ed25519 with the mailed key", sr, 200, "")
+		ephPub, _ := signing.DecodeBase64(eph["public_key"].(string))
+		if err := signing.Verify(sr.body, h.cfg.ServerName, "ed25519:0", ephPub); err != nil {
+			t.Errorf("sign-ed25519 answer does not verify with the ephemeral key: %v", err)
+		}
 
-	// The invitee validates the address and binds it.
-	sid := h.validatedEmail(alice, "alice@example.org", "secret1")
-	b := h.call("POST", v2Path+"/3pid/bind", alice, map[string]any{"sid": sid, "client_secret": "secret1", "mxid": "@alice:hs.test"}, nil)
-	wantReply(t, "bind", b, 200, "")
-	h.srv.deliverDue(context.Background())
-	calls := hs.got()
-	if len(calls) != 1 {
-		t.Fatalf("homeserver saw %d onbind calls, want 1", len(calls))
-	}
-	// The homeserver checks the signatures against the key mxid publishes.
-	pk := h.call("GET", v2Path+"/pubkey/ed25519:0", "", nil, nil)
-	published, err := signing.DecodeBase64(pk.str("public_key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkOnbindBody(t, h.srv.cfg.ServerName, published, calls[0].body, "@alice:hs.test", token)
-	if inv := calls[0].body["invites"].([]any)[0].(map[string]any); inv["address"] != "alice@example.org" {
-		t.Errorf("invite address %v, want the canonical form", inv["address"])
-	}
-	// Delivered: marked so, so no other bind carries it, but the mailed link
-	// keeps working until the invite expires.
-	if inv, err := h.store.GetInvite(token); err != nil || inv.DeliveredTS == 0 {
-		t.Errorf("invite after delivery: %+v %v", inv, err)
-	}
-	sr = h.call("POST", signURL.Path+"?"+signURL.RawQuery+"&mxid=%40alice%3Ahs.test", "", nil, nil)
-	wantReply(t, "the mailed signing URL after delivery", sr, 200, "")
-	// A second invite for a bound address is refused.
-	r = h.call("POST", v2Path+"/store-invite", bob, map[string]any{"medium": "email", "address": "alice@example.org", "room_id": "!room:hs.test", "sender": "@bob:hs.test"}, nil)
-	wantReply(t, "invite a bound address", r, 400, "M_THREEPID_IN_USE")
+		// The invitee validates the address and binds it.
+		sid := h.validatedEmail(alice, "alice@example.org", "secret1")
+		b := h.call("POST", v2Path+"/3pid/bind", alice, map[string]any{"sid": sid, "client_secret": "secret1", "mxid": "@alice:hs.test"}, nil)
+		wantReply(t, "bind", b, 200, "")
+		h.srv.deliverDue(context.Background())
+		calls := hs.got()
+		if len(calls) != 1 {
+			t.Fatalf("homeserver saw %d onbind calls, want 1", len(calls))
+		}
+		// The homeserver checks the signatures against the key mxid publishes.
+		pk := h.call("GET", v2Path+"/pubkey/ed25519:0", "", nil, nil)
+		published, err := signing.DecodeBase64(pk.str("public_key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkOnbindBody(t, h.srv.cfg.ServerName, published, calls[0].body, "@alice:hs.test", token)
+		if inv := calls[0].body["invites"].([]any)[0].(map[string]any); inv["address"] != "alice@example.org" {
+			t.Errorf("invite address %v, want the canonical form", inv["address"])
+		}
+		// Delivered: marked so, so no other bind carries it, but the mailed link
+		// keeps working until the invite expires.
+		if inv, err := h.store.GetInvite(token); err != nil || inv.DeliveredTS == 0 {
+			t.Errorf("invite after delivery: %+v %v", inv, err)
+		}
+		sr = h.call("POST", signURL.Path+"?"+signURL.RawQuery+"&mxid=%40alice%3Ahs.test", "", nil, nil)
+		wantReply(t, "the mailed signing URL after delivery", sr, 200, "")
+		// A second invite for a bound address is refused.
+		r = h.call("POST", v2Path+"/store-invite", bob, map[string]any{"medium": "email", "address": "alice@example.org", "room_id": "!room:hs.test", "sender": "@bob:hs.test"}, nil)
+		wantReply(t, "invite a bound address", r, 400, "M_THREEPID_IN_USE")
+	})
 }
 
 // Request fields an inviter controls cannot change the mail's structure or

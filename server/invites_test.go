@@ -11,76 +11,78 @@ import (
 )
 
 func TestSignEd25519(t *testing.T) {
-	e := newTestEnv(t, nil)
-	tok := e.register("@alice:hs.test")
-	eph, _ := signing.NewKey(signing.LongTermKeyID)
-	now := e.clock.Now()
-	if err := e.store.PutInvite(db.Invite{Token: "invtok", Medium: "email", Address: "alice@example.org", RoomID: "!r:hs.test",
-		Sender: "@bob:hs.test", Ephemeral: signing.EncodeBase64URL(eph.Public()), CreatedTS: now.UnixMilli(), ExpiresTS: now.Add(time.Hour).UnixMilli()}); err != nil {
-		t.Fatal(err)
-	}
-	path := "/_matrix/identity/v2/sign-ed25519"
-	priv := signing.EncodeBase64URL(eph.Private.Seed())
-	r := e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, tok)
-	r.expect(t, "sign", 200, "")
-	if r.body["mxid"] != "@alice:hs.test" || r.body["sender"] != "@bob:hs.test" || r.body["token"] != "invtok" {
-		t.Errorf("signed object %s", r.raw)
-	}
-	if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", eph.Public()); err != nil {
-		t.Errorf("signature does not verify with the ephemeral key: %v", err)
-	}
-	// The standard base64 form of the key works too.
-	e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64(eph.Private.Seed())}, tok).
-		expect(t, "std base64 key", 200, "")
+	onEachBackend(t, func(t *testing.T, be backend) {
+		e := newTestEnvOn(t, be, nil)
+		tok := e.register("@alice:hs.test")
+		eph, _ := signing.NewKey(signing.LongTermKeyID)
+		now := e.clock.Now()
+		if err := e.store.PutInvite(db.Invite{Token: "invtok", Medium: "email", Address: "alice@example.org", RoomID: "!r:hs.test",
+			Sender: "@bob:hs.test", Ephemeral: signing.EncodeBase64URL(eph.Public()), CreatedTS: now.UnixMilli(), ExpiresTS: now.Add(time.Hour).UnixMilli()}); err != nil {
+			t.Fatal(err)
+		}
+		path := "/_matrix/identity/v2/sign-ed25519"
+		priv := signing.EncodeBase64URL(eph.Private.Seed())
+		r := e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, tok)
+		r.expect(t, "sign", 200, "")
+		if r.body["mxid"] != "@alice:hs.test" || r.body["sender"] != "@bob:hs.test" || r.body["token"] != "invtok" {
+			t.Errorf("signed object %s", r.raw)
+		}
+		if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", eph.Public()); err != nil {
+			t.Errorf("signature does not verify with the ephemeral key: %v", err)
+		}
+		// The standard base64 form of the key works too.
+		e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64(eph.Private.Seed())}, tok).
+			expect(t, "std base64 key", 200, "")
 
-	other, _ := signing.NewKey(signing.LongTermKeyID)
-	for _, c := range []struct {
-		name    string
-		body    map[string]any
-		status  int
-		errcode string
-	}{
-		{"unknown token", map[string]any{"mxid": "@alice:hs.test", "token": "nope", "private_key": priv}, 404, "M_UNRECOGNIZED"},
-		{"malformed key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": "!!!"}, 400, "M_INVALID_PARAM"},
-		{"short key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": "AAAA"}, 400, "M_INVALID_PARAM"},
-		{"bad mxid", map[string]any{"mxid": "alice", "token": "invtok", "private_key": priv}, 400, "M_INVALID_PARAM"},
-		{"missing key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok"}, 400, "M_MISSING_PARAMS"},
-	} {
-		e.request("POST", path, c.body, tok).expect(t, c.name, c.status, c.errcode)
-	}
-	// With an access token the supplied key signs, as the spec and sydent
-	// say: the answer verifies with that key (and with no other).
-	r = e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64URL(other.Private.Seed())}, tok)
-	r.expect(t, "another key, with a token", 200, "")
-	if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", other.Public()); err != nil {
-		t.Errorf("not signed with the supplied key: %v", err)
-	}
+		other, _ := signing.NewKey(signing.LongTermKeyID)
+		for _, c := range []struct {
+			name    string
+			body    map[string]any
+			status  int
+			errcode string
+		}{
+			{"unknown token", map[string]any{"mxid": "@alice:hs.test", "token": "nope", "private_key": priv}, 404, "M_UNRECOGNIZED"},
+			{"malformed key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": "!!!"}, 400, "M_INVALID_PARAM"},
+			{"short key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": "AAAA"}, 400, "M_INVALID_PARAM"},
+			{"bad mxid", map[string]any{"mxid": "alice", "token": "invtok", "private_key": priv}, 400, "M_INVALID_PARAM"},
+			{"missing key", map[string]any{"mxid": "@alice:hs.test", "token": "invtok"}, 400, "M_MISSING_PARAMS"},
+		} {
+			e.request("POST", path, c.body, tok).expect(t, c.name, c.status, c.errcode)
+		}
+		// With an access token the supplied key signs, as the spec and sydent
+		// say: the answer verifies with that key (and with no other).
+		r = e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": signing.EncodeBase64URL(other.Private.Seed())}, tok)
+		r.expect(t, "another key, with a token", 200, "")
+		if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", other.Public()); err != nil {
+			t.Errorf("not signed with the supplied key: %v", err)
+		}
 
-	// Without a token, a JSON body is refused as the spec says; only the
-	// invite link's form (Element: a bodiless POST, everything in the
-	// query) is served, and there the key must be the invite's own.
-	e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "").expect(t, "JSON body without a token", 401, "M_UNAUTHORIZED")
-	q := url.Values{"token": {"invtok"}, "private_key": {priv}, "mxid": {"@alice:hs.test"}}.Encode()
-	r = e.request("POST", path+"?"+q, nil, "")
-	r.expect(t, "parameters in the query", 200, "")
-	if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", eph.Public()); err != nil || r.body["mxid"] != "@alice:hs.test" {
-		t.Errorf("query-string signing: %v %s", err, r.raw)
-	}
-	e.request("POST", path+"?"+q, "null", "").expect(t, "null body, query parameters", 200, "")
-	qOther := url.Values{"token": {"invtok"}, "private_key": {signing.EncodeBase64URL(other.Private.Seed())}, "mxid": {"@alice:hs.test"}}.Encode()
-	e.request("POST", path+"?"+qOther, nil, "").expect(t, "link form with another key", 400, "M_INVALID_PARAM")
-	e.request("POST", path+"?"+q, nil, tok).expect(t, "link form with a token", 200, "")
-	e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "wrong").expect(t, "a wrong access token", 401, "M_UNAUTHORIZED")
+		// Without a token, a JSON body is refused as the spec says; only the
+		// invite link's form (Element: a bodiless POST, everything in the
+		// query) is served, and there the key must be the invite's own.
+		e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "").expect(t, "JSON body without a token", 401, "M_UNAUTHORIZED")
+		q := url.Values{"token": {"invtok"}, "private_key": {priv}, "mxid": {"@alice:hs.test"}}.Encode()
+		r = e.request("POST", path+"?"+q, nil, "")
+		r.expect(t, "parameters in the query", 200, "")
+		if err := signing.Verify(r.body, e.srv.cfg.ServerName, "ed25519:0", eph.Public()); err != nil || r.body["mxid"] != "@alice:hs.test" {
+			t.Errorf("query-string signing: %v %s", err, r.raw)
+		}
+		e.request("POST", path+"?"+q, "null", "").expect(t, "null body, query parameters", 200, "")
+		qOther := url.Values{"token": {"invtok"}, "private_key": {signing.EncodeBase64URL(other.Private.Seed())}, "mxid": {"@alice:hs.test"}}.Encode()
+		e.request("POST", path+"?"+qOther, nil, "").expect(t, "link form with another key", 400, "M_INVALID_PARAM")
+		e.request("POST", path+"?"+q, nil, tok).expect(t, "link form with a token", 200, "")
+		e.request("POST", path, map[string]any{"mxid": "@alice:hs.test", "token": "invtok", "private_key": priv}, "wrong").expect(t, "a wrong access token", 401, "M_UNAUTHORIZED")
 
-	// The ephemeral key is valid while the invite is stored.
-	r = e.request("GET", "/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key="+signing.EncodeBase64URL(eph.Public()), nil, "")
-	if r.body["valid"] != true {
-		t.Errorf("ephemeral isvalid = %s", r.raw)
-	}
-	r = e.request("GET", "/_matrix/identity/v2/pubkey/isvalid?public_key="+signing.EncodeBase64URL(eph.Public()), nil, "")
-	if r.body["valid"] != false {
-		t.Errorf("an ephemeral key passed as the long-term key: %s", r.raw)
-	}
+		// The ephemeral key is valid while the invite is stored.
+		r = e.request("GET", "/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key="+signing.EncodeBase64URL(eph.Public()), nil, "")
+		if r.body["valid"] != true {
+			t.Errorf("ephemeral isvalid = %s", r.raw)
+		}
+		r = e.request("GET", "/_matrix/identity/v2/pubkey/isvalid?public_key="+signing.EncodeBase64URL(eph.Public()), nil, "")
+		if r.body["valid"] != false {
+			t.Errorf("an ephemeral key passed as the long-term key: %s", r.raw)
+		}
+	})
 }
 
 func TestStoreInviteRefusals(t *testing.T) {

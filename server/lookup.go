@@ -28,9 +28,13 @@ type lookupAPI struct {
 func newLookupAPI(svc *lookup.Service, d Deps) (*lookupAPI, BindingListener, error) {
 	var listener BindingListener
 	if svc == nil {
+		ls, ok := d.Store.(lookup.Store)
+		if !ok {
+			return nil, nil, errors.New("server: Deps.Lookup is required with this store")
+		}
 		var err error
 		svc, err = lookup.New(lookup.DefaultConfig(), lookup.DefaultLDAPConfig(), lookup.DefaultDNSConfig(), nil,
-			lookup.Deps{Store: d.Store, Logger: d.Logger, Now: d.Now})
+			lookup.Deps{Store: ls, Logger: d.Logger, Now: d.Now})
 		if err != nil {
 			return nil, nil, err
 		}

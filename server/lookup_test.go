@@ -183,29 +183,31 @@ func TestLookupSpecExample(t *testing.T) {
 
 // Bind -> lookup -> unbind -> lookup through every algorithm.
 func TestLookupBindUnbindEveryAlgorithm(t *testing.T) {
-	e := newLookupEnv(t, func(_ *Config, l *lookup.Config) { l.Algorithms = []string{"sha256", "none"} })
-	p := e.pepper()
-	e.bind("email", "strauss@example.com", "@strauss:example.org")
-	e.bind("msisdn", "447700900001", "@phone:example.org")
-	hE, hM := threepid.Hash("strauss@example.com", "email", p), threepid.Hash("447700900001", "msisdn", p)
-	_, body := e.lookup("sha256", p, hE, hM, hE)
-	if got := lookupMappings(t, body); got[hE] != "@strauss:example.org" || got[hM] != "@phone:example.org" || len(got) != 2 {
-		t.Errorf("sha256: %v", got)
-	}
-	// Plaintext: the address is canonicalised (case folding), the key echoes the client's string.
-	_, body = e.lookup("none", p, "Strauß@Example.COM email", "447700900001 msisdn", "nobody@example.com email", "garbage", "a@b.c msisdn")
-	if got := lookupMappings(t, body); got["Strauß@Example.COM email"] != "@strauss:example.org" || got["447700900001 msisdn"] != "@phone:example.org" || len(got) != 2 {
-		t.Errorf("none: %v", got)
-	}
-	e.unbind("email", "strauss@example.com", "@strauss:example.org")
-	_, body = e.lookup("sha256", p, hE, hM)
-	if got := lookupMappings(t, body); len(got) != 1 || got[hM] == "" {
-		t.Errorf("sha256 after unbind: %v", got)
-	}
-	_, body = e.lookup("none", p, "strauss@example.com email")
-	if got := lookupMappings(t, body); len(got) != 0 {
-		t.Errorf("none after unbind: %v", got)
-	}
+	onEachBackend(t, func(t *testing.T, be backend) {
+		e := newLookupEnv(t, func(_ *Config, l *lookup.Config) { l.Algorithms = []string{"sha256", "none"} })
+		p := e.pepper()
+		e.bind("email", "strauss@example.com", "@strauss:example.org")
+		e.bind("msisdn", "447700900001", "@phone:example.org")
+		hE, hM := threepid.Hash("strauss@example.com", "email", p), threepid.Hash("447700900001", "msisdn", p)
+		_, body := e.lookup("sha256", p, hE, hM, hE)
+		if got := lookupMappings(t, body); got[hE] != "@strauss:example.org" || got[hM] != "@phone:example.org" || len(got) != 2 {
+			t.Errorf("sha256: %v", got)
+		}
+		// Plaintext: the address is canonicalised (case folding), the key echoes the client's string.
+		_, body = e.lookup("none", p, "Strauß@Example.COM email", "447700900001 msisdn", "nobody@example.com email", "garbage", "a@b.c msisdn")
+		if got := lookupMappings(t, body); got["Strauß@Example.COM email"] != "@strauss:example.org" || got["447700900001 msisdn"] != "@phone:example.org" || len(got) != 2 {
+			t.Errorf("none: %v", got)
+		}
+		e.unbind("email", "strauss@example.com", "@strauss:example.org")
+		_, body = e.lookup("sha256", p, hE, hM)
+		if got := lookupMappings(t, body); len(got) != 1 || got[hM] == "" {
+			t.Errorf("sha256 after unbind: %v", got)
+		}
+		_, body = e.lookup("none", p, "strauss@example.com email")
+		if got := lookupMappings(t, body); len(got) != 0 {
+			t.Errorf("none after unbind: %v", got)
+		}
+	})
 }
 
 // security.md section 8, rows 25-30.

@@ -26,8 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"mxid/db"
 )
 
 // MetricsConfig is the [metrics] section.
@@ -100,7 +98,10 @@ func (g *gaugeSlot) value() float64 {
 // NewMetrics builds the registry: Go runtime and process metrics, requests,
 // lookups, deliveries, and the store's size and bindings count (read on
 // scrape; the count at most every 15 s, as it walks the bindings bucket).
-func NewMetrics(store *db.Store) *Metrics {
+func NewMetrics(store interface {
+	Path() string
+	CountBindings() (int, error)
+}) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		reg: reg,
@@ -130,8 +131,10 @@ func NewMetrics(store *db.Store) *Metrics {
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery)
-	if store != nil {
-		path := store.Path()
+	if store == nil {
+		return m
+	}
+	if path := store.Path(); fileExists(path) { // the bbolt file; PostgreSQL's size is PostgreSQL's to report
 		m.setGauge("mxid_store_size_bytes", "Size of the database file (bbolt reuses free pages but never shrinks the file).", func() float64 {
 			fi, err := os.Stat(path)
 			if err != nil {
@@ -139,6 +142,8 @@ func NewMetrics(store *db.Store) *Metrics {
 			}
 			return float64(fi.Size())
 		})
+	}
+	{
 		var cmu sync.Mutex
 		var count float64
 		var at time.Time
@@ -154,6 +159,12 @@ func NewMetrics(store *db.Store) *Metrics {
 		})
 	}
 	return m
+}
+
+// fileExists reports whether path names a file.
+func fileExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // setGauge registers a gauge read from fn on scrape, or replaces the

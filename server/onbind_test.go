@@ -99,52 +99,54 @@ func checkOnbindBody(t *testing.T, serverName string, pub ed25519.PublicKey, bod
 }
 
 func TestOnbindRetriesThenDelivers(t *testing.T) {
-	hs := newOnbindHS(t, 500, 502, 503)
-	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
-	storeTestInvite(t, e, "tok1", "alice@example.org")
-	storeTestInvite(t, e, "tok2", "alice@example.org")
-	storeTestInvite(t, e, "other", "carol@example.org")
-	if _, err := e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for attempt := 1; attempt <= 3; attempt++ {
+	onEachBackend(t, func(t *testing.T, be backend) {
+		hs := newOnbindHS(t, 500, 502, 503)
+		e := newTestEnvOn(t, be, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
+		storeTestInvite(t, e, "tok1", "alice@example.org")
+		storeTestInvite(t, e, "tok2", "alice@example.org")
+		storeTestInvite(t, e, "other", "carol@example.org")
+		if _, err := e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0); err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		for attempt := 1; attempt <= 3; attempt++ {
+			e.srv.deliverDue(ctx)
+			if n := len(hs.got()); n != attempt {
+				t.Fatalf("after attempt %d the homeserver saw %d calls", attempt, n)
+			}
+			e.srv.deliverDue(ctx) // not due again yet: backoff
+			if n := len(hs.got()); n != attempt {
+				t.Fatalf("a retry came before its backoff (%d calls)", n)
+			}
+			if _, err := e.store.GetInvite("tok1"); err != nil {
+				t.Fatalf("invite gone before delivery: %v", err)
+			}
+			e.clock.Advance(10 * time.Minute)
+		}
 		e.srv.deliverDue(ctx)
-		if n := len(hs.got()); n != attempt {
-			t.Fatalf("after attempt %d the homeserver saw %d calls", attempt, n)
+		calls := hs.got()
+		if len(calls) != 4 {
+			t.Fatalf("%d calls, want 4", len(calls))
 		}
-		e.srv.deliverDue(ctx) // not due again yet: backoff
-		if n := len(hs.got()); n != attempt {
-			t.Fatalf("a retry came before its backoff (%d calls)", n)
+		checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[3].body, "@alice:hs.test", "tok1", "tok2")
+		if depth, _ := e.store.QueueDepth(); depth != 0 {
+			t.Errorf("queue depth %d after delivery", depth)
 		}
-		if _, err := e.store.GetInvite("tok1"); err != nil {
-			t.Fatalf("invite gone before delivery: %v", err)
+		for _, tok := range []string{"tok1", "tok2"} {
+			if inv, err := e.store.GetInvite(tok); err != nil || inv.DeliveredTS == 0 {
+				t.Errorf("delivered invite %s not marked delivered: %+v %v", tok, inv, err)
+			}
 		}
-		e.clock.Advance(10 * time.Minute)
-	}
-	e.srv.deliverDue(ctx)
-	calls := hs.got()
-	if len(calls) != 4 {
-		t.Fatalf("%d calls, want 4", len(calls))
-	}
-	checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[3].body, "@alice:hs.test", "tok1", "tok2")
-	if depth, _ := e.store.QueueDepth(); depth != 0 {
-		t.Errorf("queue depth %d after delivery", depth)
-	}
-	for _, tok := range []string{"tok1", "tok2"} {
-		if inv, err := e.store.GetInvite(tok); err != nil || inv.DeliveredTS == 0 {
-			t.Errorf("delivered invite %s not marked delivered: %+v %v", tok, inv, err)
+		if _, err := e.store.GetInvite("other"); err != nil {
+			t.Errorf("another address's invite was removed: %v", err)
 		}
-	}
-	if _, err := e.store.GetInvite("other"); err != nil {
-		t.Errorf("another address's invite was removed: %v", err)
-	}
-	// A rebind to the same user with nothing pending sends nothing more.
-	e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
-	e.srv.deliverDue(ctx)
-	if n := len(hs.got()); n != 4 {
-		t.Errorf("an idle rebind caused another onbind (%d calls)", n)
-	}
+		// A rebind to the same user with nothing pending sends nothing more.
+		e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
+		e.srv.deliverDue(ctx)
+		if n := len(hs.got()); n != 4 {
+			t.Errorf("an idle rebind caused another onbind (%d calls)", n)
+		}
+	})
 }
 
 func TestOnbindFallsBackToPut(t *testing.T) {
@@ -192,38 +194,40 @@ func TestOnbindGivesUpAfterMaxAttempts(t *testing.T) {
 // restart delivers what the previous one could not, through its background
 // loop.
 func TestOnbindSurvivesRestart(t *testing.T) {
-	hs := newOnbindHS(t, 503)
-	e := newTestEnv(t, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
-	storeTestInvite(t, e, "tok", "alice@example.org")
-	e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
-	e.srv.deliverDue(context.Background()) // fails; retry scheduled
-	e.clock.Advance(time.Hour)
+	onEachBackend(t, func(t *testing.T, be backend) {
+		hs := newOnbindHS(t, 503)
+		e := newTestEnvOn(t, be, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
+		storeTestInvite(t, e, "tok", "alice@example.org")
+		e.srv.bind(context.Background(), "email", "alice@example.org", "@alice:hs.test", 0)
+		e.srv.deliverDue(context.Background()) // fails; retry scheduled
+		e.clock.Advance(time.Hour)
 
-	srv2, err := New(e.srv.cfg, Deps{Store: e.store, Key: e.key, Policy: e.srv.policy, Now: e.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	wait := srv2.Start(ctx)
-	deadline := time.Now().Add(5 * time.Second)
-	for len(hs.got()) < 2 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	cancel()
-	wait()
-	calls := hs.got()
-	if len(calls) != 2 {
-		t.Fatalf("%d calls after restart, want 2", len(calls))
-	}
-	checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[1].body, "@alice:hs.test", "tok")
-	if inv, err := e.store.GetInvite("tok"); err != nil || inv.DeliveredTS == 0 {
-		t.Errorf("invite after delivery: %+v %v", inv, err)
-	}
-	// Delivered invites go when they expire.
-	e.clock.Advance(2 * time.Hour)
-	if n, err := e.store.SweepInvites(e.clock.Now().UnixMilli()); err != nil || n != 1 {
-		t.Errorf("sweep after expiry removed %d (%v), want 1", n, err)
-	}
+		srv2, err := New(e.srv.cfg, Deps{Store: e.store, Key: e.key, Policy: e.srv.policy, Now: e.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		wait := srv2.Start(ctx)
+		deadline := time.Now().Add(5 * time.Second)
+		for len(hs.got()) < 2 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		wait()
+		calls := hs.got()
+		if len(calls) != 2 {
+			t.Fatalf("%d calls after restart, want 2", len(calls))
+		}
+		checkOnbindBody(t, e.srv.cfg.ServerName, e.key.Public(), calls[1].body, "@alice:hs.test", "tok")
+		if inv, err := e.store.GetInvite("tok"); err != nil || inv.DeliveredTS == 0 {
+			t.Errorf("invite after delivery: %+v %v", inv, err)
+		}
+		// Delivered invites go when they expire.
+		e.clock.Advance(2 * time.Hour)
+		if n, err := e.store.SweepInvites(e.clock.Now().UnixMilli()); err != nil || n != 1 {
+			t.Errorf("sweep after expiry removed %d (%v), want 1", n, err)
+		}
+	})
 }
 
 // A homeserver on an address the outbound policy refuses: the retry is

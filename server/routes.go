@@ -11,6 +11,10 @@ func (s *Server) routes() {
 	s.handle("GET /_matrix/identity/versions", public, s.getVersions)
 	s.handle("GET "+v2, public, s.getStatus)
 
+	// Health checks for load balancers and supervisors (not Matrix API).
+	s.handle("GET /health/live", public, s.getLive)
+	s.handle("GET /health/ready", public, s.getReady)
+
 	// Keys.
 	s.handle("GET "+v2+"/pubkey/isvalid", public, s.getPubkeyIsValid)
 	s.handle("GET "+v2+"/pubkey/ephemeral/isvalid", public, s.getEphemeralPubkeyIsValid)

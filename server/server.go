@@ -36,7 +36,7 @@ import (
 
 // Deps are the server's collaborators, built by main.
 type Deps struct {
-	Store  *db.Store
+	Store  Store
 	Key    *signing.Key
 	Policy *outbound.Policy
 	Logger *slog.Logger
@@ -58,6 +58,9 @@ type Deps struct {
 	// Lookup answers lookups (hash index, cascade). nil builds a
 	// local-only one over Store (tests of other areas).
 	Lookup *lookup.Service
+	// Ready, when set, is asked by GET /health/ready besides the store: an
+	// error (saying why) makes this replica not ready.
+	Ready func() error
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -67,10 +70,25 @@ type BindingListener interface {
 	Unbound(medium, address string)
 }
 
+// bindingListeners tells each of its listeners, in order.
+type bindingListeners []BindingListener
+
+func (ls bindingListeners) Bound(medium, address, mxid string) {
+	for _, l := range ls {
+		l.Bound(medium, address, mxid)
+	}
+}
+
+func (ls bindingListeners) Unbound(medium, address string) {
+	for _, l := range ls {
+		l.Unbound(medium, address)
+	}
+}
+
 // Server is the identity server's HTTP side.
 type Server struct {
 	cfg     Config
-	store   *db.Store
+	store   Store
 	key     *signing.Key
 	policy  *outbound.Policy
 	fed     *federation.Resolver
@@ -88,6 +106,8 @@ type Server struct {
 	limits          *limits
 	keys            *federation.KeyCache
 	lk              *lookupAPI
+	ready           func() error
+	authMemory      *authMemory
 	mux             *http.ServeMux
 	handler         http.Handler
 }
@@ -128,6 +148,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 		metrics:         d.Metrics,
 		mail:            d.Mail,
 		limits:          newLimits(cfg.RateLimit, d.Now),
+		ready:           d.Ready,
+		authMemory:      newAuthMemory(d.Now),
 	}
 	s.keys = federation.NewKeyCache(s.fed, d.Now)
 	lk, listener, err := newLookupAPI(d.Lookup, d)
@@ -135,8 +157,12 @@ func New(cfg Config, d Deps) (*Server, error) {
 		return nil, err
 	}
 	s.lk = lk
-	if s.binds == nil {
+	switch {
+	case listener == nil: // main's lookup service: Deps.Bindings keeps its index in step
+	case s.binds == nil:
 		s.binds = listener
+	default: // a local-only index and a caller's listener both follow
+		s.binds = bindingListeners{s.binds, listener}
 	}
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)
@@ -331,7 +357,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := asError(err)
 	s.logError(r, e)
-	if e.Code == "M_LIMIT_EXCEEDED" {
+	if e.Code == "M_LIMIT_EXCEEDED" || e.Status == http.StatusServiceUnavailable {
 		if ms, ok := e.Extra["retry_after_ms"].(int64); ok {
 			w.Header().Set("Retry-After", fmt.Sprint((ms+999)/1000))
 		}
@@ -348,6 +374,10 @@ func (s *Server) logError(r *http.Request, e *Error) {
 	attrs := []any{"request_id", requestID(r), "method", r.Method, "path", r.URL.Path, "status", e.Status, "errcode", e.Code, "error", e.Message}
 	if e.Cause != nil {
 		attrs = append(attrs, "cause", e.Cause)
+	}
+	if errors.Is(e.Cause, db.ErrUnavailable) {
+		s.log.Warn("request failed: the database is not available", attrs...)
+		return
 	}
 	if e.Status >= 500 {
 		s.log.Error("request failed", attrs...)

@@ -284,26 +284,28 @@ func TestBadInputAuthAndSessions(t *testing.T) {
 // Unbind with a session: the session must be validated and for the same
 // 3PID; the binding must belong to mxid.
 func TestUnbindWithSession(t *testing.T) {
-	h := newIDHarness(t, idHarnessOpts{})
-	tok := h.account("@alice:hs.test")
-	sid := h.validatedEmail(tok, "u@example.org", "s")
-	wantReply(t, "bind", h.call("POST", v2Path+"/3pid/bind", tok, map[string]any{"sid": sid, "client_secret": "s", "mxid": "@alice:hs.test"}, nil), 200, "")
-	unbind := func(secret, mxid, address string) apiReply {
-		return h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"sid": sid, "client_secret": secret, "mxid": mxid, "threepid": map[string]string{"medium": "email", "address": address}}, nil)
-	}
-	wantReply(t, "other 3PID", unbind("s", "@alice:hs.test", "other@example.org"), 403, "M_FORBIDDEN")
-	wantReply(t, "wrong secret", unbind("x", "@alice:hs.test", "u@example.org"), 404, "M_NO_VALID_SESSION")
-	wantReply(t, "other mxid", unbind("s", "@bob:hs.test", "u@example.org"), 200, "")
-	if _, err := h.store.GetBinding("email", "u@example.org"); err != nil {
-		t.Errorf("unbind of another mxid removed the binding: %v", err)
-	}
-	wantReply(t, "missing threepid", h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"sid": sid, "client_secret": "s", "mxid": "@alice:hs.test"}, nil), 400, "M_MISSING_PARAMS")
-	wantReply(t, "bad medium", h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"sid": sid, "client_secret": "s", "mxid": "@alice:hs.test", "threepid": map[string]string{"medium": "fax", "address": "1"}}, nil), 400, "M_INVALID_PARAM")
-	wantReply(t, "no auth", h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"mxid": "@alice:hs.test", "threepid": map[string]string{"medium": "email", "address": "u@example.org"}}, nil), 401, "M_UNAUTHORIZED")
-	wantReply(t, "case-folded address", unbind("s", "@alice:hs.test", "U@Example.org"), 200, "")
-	if _, err := h.store.GetBinding("email", "u@example.org"); err != db.ErrNotFound {
-		t.Errorf("binding still there: %v", err)
-	}
+	onEachBackend(t, func(t *testing.T, be backend) {
+		h := newIDHarness(t, idHarnessOpts{store: be.open})
+		tok := h.account("@alice:hs.test")
+		sid := h.validatedEmail(tok, "u@example.org", "s")
+		wantReply(t, "bind", h.call("POST", v2Path+"/3pid/bind", tok, map[string]any{"sid": sid, "client_secret": "s", "mxid": "@alice:hs.test"}, nil), 200, "")
+		unbind := func(secret, mxid, address string) apiReply {
+			return h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"sid": sid, "client_secret": secret, "mxid": mxid, "threepid": map[string]string{"medium": "email", "address": address}}, nil)
+		}
+		wantReply(t, "other 3PID", unbind("s", "@alice:hs.test", "other@example.org"), 403, "M_FORBIDDEN")
+		wantReply(t, "wrong secret", unbind("x", "@alice:hs.test", "u@example.org"), 404, "M_NO_VALID_SESSION")
+		wantReply(t, "other mxid", unbind("s", "@bob:hs.test", "u@example.org"), 200, "")
+		if _, err := h.store.GetBinding("email", "u@example.org"); err != nil {
+			t.Errorf("unbind of another mxid removed the binding: %v", err)
+		}
+		wantReply(t, "missing threepid", h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"sid": sid, "client_secret": "s", "mxid": "@alice:hs.test"}, nil), 400, "M_MISSING_PARAMS")
+		wantReply(t, "bad medium", h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"sid": sid, "client_secret": "s", "mxid": "@alice:hs.test", "threepid": map[string]string{"medium": "fax", "address": "1"}}, nil), 400, "M_INVALID_PARAM")
+		wantReply(t, "no auth", h.call("POST", v2Path+"/3pid/unbind", "", map[string]any{"mxid": "@alice:hs.test", "threepid": map[string]string{"medium": "email", "address": "u@example.org"}}, nil), 401, "M_UNAUTHORIZED")
+		wantReply(t, "case-folded address", unbind("s", "@alice:hs.test", "U@Example.org"), 200, "")
+		if _, err := h.store.GetBinding("email", "u@example.org"); err != db.ErrNotFound {
+			t.Errorf("binding still there: %v", err)
+		}
+	})
 }
 
 // Row 48: X-Forwarded-For from a peer that is not a trusted proxy is

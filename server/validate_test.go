@@ -276,64 +276,66 @@ func TestSMSWebhookBehindOutboundPolicy(t *testing.T) {
 // that send nothing do not extend them (sydent W8); expired sessions are
 // swept after a grace day.
 func TestSessionExpiryAndSweep(t *testing.T) {
-	h := newIDHarness(t, idHarnessOpts{})
-	tok := h.account("@alice:hs.test")
-	r := h.requestEmail(tok, "a@example.org", "s", 1, nil)
-	sid := r.str("sid")
-	_, token, _ := h.mailLink(1)
-	for i := 0; i < 4; i++ {
-		h.clock.Advance(5 * time.Hour)
-		wantReply(t, "repeat requestToken", h.requestEmail(tok, "a@example.org", "s", 1, nil), 200, "")
-	}
-	// 24 h after creation: expired, although requestToken was called
-	// 4 hours ago.
-	h.clock.Advance(4 * time.Hour)
-	submit := map[string]any{"sid": sid, "client_secret": "s", "token": token}
-	wantReply(t, "submit expired", h.call("POST", v2Path+"/validate/email/submitToken", tok, submit, nil), 400, "M_SESSION_EXPIRED")
-	if len(h.smtp.Messages()) != 1 {
-		t.Errorf("%d mails", len(h.smtp.Messages()))
-	}
-	// A requestToken now starts a new session with a new sid.
-	r2 := h.requestEmail(tok, "a@example.org", "s", 1, nil)
-	wantReply(t, "new session", r2, 200, "")
-	if r2.str("sid") == sid {
-		t.Error("an expired session was reused")
-	}
-	_, token2, _ := h.mailLink(2)
-	wantReply(t, "submit new", h.call("POST", v2Path+"/validate/email/submitToken", tok, map[string]any{"sid": r2.str("sid"), "client_secret": "s", "token": token2}, nil), 200, "")
-	// Validation is a modification: 23 h later bind still works...
-	h.clock.Advance(23 * time.Hour)
-	wantReply(t, "getValidated3pid", h.call("GET", v2Path+"/3pid/getValidated3pid?sid="+r2.str("sid")+"&client_secret=s", tok, nil, nil), 200, "")
-	// ...and 2 h after that the session has expired.
-	h.clock.Advance(2 * time.Hour)
-	bind := map[string]any{"sid": r2.str("sid"), "client_secret": "s", "mxid": "@alice:hs.test"}
-	wantReply(t, "bind expired", h.call("POST", v2Path+"/3pid/bind", tok, bind, nil), 400, "M_SESSION_EXPIRED")
-	wantReply(t, "getValidated3pid expired", h.call("GET", v2Path+"/3pid/getValidated3pid?sid="+r2.str("sid")+"&client_secret=s", tok, nil, nil), 400, "M_SESSION_EXPIRED")
+	onEachBackend(t, func(t *testing.T, be backend) {
+		h := newIDHarness(t, idHarnessOpts{store: be.open})
+		tok := h.account("@alice:hs.test")
+		r := h.requestEmail(tok, "a@example.org", "s", 1, nil)
+		sid := r.str("sid")
+		_, token, _ := h.mailLink(1)
+		for i := 0; i < 4; i++ {
+			h.clock.Advance(5 * time.Hour)
+			wantReply(t, "repeat requestToken", h.requestEmail(tok, "a@example.org", "s", 1, nil), 200, "")
+		}
+		// 24 h after creation: expired, although requestToken was called
+		// 4 hours ago.
+		h.clock.Advance(4 * time.Hour)
+		submit := map[string]any{"sid": sid, "client_secret": "s", "token": token}
+		wantReply(t, "submit expired", h.call("POST", v2Path+"/validate/email/submitToken", tok, submit, nil), 400, "M_SESSION_EXPIRED")
+		if len(h.smtp.Messages()) != 1 {
+			t.Errorf("%d mails", len(h.smtp.Messages()))
+		}
+		// A requestToken now starts a new session with a new sid.
+		r2 := h.requestEmail(tok, "a@example.org", "s", 1, nil)
+		wantReply(t, "new session", r2, 200, "")
+		if r2.str("sid") == sid {
+			t.Error("an expired session was reused")
+		}
+		_, token2, _ := h.mailLink(2)
+		wantReply(t, "submit new", h.call("POST", v2Path+"/validate/email/submitToken", tok, map[string]any{"sid": r2.str("sid"), "client_secret": "s", "token": token2}, nil), 200, "")
+		// Validation is a modification: 23 h later bind still works...
+		h.clock.Advance(23 * time.Hour)
+		wantReply(t, "getValidated3pid", h.call("GET", v2Path+"/3pid/getValidated3pid?sid="+r2.str("sid")+"&client_secret=s", tok, nil, nil), 200, "")
+		// ...and 2 h after that the session has expired.
+		h.clock.Advance(2 * time.Hour)
+		bind := map[string]any{"sid": r2.str("sid"), "client_secret": "s", "mxid": "@alice:hs.test"}
+		wantReply(t, "bind expired", h.call("POST", v2Path+"/3pid/bind", tok, bind, nil), 400, "M_SESSION_EXPIRED")
+		wantReply(t, "getValidated3pid expired", h.call("GET", v2Path+"/3pid/getValidated3pid?sid="+r2.str("sid")+"&client_secret=s", tok, nil, nil), 400, "M_SESSION_EXPIRED")
 
-	// The sweep removes sessions a day after they expired.
-	if n, _ := h.store.CountSessions(); n != 1 {
-		t.Fatalf("%d sessions before the sweep", n)
-	}
-	n, err := h.srv.sweepSessions()
-	if err != nil || n != 0 {
-		t.Errorf("early sweep deleted %d, %v", n, err)
-	}
-	h.clock.Advance(24 * time.Hour)
-	ctx, cancel := context.WithCancel(context.Background())
-	wait := h.srv.Start(ctx) // sweeps at once
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n, _ := h.store.CountSessions(); n == 0 {
-			break
+		// The sweep removes sessions a day after they expired.
+		if n, _ := h.store.CountSessions(); n != 1 {
+			t.Fatalf("%d sessions before the sweep", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the background sweep did not delete the expired session")
+		n, err := h.srv.sweepSessions()
+		if err != nil || n != 0 {
+			t.Errorf("early sweep deleted %d, %v", n, err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	wait()
-	wantReply(t, "bind swept", h.call("POST", v2Path+"/3pid/bind", tok, bind, nil), 404, "M_NO_VALID_SESSION")
+		h.clock.Advance(24 * time.Hour)
+		ctx, cancel := context.WithCancel(context.Background())
+		wait := h.srv.Start(ctx) // sweeps at once
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if n, _ := h.store.CountSessions(); n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the background sweep did not delete the expired session")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		wait()
+		wantReply(t, "bind swept", h.call("POST", v2Path+"/3pid/bind", tok, bind, nil), 404, "M_NO_VALID_SESSION")
+	})
 }
 
 // Rate limits: messages per account, per address, per number and country;
@@ -393,58 +395,60 @@ func TestRequestTokenRateLimits(t *testing.T) {
 // 50 parallel binds of one session: the same association, one binding,
 // one listener call (row 43).
 func TestParallelRequestsAndBinds(t *testing.T) {
-	h := newIDHarness(t, idHarnessOpts{})
-	tok := h.account("@alice:hs.test")
-	var wg sync.WaitGroup
-	sids := make([]string, 20)
-	for i := range sids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := h.requestEmail(tok, "par@example.org", "s", 1, nil)
-			if r.status != 200 {
-				t.Errorf("requestToken %d: %d %s", i, r.status, r.raw)
-			}
-			sids[i] = r.str("sid")
-		}()
-	}
-	wg.Wait()
-	for _, s := range sids {
-		if s != sids[0] {
-			t.Fatalf("different sids: %v", sids)
+	onEachBackend(t, func(t *testing.T, be backend) {
+		h := newIDHarness(t, idHarnessOpts{store: be.open})
+		tok := h.account("@alice:hs.test")
+		var wg sync.WaitGroup
+		sids := make([]string, 20)
+		for i := range sids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := h.requestEmail(tok, "par@example.org", "s", 1, nil)
+				if r.status != 200 {
+					t.Errorf("requestToken %d: %d %s", i, r.status, r.raw)
+				}
+				sids[i] = r.str("sid")
+			}()
 		}
-	}
-	_, token, _ := h.mailLink(1)
-	time.Sleep(100 * time.Millisecond)
-	if n := len(h.smtp.Messages()); n != 1 {
-		t.Fatalf("%d mails, want 1", n)
-	}
-	wantReply(t, "submit", h.call("POST", v2Path+"/validate/email/submitToken", tok, map[string]any{"sid": sids[0], "client_secret": "s", "token": token}, nil), 200, "")
+		wg.Wait()
+		for _, s := range sids {
+			if s != sids[0] {
+				t.Fatalf("different sids: %v", sids)
+			}
+		}
+		_, token, _ := h.mailLink(1)
+		time.Sleep(100 * time.Millisecond)
+		if n := len(h.smtp.Messages()); n != 1 {
+			t.Fatalf("%d mails, want 1", n)
+		}
+		wantReply(t, "submit", h.call("POST", v2Path+"/validate/email/submitToken", tok, map[string]any{"sid": sids[0], "client_secret": "s", "token": token}, nil), 200, "")
 
-	answers := make([]string, 50)
-	for i := range answers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := h.call("POST", v2Path+"/3pid/bind", tok, map[string]any{"sid": sids[0], "client_secret": "s", "mxid": "@alice:hs.test"}, nil)
-			if r.status != 200 {
-				t.Errorf("bind %d: %d %s", i, r.status, r.raw)
-			}
-			answers[i] = string(r.raw)
-		}()
-	}
-	wg.Wait()
-	for _, a := range answers {
-		if a != answers[0] {
-			t.Fatalf("different associations:\n%s\n%s", answers[0], a)
+		answers := make([]string, 50)
+		for i := range answers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := h.call("POST", v2Path+"/3pid/bind", tok, map[string]any{"sid": sids[0], "client_secret": "s", "mxid": "@alice:hs.test"}, nil)
+				if r.status != 200 {
+					t.Errorf("bind %d: %d %s", i, r.status, r.raw)
+				}
+				answers[i] = string(r.raw)
+			}()
 		}
-	}
-	if n, _ := h.store.CountBindings(); n != 1 {
-		t.Errorf("%d bindings", n)
-	}
-	if n, _ := h.binds.counts(); n != 1 {
-		t.Errorf("listener told %d times", n)
-	}
+		wg.Wait()
+		for _, a := range answers {
+			if a != answers[0] {
+				t.Fatalf("different associations:\n%s\n%s", answers[0], a)
+			}
+		}
+		if n, _ := h.store.CountBindings(); n != 1 {
+			t.Errorf("%d bindings", n)
+		}
+		if n, _ := h.binds.counts(); n != 1 {
+			t.Errorf("listener told %d times", n)
+		}
+	})
 }
 
 // A signed association can be checked by anyone with the public key.

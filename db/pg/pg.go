@@ -172,6 +172,15 @@ func (s *Store) Close() error {
 // Path is where the database is: its URL without the password.
 func (s *Store) Path() string { return s.path }
 
+// Ping checks that PostgreSQL answers a query within the statement timeout
+// (the readiness check of a replica).
+func (s *Store) Ping() error {
+	ctx, cancel := s.call()
+	defer cancel()
+	var one int
+	return classify(s.pool.QueryRow(ctx, "SELECT 1").Scan(&one))
+}
+
 // call gives one method its deadline.
 func (s *Store) call() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), s.opts.StatementTimeout)
