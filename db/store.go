@@ -41,6 +41,11 @@
 //
 // Backups (backup.go) copy the whole file from one read transaction
 // (Tx.WriteTo): consistent while writers carry on; not compacted.
+//
+// Damaged files (integrity.go) are refused, never a crash: the file is
+// checked against its meta pages before bbolt maps it, every transaction
+// turns a panic or memory fault into a *DamagedError, and Check reads every
+// page (bbolt's consistency check) and counts what the buckets hold.
 package db
 
 import (
@@ -77,6 +82,7 @@ var (
 	errInUse             = errors.New("database in use")
 	ErrNotFound          = errors.New("not found")
 	openTimeout          = time.Second
+	probeTimeout         = 100 * time.Millisecond
 )
 
 // ErrInUse is returned by Open when another process holds the database.
@@ -94,18 +100,18 @@ type Store struct {
 }
 
 // Open opens (creating if needed) mxid.db in dir. When another process holds
-// the file it fails after a short timeout with an error that says so.
+// the file it fails after a short timeout with an error that says so. A file
+// shorter than its meta pages say, or one bbolt cannot read, is refused
+// with a *DamagedError; an empty file is initialised as a new database (the
+// caller decides whether an empty file may be new).
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("another mxid is using %s (the file is locked); stop it or choose another data_dir: %w", path, errInUse)
-	}
+	bdb, err := openBolt(path, false, openTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err
 	}
 	s := &Store{db: bdb, path: path}
 	if err := s.init(); err != nil {
@@ -116,24 +122,18 @@ func Open(dir string) (*Store, error) {
 }
 
 func (s *Store) init() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		var version uint64
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 {
-				return fmt.Errorf("%s: corrupt schema version", s.path)
-			}
-			version = binary.BigEndian.Uint64(v)
-		} else {
-			version = SchemaVersion // a new file starts at the current schema
+		version, ok, err := schemaVersion(tx, s.path)
+		if err != nil {
+			return err
 		}
-		if version > SchemaVersion {
-			return fmt.Errorf("%s has schema version %d, newer than this mxid understands (%d); run a newer mxid", s.path, version, SchemaVersion)
+		if !ok {
+			version = SchemaVersion // a new file starts at the current schema
 		}
 		for ; version < SchemaVersion; version++ {
 			m, ok := migrations[version]
@@ -144,8 +144,30 @@ func (s *Store) init() error {
 				return fmt.Errorf("migrate schema %d -> %d: %w", version, version+1, err)
 			}
 		}
-		return meta.Put(keySchema, u64(SchemaVersion))
+		return tx.Bucket(bucketMeta).Put(keySchema, u64(SchemaVersion))
 	})
+}
+
+// schemaVersion reads the schema version recorded in the file; ok is false
+// when there is none (a new file). A version newer than this build's is an
+// error.
+func schemaVersion(tx *bolt.Tx, path string) (version uint64, ok bool, err error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return 0, false, nil
+	}
+	v := meta.Get(keySchema)
+	if v == nil {
+		return 0, false, nil
+	}
+	if len(v) != 8 {
+		return 0, false, fmt.Errorf("%s: corrupt schema version", path)
+	}
+	version = binary.BigEndian.Uint64(v)
+	if version > SchemaVersion {
+		return version, true, fmt.Errorf("%s has schema version %d, newer than this mxid understands (%d); run a newer mxid", path, version, SchemaVersion)
+	}
+	return version, true, nil
 }
 
 // Close closes the database.
@@ -157,7 +179,7 @@ func (s *Store) Path() string { return s.path }
 // SchemaVersion reports the version recorded in the file.
 func (s *Store) SchemaVersion() (uint64, error) {
 	var v uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta).Get(keySchema)
 		if len(b) != 8 {
 			return errors.New("schema version missing")
@@ -174,7 +196,7 @@ func (s *Store) GetMeta(key string) (value []byte, ok bool, err error) {
 	if key == string(keySchema) {
 		return nil, false, errors.New("reserved meta key")
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get([]byte(key)); v != nil {
 			value, ok = append([]byte(nil), v...), true
 		}
@@ -188,7 +210,7 @@ func (s *Store) PutMeta(key string, value []byte) error {
 	if key == string(keySchema) {
 		return errors.New("reserved meta key")
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put([]byte(key), value)
 	})
 }

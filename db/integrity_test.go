@@ -1,0 +1,341 @@
+package db
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// filledStore makes a database in a temporary directory holding n
+// bindings, closed; it returns the directory.
+func filledStore(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := make([]Binding, n)
+	for i := range bs {
+		bs[i] = Binding{Medium: "email", Address: fmt.Sprintf("user%d@example.org", i), MXID: fmt.Sprintf("@user%d:hs.test", i), TS: 1, NotBefore: 1, NotAfter: 2}
+	}
+	if _, err := s.PutBindings(bs, 10000); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// wantDamaged fails unless err is a *DamagedError whose message contains
+// want and ends with the advice.
+func wantDamaged(t *testing.T, what string, err error, want string) {
+	t.Helper()
+	var de *DamagedError
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), want) || !strings.HasSuffix(err.Error(), ": restore it from a backup") {
+		t.Errorf("%s: %v (want a *DamagedError with %q)", what, err, want)
+	}
+}
+
+// usedSize is what the meta page says the file needs: bbolt's tx.Size.
+func usedSize(t *testing.T, path string) int64 {
+	t.Helper()
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	var n int64
+	bdb.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
+	return n
+}
+
+// A file shorter than its meta page says is refused by every way in, with
+// the sizes in the message; one byte longer than the pages in use is fine
+// (a backup is exactly that long).
+func TestTruncatedFileRefused(t *testing.T) {
+	dir := filledStore(t, 20000)
+	path := filepath.Join(dir, FileName)
+	need := usedSize(t, path)
+	fi, _ := os.Stat(path)
+	if fi.Size() <= need {
+		t.Fatalf("file %d bytes, %d in use: nothing to truncate", fi.Size(), need)
+	}
+	for _, size := range []int64{need, fi.Size() / 2, need - 1} {
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		if size >= need {
+			s, err := Open(dir)
+			if err != nil {
+				t.Fatalf("open at %d bytes (%d in use): %v", size, need, err)
+			}
+			if n, _ := s.CountBindings(); n != 20000 {
+				t.Errorf("%d bindings at %d bytes", n, size)
+			}
+			s.Close()
+			need = usedSize(t, path) // the open committed: the file may have grown
+			continue
+		}
+		want := fmt.Sprintf("%s is truncated (%d bytes, needs at least %d)", path, size, need)
+		_, err := Open(dir)
+		wantDamaged(t, "Open", err, want)
+		_, err = CheckFile(path)
+		wantDamaged(t, "CheckFile", err, want)
+		_, err = BackupOffline(dir, io.Discard)
+		wantDamaged(t, "BackupOffline", err, want)
+		_, err = Probe(dir)
+		wantDamaged(t, "Probe", err, want)
+	}
+	// Too short to hold a meta page at all.
+	os.Truncate(path, 50)
+	_, err := Open(dir)
+	wantDamaged(t, "Open of 50 bytes", err, "is damaged (50 bytes and no valid bbolt meta page")
+}
+
+// overwritePage writes garbage over page id of the file at path.
+func overwritePage(t *testing.T, path string, id uint64, seed uint64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	garbage := make([]byte, 4096)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for i := range garbage {
+		garbage[i] = byte(rng.Uint32())
+	}
+	if _, err := f.WriteAt(garbage, int64(id)*4096); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bucketRoot is the page id of a bucket's root page.
+func bucketRoot(t *testing.T, path string, name []byte) uint64 {
+	t.Helper()
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	var id uint64
+	bdb.View(func(tx *bolt.Tx) error { id = uint64(tx.Bucket(name).Root()); return nil })
+	if id == 0 {
+		t.Fatalf("bucket %s is inline", name)
+	}
+	return id
+}
+
+// One meta page of garbage: bbolt uses the other one (two alternate for
+// exactly this: the previous transaction's state) and the next commit
+// rewrites it. Both: refused.
+func TestDamagedMetaPage(t *testing.T) {
+	for _, page := range []uint64{0, 1} {
+		dir := filledStore(t, 2000)
+		path := filepath.Join(dir, FileName)
+		s, err := Open(dir) // one more commit: both meta pages see the bindings
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		overwritePage(t, path, page, page)
+		s, err = Open(dir)
+		if err != nil {
+			t.Fatalf("meta page %d overwritten: %v", page, err)
+		}
+		if n, err := s.CountBindings(); n != 2000 || err != nil {
+			t.Errorf("meta page %d overwritten: %d bindings, %v", page, n, err)
+		}
+		if r, err := s.Check(); err != nil || r.Err() != nil {
+			t.Errorf("meta page %d overwritten, after a commit: %v %v", page, err, r.Err())
+		}
+		s.Close()
+	}
+	dir := filledStore(t, 10)
+	path := filepath.Join(dir, FileName)
+	overwritePage(t, path, 0, 1)
+	overwritePage(t, path, 1, 2)
+	_, err := Open(dir)
+	wantDamaged(t, "both meta pages overwritten", err, "and no valid bbolt meta page")
+}
+
+// A page of garbage in the middle of the bindings: opening works (nothing
+// reads it yet), every operation that meets it answers a *DamagedError
+// instead of crashing the process, the rest of the store still works, and
+// the check of every page finds it.
+func TestGarbagePageBecomesAnError(t *testing.T) {
+	dir := filledStore(t, 20000)
+	path := filepath.Join(dir, FileName)
+	overwritePage(t, path, bucketRoot(t, path, bucketBindings), 7)
+
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer s.Close()
+	_, err = s.GetBinding("email", "user5@example.org")
+	wantDamaged(t, "GetBinding", err, "is damaged (")
+	_, err = s.PutBinding(Binding{Medium: "email", Address: "new@example.org", MXID: "@new:hs.test", TS: 1, NotBefore: 1, NotAfter: 2})
+	wantDamaged(t, "PutBinding", err, "is damaged (")
+	_, err = s.CountBindings()
+	wantDamaged(t, "CountBindings", err, "is damaged (")
+	if err := s.CreateAccountToken("tok", "@a:hs.test", time.Now()); err != nil {
+		t.Errorf("an account, elsewhere in the file: %v", err)
+	}
+	r, err := s.Check()
+	if err != nil || r.ProblemCount == 0 {
+		t.Fatalf("check of the open store: %+v %v", r, err)
+	}
+	wantDamaged(t, "Store.Check", r.Err(), "is damaged (")
+	s.Close()
+
+	_, err = CheckFile(path)
+	wantDamaged(t, "CheckFile", err, "is damaged (")
+	// A backup is a faithful copy: it is written, and its check fails.
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	f, _ := os.Create(copyPath)
+	if _, err := BackupOffline(dir, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = VerifyBackup(copyPath)
+	wantDamaged(t, "VerifyBackup", err, "is damaged (")
+}
+
+// A file cut short under a running store (the disk, another program): the
+// first read past the end is a SIGBUS, which becomes a *DamagedError for
+// the transaction, not the end of the process.
+func TestFaultPastTheEndBecomesAnError(t *testing.T) {
+	dir := filledStore(t, 20000)
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := os.Truncate(s.Path(), 3*4096); err != nil {
+		t.Fatal(err)
+	}
+	err = s.ScanBindings(func(_, _, _ []byte) error { return nil })
+	wantDamaged(t, "ScanBindings over a file cut short", err, "is damaged (a read outside the file")
+}
+
+// The check runs while writers write (it takes the writer's lock), counts
+// what each bucket holds, and sees a consistent state.
+func TestCheckCountsAndRunsBesideWriters(t *testing.T) {
+	dir := filledStore(t, 3000)
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.CreateAccountToken("tok1", "@a:hs.test", time.Now())
+	s.CreateAccountToken("tok2", "@b:hs.test", time.Now())
+	create := func(sid string) func(*Session) (Session, bool, error) {
+		return func(*Session) (Session, bool, error) {
+			return Session{ID: sid, Medium: "email", Address: "s@example.org", ClientSecret: "cs", Token: "123", CreatedTS: 1, ModifiedTS: 1}, true, nil
+		}
+	}
+	if _, err := s.RequestSession("email", "s@example.org", "cs", create("sid1")); err != nil {
+		t.Fatal(err)
+	}
+	for i, addr := range []string{"inv1@example.org", "inv2@example.org"} {
+		if err := s.PutInvite(Invite{Token: fmt.Sprintf("t%d", i), Medium: "email", Address: addr, RoomID: "!r:hs.test", Sender: "@s:hs.test", Ephemeral: fmt.Sprintf("eph%d", i), CreatedTS: 1, ExpiresTS: 1 << 50}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onbind := func(pending []Invite) (string, []byte, error) { return "hs.test", []byte(`{}`), nil }
+	if _, _, job, err := s.Bind(Binding{Medium: "email", Address: "inv1@example.org", MXID: "@i:hs.test", TS: 1, NotBefore: 1, NotAfter: 2}, 0, onbind); err != nil || job == nil {
+		t.Fatalf("bind with a pending invite: %v %v", job, err)
+	}
+
+	var written atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := s.PutBinding(Binding{Medium: "email", Address: fmt.Sprintf("w%d@example.org", i), MXID: "@w:hs.test", TS: 1, NotBefore: 1, NotAfter: 2}); err != nil {
+				t.Error(err)
+				return
+			}
+			written.Add(1)
+		}
+	})
+	for range 5 {
+		before := written.Load()
+		r, err := s.Check()
+		if err != nil || r.Err() != nil {
+			t.Fatalf("check beside a writer: %v %v", err, r.Err())
+		}
+		if r.Bindings < 3001+int(before) || r.Accounts != 2 || r.Sessions != 1 || r.Invites != 2 || r.Queued != 1 || r.Schema != SchemaVersion || r.Size == 0 {
+			t.Errorf("report %+v (at least %d bindings)", r, 3001+before)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// Probe: what check-config looks at.
+func TestProbe(t *testing.T) {
+	if _, err := Probe(t.TempDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("no database: %v", err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, FileName), nil, 0o600)
+	if size, err := Probe(dir); size != 0 || err != nil {
+		t.Errorf("empty file: %d %v", size, err)
+	}
+	_, err := CheckFile(filepath.Join(dir, FileName))
+	wantDamaged(t, "CheckFile of an empty file", err, "is empty (0 bytes)")
+
+	dir = filledStore(t, 10)
+	if _, err := Probe(dir); err != nil {
+		t.Errorf("good file: %v", err)
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := Probe(dir); err != nil {
+		t.Errorf("good file held by a server: %v", err)
+	}
+	t.Logf("probe of a held file: %v", time.Since(start))
+	s.PutMeta("x", nil)
+	s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, u64(SchemaVersion+1)) })
+	s.Close()
+	if _, err := Probe(dir); err == nil || !strings.Contains(err.Error(), "newer than this mxid understands") {
+		t.Errorf("newer schema: %v", err)
+	}
+}
+
+// The meta check costs a stat and two small reads.
+func BenchmarkCheckFile(b *testing.B) {
+	dir := b.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.Close()
+	for b.Loop() {
+		if _, err := checkFile(filepath.Join(dir, FileName)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
