@@ -30,7 +30,7 @@ func (s *Store) WriteBackup(w io.Writer, announce func(size int64)) (int64, erro
 // error of w (a writer that checks for an interrupt stops it).
 func BackupOffline(dir string, w io.Writer) (int64, error) {
 	path := filepath.Join(dir, FileName)
-	bdb, err := openBolt(path, true, openTimeout)
+	bdb, _, err := openBolt(path, true, openTimeout)
 	if err != nil {
 		return 0, err
 	}

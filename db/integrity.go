@@ -90,26 +90,36 @@ func readMeta(f *os.File, off int64) (meta, bool) {
 	return parseMeta(buf)
 }
 
+// fileState is what checkFile learnt of a file.
+type fileState struct {
+	size    int64
+	badMeta int // the meta page (0 or 1) that is invalid while the other is valid; -1: none
+}
+
 // checkFile compares the file at path with its meta pages as bbolt will
 // read them: the page size from meta page 0 (or, when that is damaged, from
 // meta page 1 found where bbolt looks for it), then the valid meta page with
 // the higher transaction id, whose high-water mark says how long the file
-// must be. It returns the file's size; a missing file is an error
-// satisfying errors.Is(err, os.ErrNotExist), an empty one is size 0 and no
-// error (the caller decides).
-func checkFile(path string) (int64, error) {
+// must be. A missing file is an error satisfying errors.Is(err,
+// os.ErrNotExist), an empty one is size 0 and no error (the caller
+// decides). One invalid meta page is no error: bbolt uses the other one
+// (the state before the last commit; a meta write cut short by a crash
+// leaves this), and the next commit rewrites it.
+func checkFile(path string) (fileState, error) {
+	st := fileState{badMeta: -1}
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, err
+		return st, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return st, err
 	}
 	size := fi.Size()
+	st.size = size
 	if size == 0 {
-		return 0, nil
+		return st, nil
 	}
 	m0, ok0 := readMeta(f, 0)
 	var m1 meta
@@ -132,16 +142,16 @@ func checkFile(path string) (int64, error) {
 			m = m1
 		}
 	case ok0:
-		m = m0
+		m, st.badMeta = m0, 1
 	case ok1:
-		m = m1
+		m, st.badMeta = m1, 0
 	default:
-		return size, &DamagedError{Path: path, Problem: fmt.Sprintf("damaged (%d bytes and no valid bbolt meta page: not a database file, or its first pages are overwritten)", size)}
+		return st, &DamagedError{Path: path, Problem: fmt.Sprintf("damaged (%d bytes and no valid bbolt meta page: not a database file, or its first pages are overwritten)", size)}
 	}
 	if need := int64(m.pgid) * int64(m.pageSize); size < need {
-		return size, &DamagedError{Path: path, Problem: fmt.Sprintf("truncated (%d bytes, needs at least %d)", size, need)}
+		return st, &DamagedError{Path: path, Problem: fmt.Sprintf("truncated (%d bytes, needs at least %d)", size, need)}
 	}
-	return size, nil
+	return st, nil
 }
 
 // guard runs fn, turning a panic or a memory fault inside it (bbolt's
@@ -176,16 +186,16 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 // timeout with errInUse when another process holds it. A read-only open
 // refuses a missing or empty file; a read-write one creates the file or
 // initialises an empty one.
-func openBolt(path string, readOnly bool, timeout time.Duration) (*bolt.DB, error) {
-	size, err := checkFile(path)
+func openBolt(path string, readOnly bool, timeout time.Duration) (*bolt.DB, fileState, error) {
+	st, err := checkFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist) && readOnly:
-		return nil, fmt.Errorf("no database at %s", path)
+		return nil, st, fmt.Errorf("no database at %s", path)
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
-		return nil, err
-	case size == 0 && readOnly:
-		return nil, &DamagedError{Path: path, Problem: "empty (0 bytes)"}
+		return nil, st, err
+	case st.size == 0 && readOnly:
+		return nil, st, &DamagedError{Path: path, Problem: "empty (0 bytes)"}
 	}
 	var bdb *bolt.DB
 	err = guard(path, func() error {
@@ -195,17 +205,17 @@ func openBolt(path string, readOnly bool, timeout time.Duration) (*bolt.DB, erro
 	})
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
-		return nil, fmt.Errorf("another mxid is using %s (the file is locked); stop it or choose another data_dir: %w", path, errInUse)
+		return nil, st, fmt.Errorf("another mxid is using %s (the file is locked); stop it or choose another data_dir: %w", path, errInUse)
 	case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum), errors.Is(err, bolterrors.ErrVersionMismatch):
-		return nil, &DamagedError{Path: path, Problem: fmt.Sprintf("damaged (%v)", err)}
+		return nil, st, &DamagedError{Path: path, Problem: fmt.Sprintf("damaged (%v)", err)}
 	case err != nil:
 		var de *DamagedError
 		if errors.As(err, &de) {
-			return nil, err
+			return nil, st, err
 		}
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, st, fmt.Errorf("open %s: %w", path, err)
 	}
-	return bdb, nil
+	return bdb, st, nil
 }
 
 // Report is what a check of every page found: the file's size, its schema
@@ -242,12 +252,13 @@ func (r Report) Err() error {
 }
 
 // check runs bbolt's consistency check in tx and, when it is clean, reads
-// the schema and counts what the buckets hold. A panic while counting is
+// the schema (an error when newer than this build's) and counts what the
+// buckets hold. A panic while counting is
 // the caller's guard's. bbolt checks on a goroutine of its own, which turns
 // a panic into a problem but cannot be guarded against a memory fault (a
 // page whose offsets point outside the file): checkFile has ruled out the
 // common cause, a short file.
-func check(tx *bolt.Tx, r *Report) {
+func check(tx *bolt.Tx, r *Report) error {
 	start := time.Now()
 	defer func() { r.DurationMS = time.Since(start).Milliseconds() }()
 	r.Size = tx.Size()
@@ -258,17 +269,13 @@ func check(tx *bolt.Tx, r *Report) {
 		}
 	}
 	if r.ProblemCount > 0 {
-		return
+		return nil
 	}
-	version, ok, err := schemaVersion(tx, r.Path)
-	if err != nil || !ok {
-		r.ProblemCount, r.Problems = 1, []string{"not an mxid database (no schema version)"}
-		if err != nil {
-			r.Problems[0] = err.Error()
-		}
-		return
+	version, _, err := schemaVersion(tx, r.Path)
+	if err != nil {
+		return err
 	}
-	r.Schema = version
+	r.Schema = version // 0: none yet (a new file)
 	count := func(name []byte) int {
 		if b := tx.Bucket(name); b != nil {
 			return b.Stats().KeyN
@@ -277,6 +284,7 @@ func check(tx *bolt.Tx, r *Report) {
 	}
 	r.Bindings, r.Sessions, r.Accounts = count(bucketBindings), count(bucketSessions), count(bucketAccounts)
 	r.Invites, r.Queued = count(bucketInvites), count(bucketQueue)
+	return nil
 }
 
 // absorb records a *DamagedError met during a check (a panic or fault in
@@ -304,8 +312,7 @@ func (s *Store) Check() (Report, error) {
 			return err
 		}
 		defer tx.Rollback()
-		check(tx, &r)
-		return nil
+		return check(tx, &r)
 	})
 	return r, r.absorb(err)
 }
@@ -314,46 +321,45 @@ func (s *Store) Check() (Report, error) {
 // holding it (read-only; ErrInUse when one does) and counts what it holds.
 // The error is nil only for a clean file: Report.Err when the check found
 // problems, or why the file could not be checked.
-func CheckFile(path string) (Report, error) {
+func CheckFile(path string) (Report, error) { return checkFileWithin(path, openTimeout) }
+
+func checkFileWithin(path string, timeout time.Duration) (Report, error) {
 	r := Report{Path: path}
-	bdb, err := openBolt(path, true, openTimeout)
+	bdb, st, err := openBolt(path, true, timeout)
 	if err != nil {
 		return r, err
 	}
 	defer bdb.Close()
+	if st.badMeta >= 0 {
+		r.ProblemCount++
+		r.Problems = append(r.Problems, fmt.Sprintf("meta page %d is unreadable: bbolt uses the other one (the state before the last write) and mxid rewrites it when it next opens the file", st.badMeta))
+	}
 	err = guard(path, func() error {
-		return bdb.View(func(tx *bolt.Tx) error { check(tx, &r); return nil })
+		return bdb.View(func(tx *bolt.Tx) error { return check(tx, &r) })
 	})
 	if err := r.absorb(err); err != nil {
 		return r, err
 	}
+	if r.ProblemCount == 0 && r.Schema == 0 {
+		return r, fmt.Errorf("%s is not an mxid database (no schema version)", path)
+	}
 	return r, r.Err()
 }
 
-// Probe is the quick look check-config takes at the database in dir: the
-// file against its meta pages (no lock needed, so also while a server holds
-// it) and, when no server holds it, bbolt's open and the schema version. It
-// does not read every page (Check, CheckFile do). A missing file satisfies
-// errors.Is(err, os.ErrNotExist); an empty one gives size 0 and no error.
+// Probe is check-config's look at the database in dir, to tell in advance
+// what serve will say of it: the file against its meta pages (no lock
+// needed) and, when no server holds the file, every page (CheckFile). While
+// a server holds it, the meta pages only: that server checked every page
+// when it started. A missing file satisfies errors.Is(err, os.ErrNotExist);
+// an empty one gives size 0 and no error.
 func Probe(dir string) (size int64, err error) {
 	path := filepath.Join(dir, FileName)
-	if size, err = checkFile(path); err != nil || size == 0 {
-		return size, err
+	st, err := checkFile(path)
+	if err != nil || st.size == 0 || st.badMeta >= 0 { // serve rewrites a bad meta page first
+		return st.size, err
 	}
-	bdb, err := openBolt(path, true, probeTimeout)
-	if errors.Is(err, errInUse) {
-		return size, nil // the server that holds it checked it when it opened it
+	if _, err = checkFileWithin(path, probeTimeout); errors.Is(err, errInUse) {
+		err = nil
 	}
-	if err != nil {
-		return size, err
-	}
-	defer bdb.Close()
-	return size, guard(path, func() error {
-		return bdb.View(func(tx *bolt.Tx) error {
-			if _, ok, err := schemaVersion(tx, path); err != nil || !ok {
-				return cmp.Or(err, fmt.Errorf("%s is not an mxid database (no schema version)", path))
-			}
-			return nil
-		})
-	})
+	return st.size, err
 }

@@ -1,6 +1,7 @@
 package db
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -145,15 +146,24 @@ func TestDamagedMetaPage(t *testing.T) {
 	for _, page := range []uint64{0, 1} {
 		dir := filledStore(t, 2000)
 		path := filepath.Join(dir, FileName)
-		s, err := Open(dir) // one more commit: both meta pages see the bindings
+		s, err := Open(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.PutMeta("x", []byte("1")) // one more commit: both meta pages see the bindings
 		s.Close()
 		overwritePage(t, path, page, page)
+		_, err = CheckFile(path)
+		wantDamaged(t, "CheckFile", err, fmt.Sprintf("meta page %d is unreadable", page))
+		if _, err := Probe(dir); err != nil {
+			t.Errorf("Probe (serve will rewrite the page): %v", err)
+		}
 		s, err = Open(dir)
 		if err != nil {
 			t.Fatalf("meta page %d overwritten: %v", page, err)
+		}
+		if !s.RewroteMeta() {
+			t.Error("RewroteMeta is false")
 		}
 		if n, err := s.CountBindings(); n != 2000 || err != nil {
 			t.Errorf("meta page %d overwritten: %d bindings, %v", page, n, err)
@@ -171,20 +181,49 @@ func TestDamagedMetaPage(t *testing.T) {
 	wantDamaged(t, "both meta pages overwritten", err, "and no valid bbolt meta page")
 }
 
-// A page of garbage in the middle of the bindings: opening works (nothing
-// reads it yet), every operation that meets it answers a *DamagedError
-// instead of crashing the process, the rest of the store still works, and
-// the check of every page finds it.
-func TestGarbagePageBecomesAnError(t *testing.T) {
+// A page of garbage in the middle of the bindings: Open refuses the file
+// and leaves it as it was; so does every check.
+func TestGarbagePageRefused(t *testing.T) {
 	dir := filledStore(t, 20000)
 	path := filepath.Join(dir, FileName)
 	overwritePage(t, path, bucketRoot(t, path, bucketBindings), 7)
+	before, _ := os.ReadFile(path)
 
+	_, err := Open(dir)
+	wantDamaged(t, "Open", err, "is damaged (")
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("Open wrote to the damaged file")
+	}
+	_, err = CheckFile(path)
+	wantDamaged(t, "CheckFile", err, "is damaged (")
+	_, err = Probe(dir)
+	wantDamaged(t, "Probe", err, "is damaged (")
+	// A backup is a faithful copy: it is written, and its check fails.
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	f, _ := os.Create(copyPath)
+	if _, err := BackupOffline(dir, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = VerifyBackup(copyPath)
+	wantDamaged(t, "VerifyBackup", err, "is damaged (")
+}
+
+// A page that turns to garbage under an open store (the map is shared
+// with the file): every operation that meets it answers a *DamagedError
+// instead of crashing the process, the rest of the store still works, and
+// Check finds it.
+func TestGarbagePageUnderAnOpenStore(t *testing.T) {
+	dir := filledStore(t, 20000)
+	path := filepath.Join(dir, FileName)
+	root := bucketRoot(t, path, bucketBindings)
 	s, err := Open(dir)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
 	defer s.Close()
+	overwritePage(t, path, root, 7)
+
 	_, err = s.GetBinding("email", "user5@example.org")
 	wantDamaged(t, "GetBinding", err, "is damaged (")
 	_, err = s.PutBinding(Binding{Medium: "email", Address: "new@example.org", MXID: "@new:hs.test", TS: 1, NotBefore: 1, NotAfter: 2})
@@ -199,19 +238,6 @@ func TestGarbagePageBecomesAnError(t *testing.T) {
 		t.Fatalf("check of the open store: %+v %v", r, err)
 	}
 	wantDamaged(t, "Store.Check", r.Err(), "is damaged (")
-	s.Close()
-
-	_, err = CheckFile(path)
-	wantDamaged(t, "CheckFile", err, "is damaged (")
-	// A backup is a faithful copy: it is written, and its check fails.
-	copyPath := filepath.Join(t.TempDir(), "copy.db")
-	f, _ := os.Create(copyPath)
-	if _, err := BackupOffline(dir, f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	_, err = VerifyBackup(copyPath)
-	wantDamaged(t, "VerifyBackup", err, "is damaged (")
 }
 
 // A file cut short under a running store (the disk, another program): the

@@ -49,6 +49,7 @@
 package db
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -95,33 +96,81 @@ var migrations = map[uint64]func(tx *bolt.Tx) error{}
 
 // Store is the handle on the database. It is safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db          *bolt.DB
+	path        string
+	opened      Report // Open's check
+	rewroteMeta bool
 }
 
 // Open opens (creating if needed) mxid.db in dir. When another process holds
-// the file it fails after a short timeout with an error that says so. A file
-// shorter than its meta pages say, or one bbolt cannot read, is refused
-// with a *DamagedError; an empty file is initialised as a new database (the
-// caller decides whether an empty file may be new).
+// the file it fails after a short timeout with an error that says so. The
+// file is checked before anything is written to it: against its meta pages
+// (a short file is refused), then every page (Check; Opened reports it).
+// A damaged file is refused with a *DamagedError and left as it was. An
+// empty file is initialised as a new database (the caller decides whether
+// an empty file may be new). Only then is the schema brought up to date.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	bdb, err := openBolt(path, false, openTimeout)
+	bdb, st, err := openBolt(path, false, openTimeout)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{db: bdb, path: path}
-	if err := s.init(); err != nil {
+	if err := s.open(st); err != nil {
 		bdb.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
+func (s *Store) open(st fileState) error {
+	if st.badMeta >= 0 {
+		// A commit writes the meta page the next transaction id names,
+		// which is the invalid one: this rewrites it from the valid one.
+		if err := s.update(func(*bolt.Tx) error { return nil }); err != nil {
+			return err
+		}
+		s.rewroteMeta = true
+	}
+	r, err := s.Check()
+	if err == nil {
+		err = r.Err()
+	}
+	if err != nil {
+		return err
+	}
+	s.opened = r
+	s.ReleaseMapped() // the check read every page
+	return s.init()
+}
+
+// Opened is the check Open made of every page.
+func (s *Store) Opened() Report { return s.opened }
+
+// RewroteMeta says Open found one of the two meta pages invalid (a write
+// cut short by a crash, or damage) and rewrote it from the other: the file
+// is in the state of the transaction before the last one.
+func (s *Store) RewroteMeta() bool { return s.rewroteMeta }
+
 func (s *Store) init() error {
+	// A file that is current is not written to.
+	current := s.view(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return ErrNotFound
+			}
+		}
+		if v, ok, err := schemaVersion(tx, s.path); err != nil || !ok || v != SchemaVersion {
+			return cmp.Or(err, ErrNotFound)
+		}
+		return nil
+	})
+	if current == nil {
+		return nil
+	}
 	return s.update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
