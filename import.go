@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -63,7 +64,7 @@ func cmdImport(args []string, stdout, stderr io.Writer) error {
 	}
 	var store *db.Store
 	if !*dryRun {
-		store, err = db.Open(cfg.DataDir)
+		store, err = openStore(cfg.DataDir, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return err
 		}

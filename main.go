@@ -53,6 +53,7 @@ Usage:
   mxid check-config [-config PATH]      validate the configuration, list every problem
   mxid check WHAT [ARGS]                self-tests with the configured settings (mxid check help lists them)
   mxid backup [-config PATH] FILE       write a checked copy of the database (also while serving)
+  mxid check-db [-config PATH]          check every page of the database, count what it holds (also while serving)
   mxid import [-config PATH] [-n] FILE  load bindings from JSON lines {"medium","address","mxid"[,"ts"]}
   mxid install --domain NAME ...        install as a systemd service (user, config, unit); --dry-run shows the plan
   mxid bench-lookup [flags]             load benchmark of POST /v2/lookup (see -h)
@@ -74,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 		return cmdServe(ctx, args, stdout, stderr)
+	case "check-db":
+		return cmdCheckDB(ctx, args, stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args, stdout, stderr)
 	case "backup":
@@ -150,17 +153,23 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	_, source, err := resolveConfig(*path)
-	if err != nil {
-		var ce *ConfigError
-		if errors.As(err, &ce) {
-			fmt.Fprintln(stderr, ce.Error())
-			return usageError{err}
-		}
+	cfg, source, err := resolveConfig(*path)
+	var ce *ConfigError
+	if err != nil && !errors.As(err, &ce) {
 		return err
 	}
 	if source == "" {
 		source = "embedded default"
+	}
+	if problem := probeStore(cfg.DataDir); problem != nil { // one more problem
+		if ce == nil {
+			ce = &ConfigError{Path: source}
+		}
+		ce.Problems = append(ce.Problems, problem)
+	}
+	if ce != nil {
+		fmt.Fprintln(stderr, ce.Error())
+		return usageError{ce}
 	}
 	fmt.Fprintf(stdout, "%s: configuration OK\n", source)
 	return nil
@@ -277,7 +286,7 @@ type app struct {
 // server. The caller closes it.
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	started := time.Now()
-	store, err := db.Open(cfg.DataDir)
+	store, err := openStore(cfg.DataDir, log)
 	if err != nil {
 		return nil, err
 	}
