@@ -53,7 +53,7 @@ func openStore(dataDir string, log *slog.Logger) (*db.Store, error) {
 		log.Warn("one of the two meta pages of the database was unreadable (a write cut short by a crash, or damage): it was rewritten from the other one, so the last write before it may be missing", "path", store.Path())
 	}
 	r := store.Opened()
-	log.Info("database checked", "path", r.Path, "bytes", r.Size, "bindings", r.Bindings, "duration_ms", r.DurationMS)
+	log.Info("database checked", "path", r.Path, "bytes", r.Size, "duration_ms", r.DurationMS)
 	return store, nil
 }
 

@@ -258,9 +258,7 @@ func (r Report) Err() error {
 // a panic into a problem but cannot be guarded against a memory fault (a
 // page whose offsets point outside the file): checkFile has ruled out the
 // common cause, a short file.
-func check(tx *bolt.Tx, r *Report) error {
-	start := time.Now()
-	defer func() { r.DurationMS = time.Since(start).Milliseconds() }()
+func check(tx *bolt.Tx, r *Report, counts bool) error {
 	r.Size = tx.Size()
 	for err := range tx.Check() {
 		if r.ProblemCount++; len(r.Problems) < maxProblems {
@@ -276,6 +274,9 @@ func check(tx *bolt.Tx, r *Report) error {
 		return err
 	}
 	r.Schema = version // 0: none yet (a new file)
+	if !counts {
+		return nil
+	}
 	count := func(name []byte) int {
 		if b := tx.Bucket(name); b != nil {
 			return b.Stats().KeyN
@@ -299,20 +300,45 @@ func (r *Report) absorb(err error) error {
 	return nil
 }
 
+// readThrough reads the file at path once from start to end, discarding
+// what it reads, so that it is in the page cache for a check: the check
+// walks pages in key order, scattered over the file, which read cold from
+// disk is random I/O (13 s for a 645 MB file on the test machine, against
+// 1.3 s read straight through; 30 ms when it is cached already).
+func readThrough(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return // the check will say
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
 // Check checks every page of the open store and counts what it holds; the
 // problems it finds are in the report (Report.Err). It
 // runs in a read-write transaction that it rolls back: bbolt's check reads
 // the free list, which only a writer may do while others write, so binds
 // wait for the check (readers, lookups among them, do not).
-func (s *Store) Check() (Report, error) {
-	r := Report{Path: s.path}
-	err := guard(s.path, func() error {
+func (s *Store) Check() (Report, error) { return s.check(true) }
+
+// check is Check; without counts it only checks (a second walk of every
+// bucket saved: Open's check).
+func (s *Store) check(counts bool) (r Report, err error) {
+	start := time.Now()
+	r.Path = s.path
+	defer func() { r.DurationMS = time.Since(start).Milliseconds() }()
+	err = guard(s.path, func() error {
 		tx, err := s.db.Begin(true)
 		if err != nil {
 			return err
 		}
 		defer tx.Rollback()
-		return check(tx, &r)
+		return check(tx, &r, counts)
 	})
 	return r, r.absorb(err)
 }
@@ -323,19 +349,22 @@ func (s *Store) Check() (Report, error) {
 // problems, or why the file could not be checked.
 func CheckFile(path string) (Report, error) { return checkFileWithin(path, openTimeout) }
 
-func checkFileWithin(path string, timeout time.Duration) (Report, error) {
-	r := Report{Path: path}
+func checkFileWithin(path string, timeout time.Duration) (r Report, err error) {
+	start := time.Now()
+	r.Path = path
+	defer func() { r.DurationMS = time.Since(start).Milliseconds() }()
 	bdb, st, err := openBolt(path, true, timeout)
 	if err != nil {
 		return r, err
 	}
 	defer bdb.Close()
+	readThrough(path)
 	if st.badMeta >= 0 {
 		r.ProblemCount++
 		r.Problems = append(r.Problems, fmt.Sprintf("meta page %d is unreadable: bbolt uses the other one (the state before the last write) and mxid rewrites it when it next opens the file", st.badMeta))
 	}
 	err = guard(path, func() error {
-		return bdb.View(func(tx *bolt.Tx) error { return check(tx, &r) })
+		return bdb.View(func(tx *bolt.Tx) error { return check(tx, &r, true) })
 	})
 	if err := r.absorb(err); err != nil {
 		return r, err

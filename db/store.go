@@ -135,19 +135,22 @@ func (s *Store) open(st fileState) error {
 		}
 		s.rewroteMeta = true
 	}
-	r, err := s.Check()
+	start := time.Now()
+	readThrough(s.path)
+	r, err := s.check(false)
 	if err == nil {
 		err = r.Err()
 	}
 	if err != nil {
 		return err
 	}
+	r.DurationMS = time.Since(start).Milliseconds()
 	s.opened = r
 	s.ReleaseMapped() // the check read every page
 	return s.init()
 }
 
-// Opened is the check Open made of every page.
+// Opened is the check Open made of every page (without the counts).
 func (s *Store) Opened() Report { return s.opened }
 
 // RewroteMeta says Open found one of the two meta pages invalid (a write
