@@ -54,7 +54,7 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	// Removed on every way out but the rename: an error, an interrupt
-	// (SIGINT, SIGTERM cancel ctx, and the copy stops at its next
+	// (SIGINT, SIGTERM, SIGHUP cancel ctx, and the copy stops at its next
 	// write). Only SIGKILL leaves it behind.
 	defer os.Remove(tmp.Name())
 	if err := tmp.Chmod(0o600); err != nil {

@@ -218,15 +218,15 @@ func TestCheckDB(t *testing.T) {
 	}
 }
 
-// A backup that is interrupted (SIGINT, SIGTERM) or fails removes its
-// temporary file. The server end is a slow
+// A backup that is interrupted (SIGINT, SIGTERM, SIGHUP from a closed
+// terminal) or fails removes its temporary file. The server end is a slow
 // admin socket that sends part of the copy and then waits, so the signal
 // comes while the copy is being written.
 func TestBackupInterruptedLeavesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the mxid binary")
 	}
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
 		t.Run(sig.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			dataDir := filepath.Join(dir, "data")

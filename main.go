@@ -32,9 +32,10 @@ import (
 var version = "dev"
 
 func main() {
+	sig := catchOpSignals() // first: SIGHUP's default action ends the process
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	if err := runWith(ctx, os.Args[1:], sig, os.Stdout, os.Stderr); err != nil {
 		var ue usageError
 		if !errors.As(err, &ue) {
 			fmt.Fprintln(os.Stderr, "mxid:", err)
@@ -66,15 +67,27 @@ in ./mxid-data, validation emails and SMS written to the log.
 See mxid.toml.example for every setting.
 `
 
-// run is the whole program; main only wires signals and the exit code.
+// run is the whole program without SIGHUP and SIGUSR1 (tests).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runWith(ctx, args, opSignals{}, stdout, stderr)
+}
+
+// runWith is the whole program; main only wires signals and the exit code.
+// serve acts on SIGHUP and SIGUSR1; any other command stops on SIGHUP as on
+// SIGINT (its terminal went away), cleaning up as it does.
+func runWith(ctx context.Context, args []string, sig opSignals, stdout, stderr io.Writer) error {
 	cmd := "serve"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd != "serve" {
+		var cancel context.CancelFunc
+		ctx, cancel = cancelOn(ctx, sig.hup)
+		defer cancel()
+	}
 	switch cmd {
 	case "serve":
-		return cmdServe(ctx, args, stdout, stderr)
+		return cmdServe(ctx, args, sig, stdout, stderr)
 	case "check-db":
 		return cmdCheckDB(ctx, args, stdout, stderr)
 	case "check-config":
@@ -185,7 +198,7 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func cmdServe(ctx context.Context, args []string, sig opSignals, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := configFlag(fs)
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -204,6 +217,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else {
 		log.Info("configuration loaded", "path", source)
 	}
+	signals := startSignalLoop(ctx, sig, log)
+	defer signals.stop()
 
 	if os.Getenv("GOGC") == "" {
 		// Most of mxid's heap is the lookup index: large and pointer-free,
@@ -216,11 +231,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer app.close()
+	defer signals.stop() // before the store closes
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	waitBackground := app.srv.Start(bgCtx)
 	defer func() { stopBackground(); waitBackground() }()
 
-	go rotateOnSignal(ctx, app)
+	signals.ready(rotatePepper, func(ctx context.Context) {
+		log.Info("SIGUSR1: rotating the lookup pepper")
+		if err := app.lookup.Index.Rotate(ctx); err != nil {
+			log.Error("pepper rotation failed", "err", err)
+		}
+	})
 	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
 	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
 	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, log)
@@ -228,6 +249,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer tlsm.Stop() // runs before app.close: certmagic's cache, then the store
+	signals.ready(reloadTLS, func(context.Context) {
+		log.Info("SIGHUP: reloading the TLS certificate")
+		tlsm.Reload()
+	})
 	lns, err := tlsm.Listen()
 	if err != nil {
 		return err
@@ -247,23 +272,6 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		lns.Close()
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	served := make(chan struct{})
-	defer close(served)
-	go func() {
-		for {
-			select {
-			case <-hup:
-				log.Info("SIGHUP: reloading the TLS certificate")
-				tlsm.Reload()
-			case <-served:
-				return
-			}
-		}
-	}()
-
 	log.Info("serving", "tls_mode", tlsm.Mode(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
 	// Shutdown order: every listener (graceful, bounded), background loops,
 	// certmagic's cache (tlsm.Stop), the store (app.close).
@@ -381,25 +389,6 @@ func selfNames(cfg Config) []string {
 		self = append(self, u.Host, u.Hostname())
 	}
 	return self
-}
-
-// rotateOnSignal rotates the lookup pepper when the process gets SIGUSR1
-// (an operator who suspects a leak; the load benchmark).
-func rotateOnSignal(ctx context.Context, a *app) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGUSR1)
-	defer signal.Stop(ch)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ch:
-			a.log.Info("SIGUSR1: rotating the lookup pepper")
-			if err := a.lookup.Index.Rotate(ctx); err != nil {
-				a.log.Error("pepper rotation failed", "err", err)
-			}
-		}
-	}
 }
 
 func (a *app) close() {
