@@ -320,11 +320,16 @@ func readThrough(path string) {
 }
 
 // Check checks every page of the open store and counts what it holds; the
-// problems it finds are in the report (Report.Err). It
-// runs in a read-write transaction that it rolls back: bbolt's check reads
-// the free list, which only a writer may do while others write, so binds
-// wait for the check (readers, lookups among them, do not).
-func (s *Store) Check() (Report, error) { return s.check(true) }
+// problems it finds are in the report (Report.Err). It runs in a
+// read-write transaction that it rolls back: bbolt's check reads the free
+// list, which only a writer may do while others write, so binds wait for
+// the check (readers, lookups among them, do not). The pages it read are
+// then dropped from the process's resident memory.
+func (s *Store) Check() (Report, error) {
+	readThrough(s.path) // before the lock: binds wait only for the walk
+	defer s.ReleaseMapped()
+	return s.check(true)
+}
 
 // check is Check; without counts it only checks (a second walk of every
 // bucket saved: Open's check).
