@@ -39,6 +39,17 @@ func filledStore(t *testing.T, n int) string {
 	return dir
 }
 
+// openFilled opens filledStore(t, n); the test's end closes it.
+func openFilled(t *testing.T, n int) *Store {
+	t.Helper()
+	s, err := Open(filledStore(t, n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // wantDamaged fails unless err is a *DamagedError whose message contains
 // want and ends with the advice.
 func wantDamaged(t *testing.T, what string, err error, want string) {
@@ -49,16 +60,21 @@ func wantDamaged(t *testing.T, what string, err error, want string) {
 	}
 }
 
-// usedSize is what the meta page says the file needs: bbolt's tx.Size.
-func usedSize(t *testing.T, path string) int64 {
+// viewFile runs fn in a read transaction on the closed database at path.
+func viewFile(t *testing.T, path string, fn func(*bolt.Tx)) {
 	t.Helper()
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer bdb.Close()
-	var n int64
-	bdb.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
+	bdb.View(func(tx *bolt.Tx) error { fn(tx); return nil })
+}
+
+// usedSize is what the meta page says the file needs: bbolt's tx.Size.
+func usedSize(t *testing.T, path string) (n int64) {
+	t.Helper()
+	viewFile(t, path, func(tx *bolt.Tx) { n = tx.Size() })
 	return n
 }
 
@@ -124,15 +140,9 @@ func overwritePage(t *testing.T, path string, id uint64, seed uint64) {
 }
 
 // bucketRoot is the page id of a bucket's root page.
-func bucketRoot(t *testing.T, path string, name []byte) uint64 {
+func bucketRoot(t *testing.T, path string, name []byte) (id uint64) {
 	t.Helper()
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bdb.Close()
-	var id uint64
-	bdb.View(func(tx *bolt.Tx) error { id = uint64(tx.Bucket(name).Root()); return nil })
+	viewFile(t, path, func(tx *bolt.Tx) { id = uint64(tx.Bucket(name).Root()) })
 	if id == 0 {
 		t.Fatalf("bucket %s is inline", name)
 	}
@@ -244,28 +254,18 @@ func TestGarbagePageUnderAnOpenStore(t *testing.T) {
 // first read past the end is a SIGBUS, which becomes a *DamagedError for
 // the transaction, not the end of the process.
 func TestFaultPastTheEndBecomesAnError(t *testing.T) {
-	dir := filledStore(t, 20000)
-	s, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openFilled(t, 20000)
 	if err := os.Truncate(s.Path(), 3*4096); err != nil {
 		t.Fatal(err)
 	}
-	err = s.ScanBindings(func(_, _, _ []byte) error { return nil })
+	err := s.ScanBindings(func(_, _, _ []byte) error { return nil })
 	wantDamaged(t, "ScanBindings over a file cut short", err, "is damaged (a read outside the file")
 }
 
 // The check runs while writers write (it takes the writer's lock), counts
 // what each bucket holds, and sees a consistent state.
 func TestCheckCountsAndRunsBesideWriters(t *testing.T) {
-	dir := filledStore(t, 3000)
-	s, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openFilled(t, 3000)
 	s.CreateAccountToken("tok1", "@a:hs.test", time.Now())
 	s.CreateAccountToken("tok2", "@b:hs.test", time.Now())
 	create := func(sid string) func(*Session) (Session, bool, error) {
