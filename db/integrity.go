@@ -93,7 +93,8 @@ func readMeta(f *os.File, off int64) (meta, bool) {
 // fileState is what checkFile learnt of a file.
 type fileState struct {
 	size    int64
-	badMeta int // the meta page (0 or 1) that is invalid while the other is valid; -1: none
+	meta    meta // the one bbolt uses
+	badMeta int  // the meta page (0 or 1) that is invalid while the other is valid; -1: none
 }
 
 // checkFile compares the file at path with its meta pages as bbolt will
@@ -148,6 +149,7 @@ func checkFile(path string) (fileState, error) {
 	default:
 		return st, &DamagedError{Path: path, Problem: fmt.Sprintf("damaged (%d bytes and no valid bbolt meta page: not a database file, or its first pages are overwritten)", size)}
 	}
+	st.meta = m
 	if need := int64(m.pgid) * int64(m.pageSize); size < need {
 		return st, &DamagedError{Path: path, Problem: fmt.Sprintf("truncated (%d bytes, needs at least %d)", size, need)}
 	}
@@ -251,15 +253,27 @@ func (r Report) Err() error {
 	return &DamagedError{Path: r.Path, Problem: "damaged (" + problem + ")"}
 }
 
-// check runs bbolt's consistency check in tx and, when it is clean, reads
-// the schema (an error when newer than this build's) and counts what the
-// buckets hold. A panic while counting is
-// the caller's guard's. bbolt checks on a goroutine of its own, which turns
-// a panic into a problem but cannot be guarded against a memory fault (a
-// page whose offsets point outside the file): checkFile has ruled out the
-// common cause, a short file.
+// check walks the pages' bounds (pagewalk.go), runs bbolt's consistency
+// check in tx and, when both are clean, reads the schema (an error when
+// newer than this build's) and counts what the buckets hold. A panic while
+// counting is the caller's guard's. tx must be read-only on a file no one
+// writes, or the writer's.
 func check(tx *bolt.Tx, r *Report, counts bool) error {
 	r.Size = tx.Size()
+	// No commit can come between: the file's meta page is tx's.
+	st, err := checkFile(r.Path)
+	if err == nil {
+		err = walkPages(r.Path, st.meta)
+	}
+	if err != nil { // bbolt's check would go outside the file, or round for ever
+		var de *DamagedError
+		if errors.As(err, &de) {
+			err = errors.New(de.Problem)
+		}
+		r.ProblemCount++
+		r.Problems = append(r.Problems, err.Error())
+		return nil
+	}
 	for err := range tx.Check() {
 		if r.ProblemCount++; len(r.Problems) < maxProblems {
 			// bbolt's check reports a panic it met as "panic: …"

@@ -45,7 +45,8 @@
 // Damaged files (integrity.go) are refused, never a crash: the file is
 // checked against its meta pages before bbolt maps it, every transaction
 // turns a panic or memory fault into a *DamagedError, and Check reads every
-// page (bbolt's consistency check) and counts what the buckets hold.
+// page (a bounds walk of our own, pagewalk.go, then bbolt's consistency
+// check) and counts what the buckets hold.
 package db
 
 import (
