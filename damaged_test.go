@@ -316,7 +316,7 @@ func TestBackupOfflineStopsWhenInterrupted(t *testing.T) {
 func TestCheckConfigReportsDamagedDatabase(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
-	cfgPath := writeFile(t, dir, "mxid.toml", fmt.Sprintf("data_dir = %q\nv1 = \"yes\"\n", dataDir))
+	cfgPath := writeFile(t, dir, "mxid.toml", fmt.Sprintf("data_dir = %q\nserver_nam = \"x\"\n", dataDir))
 	store, err := db.Open(dataDir)
 	if err != nil {
 		t.Fatal(err)
