@@ -37,6 +37,9 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if err := refuseEmptyStore(cfg.DataDir); err != nil {
+		return err
+	}
 	if _, err := os.Stat(dest); err == nil && !*force {
 		return fmt.Errorf("%s exists; choose another name or pass -force", dest)
 	}
@@ -44,7 +47,10 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name()) // after a successful rename this is a no-op
+	// Removed on every way out but the rename: an error, an interrupt
+	// (SIGINT, SIGTERM, SIGHUP cancel ctx, and the copy stops at its next
+	// write). Only SIGKILL leaves it behind.
+	defer os.Remove(tmp.Name())
 	if err := tmp.Chmod(0o600); err != nil {
 		tmp.Close()
 		return err
@@ -52,10 +58,11 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	start := time.Now()
 	source := "the running server (admin socket)"
-	n, err := backupFromServer(ctx, filepath.Join(cfg.DataDir, server.AdminSocketName), tmp)
+	w := ctxWriter{ctx, tmp}
+	n, err := backupFromServer(ctx, filepath.Join(cfg.DataDir, server.AdminSocketName), w)
 	if errors.Is(err, errNoServer) {
 		source = "the database file (no server running)"
-		n, err = db.BackupOffline(cfg.DataDir, tmp)
+		n, err = db.BackupOffline(cfg.DataDir, w)
 		if errors.Is(err, db.ErrInUse) {
 			err = fmt.Errorf("%w: an mxid holds the database but its admin socket %s does not answer; is data_dir too long for a socket path?",
 				err, filepath.Join(cfg.DataDir, server.AdminSocketName))
@@ -71,8 +78,17 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("backup failed: %w", err)
 	}
 	sum, err := db.VerifyBackup(tmp.Name())
+	var de *db.DamagedError
+	if errors.As(err, &de) {
+		// The copy is the database page for page: the damage is there.
+		de.Path = filepath.Join(cfg.DataDir, db.FileName)
+		return fmt.Errorf("backup not kept, its check failed: %w", de)
+	}
 	if err != nil {
 		return fmt.Errorf("backup failed its check, not kept: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("backup interrupted, not kept: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), dest); err != nil {
 		return err
@@ -86,26 +102,51 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // errNoServer means no mxid answers on the admin socket.
 var errNoServer = errors.New("no server on the admin socket")
 
-// backupFromServer streams GET /backup from the admin socket into w.
-func backupFromServer(ctx context.Context, socket string, w io.Writer) (int64, error) {
+// ctxWriter fails its writes once ctx is done, so a copy into it stops.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, fmt.Errorf("interrupted: %w", err)
+	}
+	return c.w.Write(p)
+}
+
+// adminGet asks the running server on its admin socket; errNoServer when
+// none answers. A 200 answer's body is the caller's to close.
+func adminGet(ctx context.Context, socket, path string) (*http.Response, error) {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "unix", socket)
 		},
+		DisableKeepAlives: true,
 	}}
-	defer client.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://mxid-admin/backup", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://mxid-admin"+path, nil)
 	resp, err := client.Do(req)
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-		return 0, errNoServer
+		return nil, errNoServer
 	}
 	if err != nil {
-		return 0, fmt.Errorf("admin socket %s: %w", socket, err)
+		return nil, fmt.Errorf("admin socket %s: %w", socket, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		return nil, fmt.Errorf("admin socket %s answered %s %s", socket, resp.Status, msg)
+	}
+	return resp, nil
+}
+
+// backupFromServer streams GET /backup from the admin socket into w.
+func backupFromServer(ctx context.Context, socket string, w io.Writer) (int64, error) {
+	resp, err := adminGet(ctx, socket, "/backup")
+	if err != nil {
+		return 0, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("admin socket %s answered %s", socket, resp.Status)
-	}
 	n, err := io.Copy(w, resp.Body)
 	if err != nil {
 		return n, fmt.Errorf("reading the backup stream: %w", err)

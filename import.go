@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -61,7 +62,7 @@ func cmdImport(args []string, stdout, stderr io.Writer) error {
 	}
 	var store *db.Store
 	if !*dryRun {
-		store, err = db.Open(cfg.DataDir)
+		store, err = openStore(cfg.DataDir, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return err
 		}

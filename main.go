@@ -35,9 +35,10 @@ import (
 var version = "dev"
 
 func main() {
+	sig := catchOpSignals() // first: SIGHUP's default action ends the process
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	if err := runWith(ctx, os.Args[1:], sig, os.Stdout, os.Stderr); err != nil {
 		var ue usageError
 		if !errors.As(err, &ue) {
 			fmt.Fprintln(os.Stderr, "mxid:", err)
@@ -60,15 +61,22 @@ type command struct {
 // commands are mxid's subcommands in the order help lists them: the usage
 // text, each subcommand's -h and README's "Commands" block (a test
 // compares them) come from this table.
-func commands() []command {
+func commands() []command { return commandsWith(opSignals{}) }
+
+// commandsWith is commands() with serve acting on sig.
+func commandsWith(sig opSignals) []command {
 	return []command{
-		{"serve", "[serve] [-config PATH]", "run the server (the default command)", cmdServe},
+		{"serve", "[serve] [-config PATH]", "run the server (the default command)",
+			func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+				return cmdServe(ctx, args, sig, stdout, stderr)
+			}},
 		{"check-config", "check-config [-config PATH]", "validate the configuration, list every problem and warning",
 			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
 				return cmdCheckConfig(args, stdout, stderr)
 			}},
 		{"check", "check WHAT [ARGS]", "self-tests with the configured settings, step by step:", cmdCheck},
 		{"backup", "backup [-config PATH] [-force] FILE", "write a checked copy of the database (also while serving)", cmdBackup},
+		{"check-db", "check-db [-config PATH]", "check every page of the database, count what it holds (also while serving)", cmdCheckDB},
 		{"import", "import [-config PATH] [-n] FILE", `load bindings from JSON lines {"medium","address","mxid"[,"ts"]} (FILE - reads stdin)`,
 			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
 				return cmdImport(args, stdout, stderr)
@@ -123,6 +131,13 @@ See mxid.toml.example for every setting. mxid COMMAND -h describes a command.
 
 // run is the whole program; main only wires signals and the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runWith(ctx, args, opSignals{}, stdout, stderr)
+}
+
+// runWith is the whole program; main only wires signals and the exit code.
+// serve acts on SIGHUP and SIGUSR1; any other command stops on SIGHUP as on
+// SIGINT (its terminal went away), cleaning up as it does.
+func runWith(ctx context.Context, args []string, sig opSignals, stdout, stderr io.Writer) error {
 	name := "serve"
 	if len(args) > 0 && isHelpFlag(args[0]) {
 		fmt.Fprint(stdout, usage())
@@ -131,7 +146,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
 	}
-	for _, c := range commands() {
+	if name != "serve" {
+		var cancel context.CancelFunc
+		ctx, cancel = cancelOn(ctx, sig.hup)
+		defer cancel()
+	}
+	for _, c := range commandsWith(sig) {
 		if c.name == name {
 			err := c.run(ctx, args, stdout, stderr)
 			if errors.Is(err, errHelp) {
@@ -257,16 +277,22 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg, source, err := resolveConfig(*path)
-	if err != nil {
-		var ce *ConfigError
-		if errors.As(err, &ce) {
-			fmt.Fprintln(stderr, ce.Error())
-			return usageError{err}
-		}
+	var ce *ConfigError
+	if err != nil && !errors.As(err, &ce) {
 		return err
 	}
 	if source == "" {
 		source = "embedded default"
+	}
+	if problem := probeStore(cfg.DataDir); problem != nil { // one more problem
+		if ce == nil {
+			ce = &ConfigError{Path: source}
+		}
+		ce.Problems = append(ce.Problems, problem)
+	}
+	if ce != nil {
+		fmt.Fprintln(stderr, ce.Error())
+		return usageError{ce}
 	}
 	// Warnings are printed but do not fail the check: the configuration
 	// is valid, it just will not work with some callers.
@@ -292,7 +318,7 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func cmdServe(ctx context.Context, args []string, sig opSignals, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve")
 	path := configFlag(fs)
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
@@ -314,6 +340,8 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, w := range cfg.Warnings() {
 		log.Warn(w)
 	}
+	signals := startSignalLoop(ctx, sig, log)
+	defer signals.stop()
 
 	if os.Getenv("GOGC") == "" {
 		// Most of mxid's heap is the lookup index: large and pointer-free,
@@ -326,11 +354,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer app.close()
+	defer signals.stop() // before the store closes
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	waitBackground := app.srv.Start(bgCtx)
 	defer func() { stopBackground(); waitBackground() }()
 
-	go rotateOnSignal(ctx, app)
+	signals.ready(rotatePepper, func(ctx context.Context) {
+		log.Info("SIGUSR1: rotating the lookup pepper")
+		if err := app.lookup.Index.Rotate(ctx); err != nil {
+			log.Error("pepper rotation failed", "err", err)
+		}
+	})
 	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
 	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
 	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, log)
@@ -338,6 +372,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer tlsm.Stop() // runs before app.close: certmagic's cache, then the store
+	signals.ready(reloadTLS, func(context.Context) {
+		log.Info("SIGHUP: reloading the TLS certificate")
+		tlsm.Reload()
+	})
 	lns, err := tlsm.Listen()
 	if err != nil {
 		return err
@@ -357,23 +395,6 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		lns.Close()
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	served := make(chan struct{})
-	defer close(served)
-	go func() {
-		for {
-			select {
-			case <-hup:
-				log.Info("SIGHUP: reloading the TLS certificate")
-				tlsm.Reload()
-			case <-served:
-				return
-			}
-		}
-	}()
-
 	log.Info("serving", "tls_mode", tlsm.Mode(), "public_base_url", cfg.PublicBaseURL, "version", buildVersion())
 	// Shutdown order: every listener (graceful, bounded), background loops,
 	// certmagic's cache (tlsm.Stop), the store (app.close).
@@ -396,7 +417,7 @@ type app struct {
 // server. The caller closes it.
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	started := time.Now()
-	store, err := db.Open(cfg.DataDir)
+	store, err := openStore(cfg.DataDir, log)
 	if err != nil {
 		return nil, err
 	}
@@ -491,25 +512,6 @@ func selfNames(cfg Config) []string {
 		self = append(self, u.Host, u.Hostname())
 	}
 	return self
-}
-
-// rotateOnSignal rotates the lookup pepper when the process gets SIGUSR1
-// (an operator who suspects a leak; the load benchmark).
-func rotateOnSignal(ctx context.Context, a *app) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGUSR1)
-	defer signal.Stop(ch)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ch:
-			a.log.Info("SIGUSR1: rotating the lookup pepper")
-			if err := a.lookup.Index.Rotate(ctx); err != nil {
-				a.log.Error("pepper rotation failed", "err", err)
-			}
-		}
-	}
 }
 
 func (a *app) close() {

@@ -32,7 +32,7 @@ func (s *Store) CreateAccountToken(token, userID string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAccounts).Put(tokenKey(token), v)
 	})
 }
@@ -40,7 +40,7 @@ func (s *Store) CreateAccountToken(token, userID string, now time.Time) error {
 // AccountByToken finds the account of an access token, or ErrNotFound.
 func (s *Store) AccountByToken(token string) (Account, error) {
 	var a Account
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketAccounts).Get(tokenKey(token))
 		if v == nil {
 			return ErrNotFound
@@ -53,7 +53,7 @@ func (s *Store) AccountByToken(token string) (Account, error) {
 // DeleteAccountToken ends one token (logout). Deleting an unknown token is
 // not an error.
 func (s *Store) DeleteAccountToken(token string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAccounts).Delete(tokenKey(token))
 	})
 }
@@ -66,7 +66,7 @@ type termsAcceptance struct {
 // AcceptedTerms returns, for userID, the version of each policy it accepted.
 func (s *Store) AcceptedTerms(userID string) (map[string]string, error) {
 	out := map[string]string{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketTerms).Get([]byte(userID))
 		if v == nil {
 			return nil
@@ -86,7 +86,7 @@ func (s *Store) AcceptedTerms(userID string) (map[string]string, error) {
 // AcceptTerms records that userID accepted the given policy versions, keeping
 // what it accepted before for other policies.
 func (s *Store) AcceptTerms(userID string, accepted map[string]string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTerms)
 		ta := termsAcceptance{Accepted: map[string]string{}}
 		if v := b.Get([]byte(userID)); v != nil {

@@ -1,13 +1,8 @@
 package db
 
 import (
-	"encoding/binary"
-	"errors"
-	"fmt"
 	"io"
-	"os"
 	"path/filepath"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -18,7 +13,7 @@ import (
 // copy's size before the first byte is written (for a Content-Length).
 func (s *Store) WriteBackup(w io.Writer, announce func(size int64)) (int64, error) {
 	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if announce != nil {
 			announce(tx.Size())
 		}
@@ -31,67 +26,26 @@ func (s *Store) WriteBackup(w io.Writer, announce func(size int64)) (int64, erro
 
 // BackupOffline copies mxid.db in dir to w when no mxid is using it. It
 // opens the file read-only and fails fast with ErrInUse when a server holds
-// it (then ask the server, see WriteBackup).
+// it (then ask the server, see WriteBackup). Writing stops at the first
+// error of w (a writer that checks for an interrupt stops it).
 func BackupOffline(dir string, w io.Writer) (int64, error) {
 	path := filepath.Join(dir, FileName)
-	if _, err := os.Stat(path); err != nil {
-		return 0, fmt.Errorf("no database at %s: %w", path, err)
-	}
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return 0, fmt.Errorf("%s is locked by a running mxid: %w", path, errInUse)
-	}
+	bdb, _, err := openBolt(path, true, openTimeout)
 	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", path, err)
+		return 0, err
 	}
 	defer bdb.Close()
 	var n int64
-	err = bdb.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
+	err = guard(path, func() error {
+		return bdb.View(func(tx *bolt.Tx) error {
+			var err error
+			n, err = tx.WriteTo(w)
+			return err
+		})
 	})
 	return n, err
 }
 
-// BackupSummary is what a verified backup holds.
-type BackupSummary struct {
-	Schema   uint64
-	Bindings int
-	Accounts int
-	Invites  int
-}
-
-// VerifyBackup opens a database file read-only, checks every page
-// (bbolt's consistency check) and counts what it holds.
-func VerifyBackup(path string) (BackupSummary, error) {
-	var sum BackupSummary
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	if err != nil {
-		return sum, fmt.Errorf("open %s: %w", path, err)
-	}
-	defer bdb.Close()
-	err = bdb.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			return fmt.Errorf("consistency check: %w", err)
-		}
-		meta := tx.Bucket(bucketMeta)
-		if meta == nil {
-			return errors.New("not an mxid database (no meta bucket)")
-		}
-		if v := meta.Get(keySchema); len(v) == 8 {
-			sum.Schema = binary.BigEndian.Uint64(v)
-		} else {
-			return errors.New("not an mxid database (no schema version)")
-		}
-		count := func(name []byte) int {
-			if b := tx.Bucket(name); b != nil {
-				return b.Stats().KeyN
-			}
-			return 0
-		}
-		sum.Bindings, sum.Accounts, sum.Invites = count(bucketBindings), count(bucketAccounts), count(bucketInvites)
-		return nil
-	})
-	return sum, err
-}
+// VerifyBackup checks every page of a copy (CheckFile) and says what it
+// holds; the error is nil only for a clean copy.
+func VerifyBackup(path string) (Report, error) { return CheckFile(path) }

@@ -27,7 +27,7 @@ func (s *Store) Bind(b Binding, since int64, onbind OnbindFunc) (stored Binding,
 	if err := b.check(); err != nil {
 		return Binding{}, false, nil, err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketBindings).Get(key(b.Medium, b.Address)); v != nil {
 			var old Binding
 			if err := json.Unmarshal(v, &old); err != nil {

@@ -39,7 +39,7 @@ func (s *Store) PutBinding(b Binding) (previous *Binding, err error) {
 	if err := b.check(); err != nil {
 		return nil, err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		var err error
 		previous, err = putBinding(tx, b)
 		return err
@@ -61,7 +61,7 @@ func (s *Store) PutBindings(bs []Binding, chunk int) (stored int, err error) {
 	}
 	for start := 0; start < len(bs); start += chunk {
 		end := min(start+chunk, len(bs))
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx *bolt.Tx) error {
 			for _, b := range bs[start:end] {
 				if _, err := putBinding(tx, b); err != nil {
 					return err
@@ -105,7 +105,7 @@ func putBinding(tx *bolt.Tx, b Binding) (*Binding, error) {
 // GetBinding returns the binding of a 3PID, or ErrNotFound.
 func (s *Store) GetBinding(medium, address string) (Binding, error) {
 	var b Binding
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBindings).Get(key(medium, address))
 		if v == nil {
 			return ErrNotFound
@@ -120,7 +120,7 @@ func (s *Store) GetBinding(medium, address string) (Binding, error) {
 // error, so unbind is idempotent.
 func (s *Store) DeleteBinding(medium, address, mxid string) (bool, error) {
 	deleted := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		fwd := tx.Bucket(bucketBindings)
 		k := key(medium, address)
 		v := fwd.Get(k)
@@ -146,7 +146,7 @@ func (s *Store) DeleteBinding(medium, address, mxid string) (bool, error) {
 // CountBindings returns the number of stored bindings.
 func (s *Store) CountBindings() (int, error) {
 	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketBindings).Stats().KeyN
 		return nil
 	})

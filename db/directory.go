@@ -22,7 +22,7 @@ var keyDirectorySummary = []byte("directory_snapshot")
 // "directory_snapshot"); a nil summary and a fill that puts nothing remove
 // the snapshot.
 func (s *Store) ReplaceDirectory(summary []byte, fill func(put func(medium, address, mxid string) error) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketDirectory) != nil {
 			if err := tx.DeleteBucket(bucketDirectory); err != nil {
 				return err
@@ -55,7 +55,7 @@ func (s *Store) ReplaceDirectory(summary []byte, fill func(put func(medium, addr
 // DirectorySummary returns the summary stored with the directory snapshot;
 // ok is false when none is stored.
 func (s *Store) DirectorySummary() (summary []byte, ok bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyDirectorySummary); v != nil {
 			summary, ok = append([]byte(nil), v...), true
 		}
@@ -83,7 +83,7 @@ func (s *Store) ScanDirectory(fn func(medium, address, mxid []byte) error) error
 // ID per pair, "" where the snapshot does not hold the 3PID.
 func (s *Store) DirectoryMXIDs(threepids [][2]string) ([]string, error) {
 	out := make([]string, len(threepids))
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDirectory)
 		for i, tp := range threepids {
 			if v := b.Get(key(tp[0], tp[1])); v != nil {

@@ -6,7 +6,7 @@ import bolt "go.etcd.io/bbolt"
 // ephemeral public key of a stored invite.
 func (s *Store) EphemeralKeyExists(pub string) (bool, error) {
 	found := false
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		found = tx.Bucket(bucketEphemeralKeys).Get([]byte(pub)) != nil
 		return nil
 	})

@@ -41,7 +41,7 @@ func (s *Store) PutInvite(inv Invite) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketInvites)
 		if b.Get([]byte(inv.Token)) != nil {
 			return ErrExists
@@ -59,7 +59,7 @@ func (s *Store) PutInvite(inv Invite) error {
 // GetInvite returns the invite with token, or ErrNotFound.
 func (s *Store) GetInvite(token string) (Invite, error) {
 	var inv Invite
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketInvites).Get([]byte(token))
 		if v == nil {
 			return ErrNotFound
@@ -109,7 +109,7 @@ func pendingInvites(tx *bolt.Tx, medium, address string, nowMS int64) ([]Invite,
 // returns how many it deleted.
 func (s *Store) SweepInvites(nowMS int64) (int, error) {
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		var expired []Invite
 		err := tx.Bucket(bucketInvites).ForEach(func(_, v []byte) error {
 			var inv Invite
@@ -137,7 +137,7 @@ func (s *Store) SweepInvites(nowMS int64) (int, error) {
 
 // DeleteInvite removes an invite (its email could not be sent).
 func (s *Store) DeleteInvite(token string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketInvites).Get([]byte(token))
 		if v == nil {
 			return nil

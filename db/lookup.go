@@ -23,7 +23,7 @@ func (s *Store) BoundMXID(medium, address string) (mxid string, ok bool, err err
 // "" where the 3PID is not bound.
 func (s *Store) BoundMXIDs(threepids [][2]string) ([]string, error) {
 	out := make([]string, len(threepids))
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBindings)
 		for i, tp := range threepids {
 			v := b.Get(key(tp[0], tp[1]))
@@ -70,7 +70,7 @@ func (s *Store) scanChunks(bucket []byte, fn func(k, v []byte) error) error {
 	chunks := 0
 	for {
 		n := 0
-		err := s.db.View(func(tx *bolt.Tx) error {
+		err := s.view(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucket).Cursor()
 			var k, v []byte
 			if after == nil {

@@ -29,7 +29,7 @@ func (s *Store) ReleaseMapped() error {
 		return nil
 	}
 	inode := []byte(strconv.FormatUint(st.Ino, 10))
-	return s.db.View(func(*bolt.Tx) error {
+	return s.view(func(*bolt.Tx) error {
 		f, err := os.Open("/proc/self/maps")
 		if err != nil {
 			return err

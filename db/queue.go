@@ -40,7 +40,7 @@ func putJob(tx *bolt.Tx, j Job) error {
 // returns; the contract is on storetest.Store).
 func (s *Store) DueJobs(nowMS int64, limit int) ([]Job, error) {
 	var out []Job
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketQueue).Cursor()
 		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
 			if int64(binary.BigEndian.Uint64(k)) > nowMS {
@@ -60,7 +60,7 @@ func (s *Store) DueJobs(nowMS int64, limit int) ([]Job, error) {
 // NextJobDue returns the due time of the earliest job; ok is false when the
 // queue is empty.
 func (s *Store) NextJobDue() (dueTS int64, ok bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		k, _ := tx.Bucket(bucketQueue).Cursor().First()
 		if k != nil {
 			dueTS, ok = int64(binary.BigEndian.Uint64(k)), true
@@ -74,7 +74,7 @@ func (s *Store) NextJobDue() (dueTS int64, ok bool, err error) {
 // delivered at nowMS: they have reached the homeserver and no bind carries
 // them again.
 func (s *Store) CompleteJob(j Job, nowMS int64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
 			return err
 		}
@@ -87,7 +87,7 @@ func (s *Store) CompleteJob(j Job, nowMS int64) error {
 
 // RetryJob reschedules a failed job at dueTS with one more attempt counted.
 func (s *Store) RetryJob(j Job, dueTS int64, lastErr string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
 			return err
 		}
@@ -101,7 +101,7 @@ func (s *Store) RetryJob(j Job, dueTS int64, lastErr string) error {
 // DropJob gives up on a job. Its invites become pending again, so a later
 // bind of the same 3PID carries them.
 func (s *Store) DropJob(j Job) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
 			return err
 		}
@@ -142,7 +142,7 @@ func forJobInvites(tx *bolt.Tx, j Job, fn func(Invite) error) error {
 // QueueDepth is the number of queued jobs.
 func (s *Store) QueueDepth() (int, error) {
 	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketQueue).Stats().KeyN
 		return nil
 	})

@@ -98,7 +98,7 @@ func deleteSession(tx *bolt.Tx, sess *Session) error {
 // nothing was written).
 func (s *Store) RequestSession(medium, address, clientSecret string, decide func(existing *Session) (next Session, write bool, err error)) (Session, error) {
 	var out Session
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		idx := tx.Bucket(bucketSessionsBy3PID)
 		k := key(medium, address, clientSecret)
 		var existing *Session
@@ -154,7 +154,7 @@ func (s *Store) RequestSession(medium, address, clientSecret string, decide func
 // The returned Session is the one stored afterwards.
 func (s *Store) UpdateSession(sid string, fn func(sess *Session) (changed bool, err error)) (Session, error) {
 	var out Session
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		sess, err := getSession(tx, sid)
 		if err != nil {
 			return err
@@ -185,7 +185,7 @@ func (s *Store) UpdateSession(sid string, fn func(sess *Session) (changed bool, 
 // GetSession returns the session sid, or ErrNotFound.
 func (s *Store) GetSession(sid string) (Session, error) {
 	var out Session
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		sess, err := getSession(tx, sid)
 		if err != nil {
 			return err
@@ -202,7 +202,7 @@ func (s *Store) GetSession(sid string) (Session, error) {
 // CountSessions returns the number of stored sessions.
 func (s *Store) CountSessions() (int, error) {
 	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketSessions).Stats().KeyN
 		return nil
 	})
@@ -215,7 +215,7 @@ func (s *Store) CountSessions() (int, error) {
 // for long. It returns how many were deleted.
 func (s *Store) SweepSessions(expired func(Session) bool) (int, error) {
 	var victims []string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSessions).ForEach(func(k, v []byte) error {
 			var sess Session
 			if err := json.Unmarshal(v, &sess); err != nil {
@@ -234,7 +234,7 @@ func (s *Store) SweepSessions(expired func(Session) bool) (int, error) {
 	const chunk = 1000
 	for start := 0; start < len(victims); start += chunk {
 		end := min(start+chunk, len(victims))
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx *bolt.Tx) error {
 			for _, sid := range victims[start:end] {
 				sess, err := getSession(tx, sid)
 				if err != nil {

@@ -47,9 +47,16 @@
 //
 // Backups (backup.go) copy the whole file from one read transaction
 // (Tx.WriteTo): consistent while writers carry on; not compacted.
+//
+// Damaged files (integrity.go) are refused, never a crash: the file is
+// checked against its meta pages before bbolt maps it, every transaction
+// turns a panic or memory fault into a *DamagedError, and Check reads every
+// page (a bounds walk of our own, pagewalk.go, then bbolt's consistency
+// check) and counts what the buckets hold.
 package db
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -84,6 +91,7 @@ var (
 	errInUse             = errors.New("database in use")
 	ErrNotFound          = errors.New("not found")
 	openTimeout          = time.Second
+	probeTimeout         = 100 * time.Millisecond
 )
 
 // ErrInUse is returned by Open when another process holds the database.
@@ -96,51 +104,96 @@ var migrations = map[uint64]func(tx *bolt.Tx) error{}
 
 // Store is the handle on the database. It is safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db          *bolt.DB
+	path        string
+	opened      Report // Open's check
+	rewroteMeta bool
 }
 
 // Open opens (creating if needed) mxid.db in dir. When another process holds
-// the file it fails after a short timeout with an error that says so.
+// the file it fails after a short timeout with an error that says so. The
+// file is checked before anything is written to it: against its meta pages
+// (a short file is refused), then every page (Check; Opened reports it).
+// A damaged file is refused with a *DamagedError and left as it was. An
+// empty file is initialised as a new database (the caller decides whether
+// an empty file may be new). Only then is the schema brought up to date.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("another mxid is using %s (the file is locked); stop it or choose another data_dir: %w", path, errInUse)
-	}
+	bdb, st, err := openBolt(path, false, openTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err
 	}
 	s := &Store{db: bdb, path: path}
-	if err := s.init(); err != nil {
+	if err := s.open(st); err != nil {
 		bdb.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
+func (s *Store) open(st fileState) error {
+	if st.badMeta >= 0 {
+		// A commit writes the meta page the next transaction id names,
+		// which is the invalid one: this rewrites it from the valid one.
+		if err := s.update(func(*bolt.Tx) error { return nil }); err != nil {
+			return err
+		}
+		s.rewroteMeta = true
+	}
+	start := time.Now()
+	readThrough(s.path)
+	r, err := s.check(false)
+	if err == nil {
+		err = r.Err()
+	}
+	if err != nil {
+		return err
+	}
+	r.DurationMS = time.Since(start).Milliseconds()
+	s.opened = r
+	s.ReleaseMapped() // the check read every page
+	return s.init()
+}
+
+// Opened is the check Open made of every page (without the counts).
+func (s *Store) Opened() Report { return s.opened }
+
+// RewroteMeta says Open found one of the two meta pages invalid (a write
+// cut short by a crash, or damage) and rewrote it from the other: the file
+// is in the state of the transaction before the last one.
+func (s *Store) RewroteMeta() bool { return s.rewroteMeta }
+
 func (s *Store) init() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	// A file that is current is not written to.
+	current := s.view(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return ErrNotFound
+			}
+		}
+		if v, ok, err := schemaVersion(tx, s.path); err != nil || !ok || v != SchemaVersion {
+			return cmp.Or(err, ErrNotFound)
+		}
+		return nil
+	})
+	if current == nil {
+		return nil
+	}
+	return s.update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		var version uint64
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 {
-				return fmt.Errorf("%s: corrupt schema version", s.path)
-			}
-			version = binary.BigEndian.Uint64(v)
-		} else {
-			version = SchemaVersion // a new file starts at the current schema
+		version, ok, err := schemaVersion(tx, s.path)
+		if err != nil {
+			return err
 		}
-		if version > SchemaVersion {
-			return fmt.Errorf("%s has schema version %d, newer than this mxid understands (%d); run a newer mxid", s.path, version, SchemaVersion)
+		if !ok {
+			version = SchemaVersion // a new file starts at the current schema
 		}
 		for ; version < SchemaVersion; version++ {
 			m, ok := migrations[version]
@@ -151,8 +204,30 @@ func (s *Store) init() error {
 				return fmt.Errorf("migrate schema %d -> %d: %w", version, version+1, err)
 			}
 		}
-		return meta.Put(keySchema, u64(SchemaVersion))
+		return tx.Bucket(bucketMeta).Put(keySchema, u64(SchemaVersion))
 	})
+}
+
+// schemaVersion reads the schema version recorded in the file; ok is false
+// when there is none (a new file). A version newer than this build's is an
+// error.
+func schemaVersion(tx *bolt.Tx, path string) (version uint64, ok bool, err error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return 0, false, nil
+	}
+	v := meta.Get(keySchema)
+	if v == nil {
+		return 0, false, nil
+	}
+	if len(v) != 8 {
+		return 0, false, fmt.Errorf("%s: corrupt schema version", path)
+	}
+	version = binary.BigEndian.Uint64(v)
+	if version > SchemaVersion {
+		return version, true, fmt.Errorf("%s has schema version %d, newer than this mxid understands (%d); run a newer mxid", path, version, SchemaVersion)
+	}
+	return version, true, nil
 }
 
 // Close closes the database.
@@ -164,7 +239,7 @@ func (s *Store) Path() string { return s.path }
 // SchemaVersion reports the version recorded in the file.
 func (s *Store) SchemaVersion() (uint64, error) {
 	var v uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta).Get(keySchema)
 		if len(b) != 8 {
 			return errors.New("schema version missing")
@@ -181,7 +256,7 @@ func (s *Store) GetMeta(key string) (value []byte, ok bool, err error) {
 	if key == string(keySchema) {
 		return nil, false, errors.New("reserved meta key")
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get([]byte(key)); v != nil {
 			value, ok = append([]byte(nil), v...), true
 		}
@@ -195,7 +270,7 @@ func (s *Store) PutMeta(key string, value []byte) error {
 	if key == string(keySchema) {
 		return errors.New("reserved meta key")
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put([]byte(key), value)
 	})
 }

@@ -80,4 +80,5 @@ func (s *Server) routes() {
 // 0600), never on a network listener.
 func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /backup", s.getBackup)
+	mux.HandleFunc("GET /check", s.getCheck)
 }
