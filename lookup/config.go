@@ -12,6 +12,8 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/nyaruka/phonenumbers"
+
+	"mxid/server/matrixid"
 )
 
 // Config is the [lookup] section.
@@ -311,7 +313,7 @@ func (c *LDAPConfig) Validate() []error {
 		add("ldap: set uid_attribute or mxid_attribute, not both")
 	case eff.MXIDAttribute == "" && eff.UIDAttribute == "":
 		add("ldap: uid_attribute (with uid_domain) or mxid_attribute is required (or a preset)")
-	case eff.UIDAttribute != "" && !validServerName(c.UIDDomain):
+	case eff.UIDAttribute != "" && !matrixid.ValidServerName(c.UIDDomain):
 		add("ldap.uid_domain: %q must be the homeserver's server name (the part after ':' in Matrix IDs)", c.UIDDomain)
 	}
 	for _, a := range append(append([]string{eff.UIDAttribute, eff.MXIDAttribute}, eff.EmailAttributes...), eff.MSISDNAttributes...) {

@@ -18,6 +18,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"mxid/lookup/threepid"
+	"mxid/server/matrixid"
 )
 
 // LDAP is the directory source: live searches for plaintext and v1 lookups
@@ -206,7 +207,7 @@ func (l *LDAP) withFilter(inner string) string {
 // mxidOf maps an entry to its Matrix ID, "" when it has none.
 func (l *LDAP) mxidOf(e *ldap.Entry) string {
 	if l.cfg.MXIDAttribute != "" {
-		if m := strings.TrimSpace(e.GetEqualFoldAttributeValue(l.cfg.MXIDAttribute)); ValidMXID(m) {
+		if m := strings.TrimSpace(e.GetEqualFoldAttributeValue(l.cfg.MXIDAttribute)); matrixid.ValidUserID(m) {
 			return m
 		}
 		return ""
@@ -215,7 +216,7 @@ func (l *LDAP) mxidOf(e *ldap.Entry) string {
 	if uid == "" {
 		return ""
 	}
-	if m := "@" + strings.ToLower(uid) + ":" + l.cfg.UIDDomain; ValidMXID(m) {
+	if m := "@" + strings.ToLower(uid) + ":" + l.cfg.UIDDomain; matrixid.ValidUserID(m) {
 		return m
 	}
 	return ""

@@ -37,7 +37,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"mxid/server/federation"
+	"mxid/server/matrixid"
 )
 
 // TLS modes.
@@ -138,7 +138,7 @@ func (c *TLSConfig) Validate(publicBaseURL string) []error {
 	switch {
 	case domain == "":
 		add("tls.domain: no domain to get a certificate for (set tls.domain or public_base_url)")
-	case certmagic.SubjectIsIP(domain) || !federation.ValidServerName(domain) || strings.Contains(domain, ":"):
+	case !matrixid.ValidDNSName(domain):
 		add("tls.domain: %q must be a DNS name like \"id.example.org\" (ACME certificates are for names, not addresses)", domain)
 	case c.CA == certmagic.LetsEncryptProductionCA && !certmagic.SubjectQualifiesForPublicCert(domain):
 		add("tls.domain: %q cannot get a certificate from a public CA (localhost, .local, .internal and private names do not qualify); use a public name, or tls.ca for a private ACME CA", domain)
