@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/nyaruka/phonenumbers"
 
 	"mxid/server/matrixid"
+	"mxid/server/outbound"
 )
 
 // Config is the [lookup] section.
@@ -63,7 +63,8 @@ type LDAPConfig struct {
 	URLs []string `toml:"urls"`
 	// StartTLS upgrades ldap:// connections.
 	StartTLS bool `toml:"starttls"`
-	// CAFile is a PEM bundle trusted for the directory's certificate.
+	// CAFile is a PEM file of roots trusted for the directory besides the
+	// system's (outbound.LoadRoots).
 	CAFile string `toml:"ca_file"`
 	// InsecureSkipVerify turns certificate checks off (tests only).
 	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
@@ -283,7 +284,7 @@ func (c *LDAPConfig) Validate() []error {
 		}
 	}
 	if c.CAFile != "" {
-		if _, err := os.Stat(c.CAFile); err != nil {
+		if _, err := outbound.LoadRoots(c.CAFile); err != nil {
 			add("ldap.ca_file: %v", err)
 		}
 	}

@@ -3,13 +3,11 @@ package lookup
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +17,7 @@ import (
 
 	"mxid/lookup/threepid"
 	"mxid/server/matrixid"
+	"mxid/server/outbound"
 )
 
 // LDAP is the directory source: live searches for plaintext and v1 lookups
@@ -58,20 +57,11 @@ func NewLDAP(cfg LDAPConfig, timeout time.Duration, log *slog.Logger) (*LDAP, er
 	}
 	l := &LDAP{cfg: cfg, timeout: timeout, log: log}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // operator switch, off by default
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ldap.ca_file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ldap.ca_file: %s holds no PEM certificate", cfg.CAFile)
-		}
-		tc.RootCAs = pool
+	roots, err := outbound.LoadRoots(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("ldap.ca_file: %w", err)
 	}
+	tc.RootCAs = roots
 	l.tls = tc
 	for _, a := range append(append([]string{cfg.UIDAttribute, cfg.MXIDAttribute}, cfg.EmailAttributes...), cfg.MSISDNAttributes...) {
 		if a != "" {

@@ -16,8 +16,9 @@
 //
 // It imports no mxid package except leaves (DESIGN.md section 1): its
 // sub-package lookup/threepid (3PID grammar, phone forms and the lookup
-// hash) and server/matrixid (the Matrix ID grammar, which what LDAP and
-// other identity servers answer must pass). Its collaborators come from
+// hash), server/matrixid (the Matrix ID grammar, which what LDAP and other
+// identity servers answer must pass) and server/outbound (the LDAP
+// ca_file, TLS descriptions). Its collaborators come from
 // main with builtin types at the border: a Store (bindings, meta, the
 // directory snapshot; satisfied by *db.Store, and by any other backend that
 // implements it), an *http.Client built by the outbound policy, the address
