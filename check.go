@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"mxid/server/federation"
+	"mxid/server/matrixid"
 	"mxid/server/outbound"
 	"mxid/server/signing"
 )
@@ -286,7 +287,7 @@ func newHomeserverProbe(c *check, name string) (*homeserverProbe, error) {
 
 func (p *homeserverProbe) validName() bool {
 	return p.c.step("server name", func() (string, error) {
-		if !federation.ValidServerName(p.name) {
+		if !matrixid.ValidServerName(p.name) {
 			return "", hint(fmt.Errorf("%q is not a valid server name", p.name),
 				"a server name is the part after the colon in a Matrix ID, like example.org or matrix.example.org:8448")
 		}

@@ -12,6 +12,7 @@ import (
 
 	"mxid/lookup"
 	"mxid/lookup/threepid"
+	"mxid/server/matrixid"
 	"mxid/server/outbound"
 )
 
@@ -29,7 +30,7 @@ func checkDNS(ctx context.Context, c *check, fs *flag.FlagSet, args []string) er
 			return usageError{fmt.Errorf("check dns: %q is not an email address", pos[0])}
 		}
 	}
-	if !lookup.ValidDomain(domain) {
+	if !matrixid.ValidDNSName(domain) {
 		fs.Usage()
 		return usageError{fmt.Errorf("check dns: %q is not a domain name like example.org", pos[0])}
 	}

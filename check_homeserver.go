@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -130,8 +129,8 @@ func (c *check) publicBaseURL(ctx context.Context, breaks string) bool {
 		}
 		roots := c.roots
 		if roots == nil {
-			if roots, err = x509.SystemCertPool(); err != nil {
-				return "", fmt.Errorf("the system's CA certificates could not be read: %v", err)
+			if roots, err = outbound.SystemRoots(); err != nil {
+				return "", err
 			}
 		}
 		ocfg := c.cfg.Outbound

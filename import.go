@@ -14,7 +14,7 @@ import (
 
 	"mxid/db"
 	"mxid/lookup/threepid"
-	"mxid/server/federation"
+	"mxid/server/matrixid"
 )
 
 // importRow is one line of an import file.
@@ -171,7 +171,7 @@ func parseImportLine(line []byte, now time.Time) (db.Binding, error) {
 	if err != nil {
 		return db.Binding{}, fmt.Errorf("%s address: %v", medium, err)
 	}
-	if !federation.ValidUserID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return db.Binding{}, fmt.Errorf("mxid %q is not a valid Matrix user ID (@localpart:server)", truncateForReport(mxid))
 	}
 	ts := now.UnixMilli()

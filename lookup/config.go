@@ -5,13 +5,15 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
 	"github.com/nyaruka/phonenumbers"
+
+	"mxid/server/matrixid"
+	"mxid/server/outbound"
 )
 
 // Config is the [lookup] section.
@@ -61,7 +63,8 @@ type LDAPConfig struct {
 	URLs []string `toml:"urls"`
 	// StartTLS upgrades ldap:// connections.
 	StartTLS bool `toml:"starttls"`
-	// CAFile is a PEM bundle trusted for the directory's certificate.
+	// CAFile is a PEM file of roots trusted for the directory besides the
+	// system's (outbound.LoadRoots).
 	CAFile string `toml:"ca_file"`
 	// InsecureSkipVerify turns certificate checks off (tests only).
 	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
@@ -281,7 +284,7 @@ func (c *LDAPConfig) Validate() []error {
 		}
 	}
 	if c.CAFile != "" {
-		if _, err := os.Stat(c.CAFile); err != nil {
+		if _, err := outbound.LoadRoots(c.CAFile); err != nil {
 			add("ldap.ca_file: %v", err)
 		}
 	}
@@ -311,7 +314,7 @@ func (c *LDAPConfig) Validate() []error {
 		add("ldap: set uid_attribute or mxid_attribute, not both")
 	case eff.MXIDAttribute == "" && eff.UIDAttribute == "":
 		add("ldap: uid_attribute (with uid_domain) or mxid_attribute is required (or a preset)")
-	case eff.UIDAttribute != "" && !validServerName(c.UIDDomain):
+	case eff.UIDAttribute != "" && !matrixid.ValidServerName(c.UIDDomain):
 		add("ldap.uid_domain: %q must be the homeserver's server name (the part after ':' in Matrix IDs)", c.UIDDomain)
 	}
 	for _, a := range append(append([]string{eff.UIDAttribute, eff.MXIDAttribute}, eff.EmailAttributes...), eff.MSISDNAttributes...) {

@@ -3,13 +3,11 @@ package lookup
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +16,8 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"mxid/lookup/threepid"
+	"mxid/server/matrixid"
+	"mxid/server/outbound"
 )
 
 // LDAP is the directory source: live searches for plaintext and v1 lookups
@@ -57,20 +57,11 @@ func NewLDAP(cfg LDAPConfig, timeout time.Duration, log *slog.Logger) (*LDAP, er
 	}
 	l := &LDAP{cfg: cfg, timeout: timeout, log: log}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // operator switch, off by default
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ldap.ca_file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ldap.ca_file: %s holds no PEM certificate", cfg.CAFile)
-		}
-		tc.RootCAs = pool
+	roots, err := outbound.LoadRoots(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("ldap.ca_file: %w", err)
 	}
+	tc.RootCAs = roots
 	l.tls = tc
 	for _, a := range append(append([]string{cfg.UIDAttribute, cfg.MXIDAttribute}, cfg.EmailAttributes...), cfg.MSISDNAttributes...) {
 		if a != "" {
@@ -206,7 +197,7 @@ func (l *LDAP) withFilter(inner string) string {
 // mxidOf maps an entry to its Matrix ID, "" when it has none.
 func (l *LDAP) mxidOf(e *ldap.Entry) string {
 	if l.cfg.MXIDAttribute != "" {
-		if m := strings.TrimSpace(e.GetEqualFoldAttributeValue(l.cfg.MXIDAttribute)); ValidMXID(m) {
+		if m := strings.TrimSpace(e.GetEqualFoldAttributeValue(l.cfg.MXIDAttribute)); matrixid.ValidUserID(m) {
 			return m
 		}
 		return ""
@@ -215,7 +206,7 @@ func (l *LDAP) mxidOf(e *ldap.Entry) string {
 	if uid == "" {
 		return ""
 	}
-	if m := "@" + strings.ToLower(uid) + ":" + l.cfg.UIDDomain; ValidMXID(m) {
+	if m := "@" + strings.ToLower(uid) + ":" + l.cfg.UIDDomain; matrixid.ValidUserID(m) {
 		return m
 	}
 	return ""

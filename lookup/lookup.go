@@ -14,8 +14,11 @@
 // while the directory is down keeps directory users); and it answers the
 // plaintext and v1 lookups the directory fails, the outage logged once.
 //
-// It imports no mxid package except its sub-package lookup/threepid (3PID
-// grammar, phone forms and the lookup hash). Its collaborators come from
+// It imports no mxid package except leaves (DESIGN.md section 1): its
+// sub-package lookup/threepid (3PID grammar, phone forms and the lookup
+// hash), server/matrixid (the Matrix ID grammar, which what LDAP and other
+// identity servers answer must pass) and server/outbound (the LDAP
+// ca_file, TLS descriptions). Its collaborators come from
 // main with builtin types at the border: a Store (bindings, meta, the
 // directory snapshot; satisfied by *db.Store, and by any other backend that
 // implements it), an *http.Client built by the outbound policy, the address
@@ -24,7 +27,6 @@ package lookup
 
 import (
 	"context"
-	"strings"
 
 	"mxid/lookup/threepid"
 )
@@ -83,87 +85,6 @@ type DirectoryStore interface {
 type loggedError struct{ error }
 
 func (e loggedError) Unwrap() error { return e.error }
-
-// ValidMXID reports whether s is a well-formed Matrix user ID: "@", a
-// non-empty localpart of printable ASCII without ':', ":", a server name
-// (host name, IPv4 or [IPv6] literal, optional port), at most 255 bytes.
-// (The same rules as server/federation.ValidUserID; lookup may not import
-// server.)
-func ValidMXID(s string) bool {
-	if len(s) > 255 || len(s) < 4 || s[0] != '@' {
-		return false
-	}
-	i := strings.IndexByte(s, ':')
-	if i < 2 {
-		return false
-	}
-	for _, c := range []byte(s[1:i]) {
-		if c < 0x21 || c > 0x7e {
-			return false
-		}
-	}
-	return validServerName(s[i+1:])
-}
-
-func validServerName(s string) bool {
-	if s == "" {
-		return false
-	}
-	host, port := s, ""
-	if strings.HasPrefix(s, "[") {
-		end := strings.IndexByte(s, ']')
-		if end < 0 {
-			return false
-		}
-		host, port = s[:end+1], s[end+1:]
-		if port != "" {
-			if port[0] != ':' {
-				return false
-			}
-			port = port[1:]
-			if port == "" {
-				return false
-			}
-		}
-		inner := host[1 : len(host)-1]
-		if inner == "" || strings.Trim(inner, "0123456789abcdefABCDEF:.") != "" || !strings.Contains(inner, ":") {
-			return false
-		}
-	} else {
-		if i := strings.LastIndexByte(s, ':'); i >= 0 {
-			host, port = s[:i], s[i+1:]
-			if port == "" {
-				return false
-			}
-		}
-		if host == "" || len(host) > 253 {
-			return false
-		}
-		for _, label := range strings.Split(host, ".") {
-			if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-				return false
-			}
-			for _, c := range []byte(label) {
-				if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-					return false
-				}
-			}
-		}
-	}
-	if port != "" {
-		if len(port) > 5 || port[0] == '0' || strings.Trim(port, "0123456789") != "" {
-			return false
-		}
-		n := 0
-		for _, c := range []byte(port) {
-			n = n*10 + int(c-'0')
-		}
-		if n < 1 || n > 65535 {
-			return false
-		}
-	}
-	return true
-}
 
 // Canonical returns the canonical form of an address for lookups (emails
 // case-folded, msisdns E.164 digits); ok is false for addresses that cannot

@@ -13,9 +13,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
-	"net"
-	"strings"
 )
 
 // ProbeWarning is a step outcome that is not a failure.
@@ -73,30 +70,4 @@ func verifyingTLS(base *tls.Config, host string, failed *error) *tls.Config {
 		return nil
 	}
 	return tc
-}
-
-// describeTLS says which TLS and whose certificate a connection has.
-func describeTLS(st tls.ConnectionState, insecure bool) string {
-	if len(st.PeerCertificates) == 0 {
-		return "TLS established"
-	}
-	c := st.PeerCertificates[0]
-	names := append([]string{}, c.DNSNames...)
-	for _, ip := range c.IPAddresses {
-		names = append(names, ip.String())
-	}
-	s := fmt.Sprintf("%s, certificate for %s issued by %q, valid until %s", tls.VersionName(st.Version), strings.Join(names, ", "), c.Issuer.CommonName, c.NotAfter.UTC().Format("2006-01-02"))
-	if insecure {
-		s += " (NOT verified: insecure_skip_verify)"
-	}
-	return s
-}
-
-// isLoopback reports whether host is localhost or a loopback address.
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

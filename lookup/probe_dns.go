@@ -220,8 +220,3 @@ func probeIS(ctx context.Context, r *remote, allowV1 bool) (string, error) {
 	}
 	return "", fmt.Errorf("%w: GET %s/_matrix/identity/v2/hash_details answered HTTP %d %s", ErrDNSNotIS, r.base, status, hd.Errcode)
 }
-
-// ValidDomain reports whether s is a host name (for `mxid check dns`).
-func ValidDomain(s string) bool {
-	return validServerName(s) && !strings.Contains(s, ":") && net.ParseIP(s) == nil
-}

@@ -11,6 +11,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"mxid/lookup/threepid"
+	"mxid/server/outbound"
 )
 
 // ProbeLDAP tries the [ldap] settings one step at a time for `mxid check
@@ -141,9 +142,9 @@ func (l *LDAP) probeConnect(raw string) (*ldap.Conn, string, error) {
 	}
 	how := "plain LDAP, not encrypted"
 	if st, ok := c.TLSConnectionState(); ok {
-		how = "LDAPS: " + describeTLS(st, l.cfg.InsecureSkipVerify)
+		how = "LDAPS: " + outbound.DescribeTLS(st, l.cfg.InsecureSkipVerify)
 		if l.cfg.StartTLS {
-			how = "StartTLS: " + describeTLS(st, l.cfg.InsecureSkipVerify)
+			how = "StartTLS: " + outbound.DescribeTLS(st, l.cfg.InsecureSkipVerify)
 		}
 	}
 	return c, "connected to " + u.Host + ", " + how, nil
@@ -152,7 +153,7 @@ func (l *LDAP) probeConnect(raw string) (*ldap.Conn, string, error) {
 // plainWarning warns when a password would cross the network in clear.
 func (l *LDAP) plainWarning(raw, found string) error {
 	u, _ := url.Parse(raw)
-	if u.Scheme == "ldap" && !l.cfg.StartTLS && l.cfg.BindDN != "" && !isLoopback(u.Hostname()) {
+	if u.Scheme == "ldap" && !l.cfg.StartTLS && l.cfg.BindDN != "" && !outbound.IsLoopbackHost(u.Hostname()) {
 		return ProbeWarning(found + "; the bind password and the directory's answers cross the network in clear (use ldaps:// or starttls = true)")
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"mxid/lookup/threepid"
+	"mxid/server/matrixid"
 )
 
 // remote is another identity server mxid asks: with the v2 API (its
@@ -85,7 +86,7 @@ func (r *remote) lookupV2(ctx context.Context, tps []ThreePID) (map[ThreePID]str
 			}
 			for h, m := range ans.Mappings {
 				tp, asked := byHash[h]
-				if asked && ValidMXID(m) {
+				if asked && matrixid.ValidUserID(m) {
 					out[tp] = m
 				}
 			}
@@ -163,7 +164,7 @@ func (r *remote) lookupV1(ctx context.Context, tps []ThreePID) (map[ThreePID]str
 				continue
 			}
 			tp := ThreePID{row[0], row[1]}
-			if asked[tp] && ValidMXID(row[2]) {
+			if asked[tp] && matrixid.ValidUserID(row[2]) {
 				out[tp] = row[2]
 			}
 		}

@@ -229,3 +229,22 @@ func TestForwarders(t *testing.T) {
 		t.Errorf("lying v1 peer: %v", got)
 	}
 }
+
+// A peer's answers go through the one Matrix ID grammar (server/matrixid):
+// the IDs the old copy in lookup took and federation refused ("[:::]" is no
+// IPv6 address), and the reverse ("-1.2.3.4" is no IPv4 literal), are
+// dropped, over v2 and v1 alike.
+func TestForwardersDropMalformedMXIDs(t *testing.T) {
+	binds := map[lookup.ThreePID]string{remoteAlice: "@alice:[:::]", remoteBob: "@bob:-1.2.3.4", remotePhone: "@Phone:[::1]:8448"}
+	v2 := newPeerIS(t, "", binds)
+	v1 := newPeerIS(t, "", binds)
+	v1.noV2 = true
+	client := peerClient("127.0.0.1:1")
+	for name, cfg := range map[string]lookup.ForwarderConfig{"v2": {URL: v2.URL}, "v1": {URL: v1.URL, AllowV1Fallback: true}} {
+		fw := lookup.NewForwarders([]lookup.ForwarderConfig{cfg}, client)
+		got, err := fw.Lookup(context.Background(), []lookup.ThreePID{remoteAlice, remoteBob, remotePhone})
+		if err != nil || len(got) != 1 || got[remotePhone] != "@Phone:[::1]:8448" {
+			t.Errorf("%s: got %v, %v; want only the well-formed @Phone:[::1]:8448", name, got, err)
+		}
+	}
+}

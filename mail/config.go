@@ -2,17 +2,16 @@ package mail
 
 import (
 	"bytes"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/mail"
 	"net/url"
-	"os"
 	"strings"
 	"text/template"
 	"time"
+
+	"mxid/server/outbound"
 )
 
 // EmailConfig is the [email] section: how verification emails leave mxid.
@@ -31,7 +30,8 @@ type EmailConfig struct {
 	Username     string `toml:"username"`
 	Password     string `toml:"password"`
 	PasswordFile string `toml:"password_file"`
-	// CAFile adds PEM root certificates trusted for the SMTP server.
+	// CAFile is a PEM file of roots trusted for the SMTP server besides the
+	// system's (outbound.LoadRoots).
 	CAFile string `toml:"ca_file"`
 	// HELO is the name mxid gives in EHLO.
 	HELO string `toml:"helo"`
@@ -129,7 +129,7 @@ func (c *EmailConfig) Validate() []error {
 		if c.Host == "" || strings.ContainsAny(c.Host, " /\r\n") {
 			add("email.host: %q must be the SMTP server's host name or IP", c.Host)
 		}
-		if c.Mode == "plain" && c.Username != "" && !isLoopback(c.Host) {
+		if c.Mode == "plain" && c.Username != "" && !outbound.IsLoopbackHost(c.Host) {
 			add("email.username: SMTP AUTH over mode \"plain\" would send the password unencrypted to %s; use starttls or tls", c.Host)
 		}
 	}
@@ -137,7 +137,7 @@ func (c *EmailConfig) Validate() []error {
 		add("email.username and email.password (or password_file) go together")
 	}
 	if c.CAFile != "" {
-		if _, err := loadPool(c.CAFile); err != nil {
+		if _, err := outbound.LoadRoots(c.CAFile); err != nil {
 			add("email.ca_file: %v", err)
 		}
 	}
@@ -215,14 +215,6 @@ func absHTTPURL(s string) bool {
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(strings.Trim(host, "[]"))
-	return ip != nil && ip.IsLoopback()
-}
-
 // parseFrom parses the sender: one address, an optional display name, no
 // line breaks.
 func parseFrom(s string) (*mail.Address, error) {
@@ -234,21 +226,6 @@ func parseFrom(s string) (*mail.Address, error) {
 		return nil, fmt.Errorf("%q is not an address like \"Example ID <noreply@example.org>\"", s)
 	}
 	return a, nil
-}
-
-func loadPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // webhookTemplate parses a webhook body template and checks that it gives

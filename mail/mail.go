@@ -7,7 +7,8 @@
 // the submitToken result pages) from the web package's embedded files or
 // their replacements in a configured directory.
 //
-// It imports web only (and go-mail, which is used nowhere else). HTTP to
+// It imports web and the leaf server/outbound (CA files, TLS descriptions,
+// loopback hosts) only, and go-mail, which is used nowhere else. HTTP to
 // SMS gateways goes through the *http.Client main builds from the outbound
 // policy.
 package mail

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/smtp"
 	"time"
+
+	"mxid/server/outbound"
 )
 
 // ProbeSMTP tries the configured SMTP settings one step at a time for
@@ -50,7 +52,7 @@ func (s *Sender) ProbeSMTP(ctx context.Context, to string, step func(what string
 				return "", err
 			}
 			conn = tc
-			return describeTLS(tc.ConnectionState()), nil
+			return outbound.DescribeTLS(tc.ConnectionState(), false), nil
 		}) {
 			return
 		}
@@ -89,7 +91,7 @@ func (s *Sender) ProbeSMTP(ctx context.Context, to string, step func(what string
 				return "", err
 			}
 			st, _ := client.TLSConnectionState()
-			return describeTLS(st), nil
+			return outbound.DescribeTLS(st, false), nil
 		}) {
 			return
 		}
@@ -125,14 +127,6 @@ var (
 	ErrNoSTARTTLS = errors.New("the server does not offer STARTTLS")
 	ErrAuth       = errors.New("authentication failed")
 )
-
-func describeTLS(st tls.ConnectionState) string {
-	if len(st.PeerCertificates) == 0 {
-		return "TLS established"
-	}
-	c := st.PeerCertificates[0]
-	return fmt.Sprintf("TLS %s, certificate for %v issued by %q, valid until %s", tls.VersionName(st.Version), c.DNSNames, c.Issuer.CommonName, c.NotAfter.UTC().Format("2006-01-02"))
-}
 
 func orNone(user string) string {
 	if user == "" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"net/mail"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	gomail "github.com/wneessen/go-mail"
+
+	"mxid/server/outbound"
 )
 
 // smtpSender sends one message per connection: dial, EHLO, STARTTLS or
@@ -31,12 +32,9 @@ func newSMTPSender(cfg EmailConfig, from *mail.Address, now func() time.Time) (*
 	if port == 0 {
 		port = map[string]int{"plain": 25, "starttls": 587, "tls": 465}[cfg.Mode]
 	}
-	var roots *x509.CertPool
-	if cfg.CAFile != "" {
-		var err error
-		if roots, err = loadPool(cfg.CAFile); err != nil {
-			return nil, fmt.Errorf("email.ca_file: %w", err)
-		}
+	roots, err := outbound.LoadRoots(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("email.ca_file: %w", err)
 	}
 	host := strings.Trim(cfg.Host, "[]")
 	return &smtpSender{

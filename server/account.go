@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"mxid/server/federation"
+	"mxid/server/matrixid"
 )
 
 // accessTokenLen is the length of the access tokens mxid issues (64
@@ -46,7 +47,7 @@ func (s *Server) postRegister(w http.ResponseWriter, r *http.Request) error {
 	if openIDToken == "" || len(openIDToken) > 1024 {
 		return errInvalid("access_token", "must be a non-empty OpenID token")
 	}
-	if !federation.ValidServerName(serverName) {
+	if !matrixid.ValidServerName(serverName) {
 		return errInvalid("matrix_server_name", "not a valid server name")
 	}
 	if allow := s.cfg.Accounts.HomeserverAllowlist; len(allow) > 0 && !slices.Contains(allow, serverName) {

@@ -12,6 +12,7 @@ import (
 	"mxid/db"
 	"mxid/lookup/threepid"
 	"mxid/server/federation"
+	"mxid/server/matrixid"
 )
 
 // associationLifetime is not_after - not_before of a binding (sydent: 100 years).
@@ -93,7 +94,7 @@ func (s *Server) postBind(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !federation.ValidUserID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return errInvalid("mxid", "not a valid Matrix user ID")
 	}
 	if !isV1(r) && mxid != account(r).UserID {
@@ -146,7 +147,7 @@ func (s *Server) postUnbind(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !federation.ValidUserID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return errInvalid("mxid", "not a valid Matrix user ID")
 	}
 	if medium != threepid.Email && medium != threepid.MSISDN {
@@ -180,7 +181,7 @@ func (s *Server) postUnbind(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if _, server, _ := federation.SplitUserID(mxid); server != origin {
+		if _, server, _ := matrixid.SplitUserID(mxid); server != origin {
 			return errForbidden("%s may not unbind users of another server", origin)
 		}
 	}

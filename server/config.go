@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"mxid/server/federation"
+	"mxid/server/matrixid"
 	"mxid/server/outbound"
 )
 
@@ -102,7 +102,7 @@ func DefaultConfig() Config {
 func (c *Config) Validate() []error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if !federation.ValidServerName(c.ServerName) {
+	if !matrixid.ValidServerName(c.ServerName) {
 		add("server_name: %q is not a valid server name (a host name like \"id.example.org\")", c.ServerName)
 	}
 	if u, err := url.Parse(c.PublicBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
@@ -130,7 +130,7 @@ func (c *Config) Validate() []error {
 		}
 	}
 	for _, hs := range c.Accounts.HomeserverAllowlist {
-		if !federation.ValidServerName(hs) {
+		if !matrixid.ValidServerName(hs) {
 			add("accounts.homeserver_allowlist: %q is not a valid server name", hs)
 		}
 	}
@@ -215,8 +215,8 @@ func (c *Config) ServerNameWarning() string {
 // sameServerName compares server names as homeservers do for hosts:
 // case-insensitively on the host, exactly on the port.
 func sameServerName(a, b string) bool {
-	ha, pa, okA := federation.SplitServerName(a)
-	hb, pb, okB := federation.SplitServerName(b)
+	ha, pa, okA := matrixid.SplitServerName(a)
+	hb, pb, okB := matrixid.SplitServerName(b)
 	return okA && okB && strings.EqualFold(ha, hb) && pa == pb
 }
 

@@ -16,7 +16,7 @@ import (
 	"mxid/db"
 	"mxid/lookup/threepid"
 	"mxid/mail"
-	"mxid/server/federation"
+	"mxid/server/matrixid"
 	"mxid/server/signing"
 )
 
@@ -72,7 +72,7 @@ func (c *InvitesConfig) validate() []error {
 		}
 	}
 	for _, hs := range c.HomeserverBlocklist {
-		if !federation.ValidServerName(hs) {
+		if !matrixid.ValidServerName(hs) {
 			add("invites.homeserver_blocklist: %q is not a server name", hs)
 		}
 	}
@@ -137,7 +137,7 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 		}
 		req[f] = v
 	}
-	_, senderServer, ok := federation.SplitUserID(req["sender"])
+	_, senderServer, ok := matrixid.SplitUserID(req["sender"])
 	if !ok {
 		return errInvalid("sender", "not a valid user ID")
 	}
@@ -401,7 +401,7 @@ func (s *Server) postSignEd25519(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !federation.ValidUserID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return errInvalid("mxid", "not a valid user ID")
 	}
 	seed, err := signing.DecodeBase64(privB64)

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"mxid/db"
-	"mxid/server/federation"
+	"mxid/server/matrixid"
 	"mxid/server/outbound"
 )
 
@@ -18,7 +18,7 @@ import (
 // association with its pending invites, each carrying a "signed" block
 // {mxid, token} signed with the long-term key, the whole signed too.
 func (s *Server) onbindBody(b db.Binding, pending []db.Invite) (string, []byte, error) {
-	_, server, _ := federation.SplitUserID(b.MXID)
+	_, server, _ := matrixid.SplitUserID(b.MXID)
 	invites := make([]any, 0, len(pending))
 	for _, inv := range pending {
 		signed, err := s.key.Sign(map[string]any{"mxid": b.MXID, "token": inv.Token}, s.cfg.ServerName)

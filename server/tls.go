@@ -15,7 +15,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -37,7 +36,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"mxid/server/federation"
+	"mxid/server/matrixid"
+	"mxid/server/outbound"
 )
 
 // TLS modes.
@@ -71,8 +71,8 @@ type TLSConfig struct {
 	Email string `toml:"email"`
 	// CA is the ACME directory URL (acme).
 	CA string `toml:"ca"`
-	// CARootsFile is a PEM file of extra roots trusted for the connection
-	// to the CA (a private or test CA).
+	// CARootsFile is a PEM file of roots trusted for the connection to the
+	// CA (a private or test CA) besides the system's (outbound.LoadRoots).
 	CARootsFile string `toml:"ca_roots_file"`
 	// Challenges are the ACME challenge types offered.
 	Challenges []string `toml:"challenges"`
@@ -138,7 +138,7 @@ func (c *TLSConfig) Validate(publicBaseURL string) []error {
 	switch {
 	case domain == "":
 		add("tls.domain: no domain to get a certificate for (set tls.domain or public_base_url)")
-	case certmagic.SubjectIsIP(domain) || !federation.ValidServerName(domain) || strings.Contains(domain, ":"):
+	case !matrixid.ValidDNSName(domain):
 		add("tls.domain: %q must be a DNS name like \"id.example.org\" (ACME certificates are for names, not addresses)", domain)
 	case c.CA == certmagic.LetsEncryptProductionCA && !certmagic.SubjectQualifiesForPublicCert(domain):
 		add("tls.domain: %q cannot get a certificate from a public CA (localhost, .local, .internal and private names do not qualify); use a public name, or tls.ca for a private ACME CA", domain)
@@ -150,7 +150,7 @@ func (c *TLSConfig) Validate(publicBaseURL string) []error {
 		add("tls.email: %q is not an email address", c.Email)
 	}
 	if c.CARootsFile != "" {
-		if _, err := loadRoots(c.CARootsFile); err != nil {
+		if _, err := outbound.LoadRoots(c.CARootsFile); err != nil {
 			add("tls.ca_roots_file: %v", err)
 		}
 	}
@@ -179,18 +179,6 @@ func validListen(s string) bool {
 	}
 	n, err := strconv.Atoi(p)
 	return err == nil && n >= 0 && n <= 65535
-}
-
-func loadRoots(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // TLS is the running TLS mode: it opens the listeners the mode needs and
@@ -257,20 +245,9 @@ func (t *TLS) setupACME(dataDir string) error {
 	if t.domain == "" {
 		t.domain = t.public.Hostname()
 	}
-	var roots *x509.CertPool
-	if t.cfg.CARootsFile != "" {
-		sys, err := x509.SystemCertPool()
-		if err != nil || sys == nil {
-			sys = x509.NewCertPool()
-		}
-		extra, err := os.ReadFile(t.cfg.CARootsFile)
-		if err != nil {
-			return fmt.Errorf("tls.ca_roots_file: %w", err)
-		}
-		if !sys.AppendCertsFromPEM(extra) {
-			return fmt.Errorf("tls.ca_roots_file: %s holds no PEM certificate", t.cfg.CARootsFile)
-		}
-		roots = sys
+	roots, err := outbound.LoadRoots(t.cfg.CARootsFile)
+	if err != nil {
+		return fmt.Errorf("tls.ca_roots_file: %w", err)
 	}
 	zl := zap.New(slogCore{h: t.log.Handler()}).Named("certmagic")
 	var magic *certmagic.Config

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"mxid/server/federation"
+	"mxid/server/matrixid"
 )
 
 // ValidationConfig is the [validation] section: rules for 3PID validation
@@ -63,8 +63,8 @@ func DefaultRateLimitConfig() RateLimitConfig {
 func (c *ValidationConfig) validate() []error {
 	var errs []error
 	for _, h := range c.NextLinkHosts {
-		host, port, ok := federation.SplitServerName(h)
-		if !ok || port != 0 || strings.HasPrefix(host, "[") || !federation.ValidServerName(host) {
+		host, port, ok := matrixid.SplitServerName(h)
+		if !ok || port != 0 || strings.HasPrefix(host, "[") || !matrixid.ValidServerName(host) {
 			errs = append(errs, fmt.Errorf("validation.next_link_hosts: %q must be a host name like \"app.example.org\"", h))
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+
+	"mxid/server/matrixid"
 )
 
 // userinfoMaxBytes is sydent's cap on the userinfo answer (A4).
@@ -44,7 +46,7 @@ func (r *Resolver) UserInfo(ctx context.Context, serverName, accessToken string)
 	if !ok {
 		return "", fmt.Errorf("%w: no string sub", ErrBadUserinfo)
 	}
-	_, server, ok := SplitUserID(sub)
+	_, server, ok := matrixid.SplitUserID(sub)
 	if !ok {
 		return "", fmt.Errorf("%w: sub is not a user ID", ErrBadUserinfo)
 	}

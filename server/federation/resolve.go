@@ -1,3 +1,12 @@
+// Package federation is mxid's client side of the Matrix server-server API:
+// homeserver discovery (pins, IP literals and explicit ports,
+// /.well-known/matrix/server, SRV _matrix-fed._tcp then _matrix._tcp, port
+// 8448), and the calls mxid makes to homeservers (OpenID userinfo; key
+// fetching and X-Matrix verification and onbind build on the same Resolver).
+// The grammar of server names and user IDs is server/matrixid's.
+//
+// It imports the leaves server/matrixid, server/outbound and server/signing
+// only; every request goes through the outbound policy.
 package federation
 
 import (
@@ -15,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"mxid/server/matrixid"
 	"mxid/server/outbound"
 )
 
@@ -77,23 +87,23 @@ var ErrInvalidServerName = errors.New("invalid server name")
 
 // Resolve locates the homeserver for serverName.
 func (r *Resolver) Resolve(ctx context.Context, serverName string) (Target, error) {
-	if !ValidServerName(serverName) {
+	if !matrixid.ValidServerName(serverName) {
 		return Target{}, ErrInvalidServerName
 	}
 	if base, ok := r.policy.Pin(serverName); ok {
 		host := strings.TrimPrefix(strings.TrimPrefix(base, "https://"), "http://")
-		h, _, _ := SplitServerName(host)
+		h, _, _ := matrixid.SplitServerName(host)
 		return Target{BaseURL: base, Host: host, TLSName: strings.Trim(h, "[]")}, nil
 	}
-	host, port, _ := SplitServerName(serverName)
+	host, port, _ := matrixid.SplitServerName(serverName)
 	// 1. IP literal, 2. explicit port: direct.
-	if _, isIP := IPLiteral(host); isIP || port != 0 {
+	if _, isIP := matrixid.IPLiteral(host); isIP || port != 0 {
 		return r.direct(host, port, serverName), nil
 	}
 	// 3. /.well-known/matrix/server delegation.
 	if delegated := r.lookupWellKnown(ctx, host); delegated != "" {
-		dhost, dport, _ := SplitServerName(delegated)
-		if _, isIP := IPLiteral(dhost); isIP || dport != 0 {
+		dhost, dport, _ := matrixid.SplitServerName(delegated)
+		if _, isIP := matrixid.IPLiteral(dhost); isIP || dport != 0 {
 			return r.direct(dhost, dport, delegated), nil
 		}
 		if t, ok := r.srv(ctx, dhost); ok {
@@ -194,7 +204,7 @@ func (r *Resolver) fetchWellKnown(ctx context.Context, host string) string {
 	var doc struct {
 		Server string `json:"m.server"`
 	}
-	if json.Unmarshal(body, &doc) != nil || !ValidServerName(doc.Server) {
+	if json.Unmarshal(body, &doc) != nil || !matrixid.ValidServerName(doc.Server) {
 		return ""
 	}
 	return doc.Server

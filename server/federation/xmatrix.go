@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"mxid/server/matrixid"
 	"mxid/server/signing"
 )
 
@@ -136,7 +137,7 @@ func ParseXMatrix(h string) (XMatrix, error) {
 	if x.Origin == "" || x.Key == "" || x.Sig == "" {
 		return XMatrix{}, fmt.Errorf("%w: origin, key and sig are required", ErrMalformedAuth)
 	}
-	if !ValidServerName(x.Origin) {
+	if !matrixid.ValidServerName(x.Origin) {
 		return XMatrix{}, fmt.Errorf("%w: origin is not a valid server name", ErrMalformedAuth)
 	}
 	if !strings.HasPrefix(x.Key, "ed25519:") {

@@ -6,8 +6,17 @@
 // DNS rebinding and odd IP notations do not get around it), verifies TLS with
 // the hostname, and never uses an environment proxy.
 //
-// It imports only the standard library. Packages that must not import server
-// (lookup, mail) are handed the *http.Client this package builds.
+// It also owns what every outbound TLS connection (HTTP, SMTP, LDAP, ACME)
+// trusts and how it is described (trust.go): the one loader of CA files
+// (LoadRoots: the system's roots plus the file's certificates, for every
+// ca_file and ca_roots_file), the system's roots alone (SystemRoots),
+// DescribeTLS for the check commands, and IsLoopbackHost (where a password
+// may go without TLS).
+//
+// It imports only the standard library and is a leaf (DESIGN.md section
+// 1): any mxid package may import it. lookup and mail use it for CA files
+// and TLS descriptions; main builds their HTTP clients with a Policy and
+// hands them over.
 package outbound
 
 import (
@@ -21,7 +30,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -43,7 +51,8 @@ type Config struct {
 	Pins map[string]string `toml:"pins"`
 	// InsecureSkipVerify turns off TLS certificate checks (tests only).
 	InsecureSkipVerify bool `toml:"insecure_skip_verify"`
-	// CAFile adds PEM root certificates trusted for outbound TLS.
+	// CAFile is a PEM file of roots trusted for outbound TLS besides the
+	// system's (LoadRoots).
 	CAFile string `toml:"ca_file"`
 	// DNSServer, when set ("host:port"), is asked instead of the system
 	// resolver, for A/AAAA and SRV lookups alike.
@@ -76,7 +85,7 @@ func (c *Config) Validate() []error {
 		}
 	}
 	if c.CAFile != "" {
-		if _, err := loadPool(c.CAFile); err != nil {
+		if _, err := LoadRoots(c.CAFile); err != nil {
 			errs = append(errs, fmt.Errorf("outbound.ca_file: %v", err))
 		}
 	}
@@ -131,7 +140,7 @@ func New(cfg Config) (*Policy, error) {
 		}
 	}
 	if cfg.CAFile != "" {
-		pool, err := loadPool(cfg.CAFile)
+		pool, err := LoadRoots(cfg.CAFile)
 		if err != nil {
 			return nil, err
 		}
@@ -146,21 +155,6 @@ func New(cfg Config) (*Policy, error) {
 		}}
 	}
 	return p, nil
-}
-
-func loadPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // Pin returns the pinned base URL for a server name, if any.

@@ -2,8 +2,8 @@
 // rules: canonical JSON, signing and verifying JSON objects, and unpadded
 // base64 (standard and URL-safe).
 //
-// It imports only the standard library and may be used by any package under
-// server/.
+// It imports only the standard library and is a leaf (DESIGN.md section
+// 1): any mxid package may import it.
 package signing
 
 import (
