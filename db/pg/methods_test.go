@@ -15,8 +15,10 @@ import (
 // storetest.Store lists exactly the common ones. A method added to db.Store
 // fails here until it is added to the PostgreSQL store and the suite.
 func TestSameMethodsAsBbolt(t *testing.T) {
-	bboltOnly := []string{"WriteBackup", "ReleaseMapped"}              // pg_dump; no file mapped
-	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges"} // the replicas' change log
+	bboltOnly := []string{"WriteBackup", "ReleaseMapped", // pg_dump; no file mapped
+		"Opened", "RewroteMeta"} // the file's checks at open
+	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", // the replicas' change log
+		"Ping"} // readiness
 	methods := func(typ reflect.Type) map[string]reflect.Type {
 		out := map[string]reflect.Type{}
 		for i := range typ.NumMethod() {

@@ -33,6 +33,9 @@ type Store interface {
 	// without its password.
 	Path() string
 	SchemaVersion() (uint64, error)
+	// Check is `mxid check-db`: the counts of what the store holds and
+	// the problems found (none on a sound store).
+	Check() (db.Report, error)
 	GetMeta(key string) (value []byte, ok bool, err error)
 	PutMeta(key string, value []byte) error
 

@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ChangeLog", changeLog},
 		{"ChangeLogOrderUnderConcurrentWrites", changeLogOrder},
 		{"DirectorySnapshot", directorySnapshot},
+		{"CheckCounts", checkCounts},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -963,5 +964,38 @@ func directorySnapshot(t *testing.T, s Store) {
 	}
 	if _, ok, _ := s.DirectorySummary(); ok {
 		t.Error("summary kept after drop")
+	}
+}
+
+// Check (mxid check-db) counts what the store holds and finds nothing wrong
+// with a store written only through the contract.
+func checkCounts(t *testing.T, s Store) {
+	if r, err := s.Check(); err != nil || r.ProblemCount != 0 || r.Bindings+r.Sessions+r.Accounts+r.Invites+r.Queued != 0 {
+		t.Fatalf("Check of an empty store: %+v %v", r, err)
+	}
+	now := time.Unix(1700000000, 0)
+	if err := s.CreateAccountToken("tok", "@a:hs.test", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RequestSession("email", "a@example.org", "cs", func(*db.Session) (db.Session, bool, error) {
+		return db.Session{ID: "sid1", Medium: "email", Address: "a@example.org", ClientSecret: "cs", Token: "t", CreatedTS: 1, ModifiedTS: 1}, true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{"inv1", "inv2"} {
+		if err := s.PutInvite(db.Invite{Token: tok, Medium: "email", Address: "b@example.org", RoomID: "!r:hs.test", Sender: "@a:hs.test", Ephemeral: "key-" + tok, CreatedTS: 1, ExpiresTS: 1 << 50}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := db.Binding{Medium: "email", Address: "b@example.org", MXID: "@b:hs.test", TS: 2, NotBefore: 2, NotAfter: 3}
+	if _, _, queued, err := s.Bind(b, 0, func([]db.Invite) (string, []byte, error) { return "hs.test", []byte(`{}`), nil }); err != nil || queued == nil {
+		t.Fatalf("bind: %v %v", queued, err)
+	}
+	r, err := s.Check()
+	if err != nil || r.ProblemCount != 0 {
+		t.Fatalf("Check: %+v %v", r, err)
+	}
+	if r.Bindings != 1 || r.Sessions != 1 || r.Accounts != 1 || r.Invites != 2 || r.Queued != 1 || r.Schema == 0 {
+		t.Errorf("Check counts %+v, want 1 binding, 1 session, 1 account, 2 invites, 1 queued delivery", r)
 	}
 }
