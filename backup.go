@@ -37,6 +37,11 @@ func cmdBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if cfg.Database.Postgres() {
+		return fmt.Errorf("the database is PostgreSQL (%s), which mxid does not copy itself: back it up with pg_dump, for instance\n  %s\n"+
+			"(or PostgreSQL's continuous archiving). Nothing else needs a backup: the signing key is in the database too",
+			redactedURL(cfg.Database.URL), pgDumpCommand(cfg.Database.URL))
+	}
 	if err := refuseEmptyStore(cfg.DataDir); err != nil {
 		return err
 	}

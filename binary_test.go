@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"mxid/db/pgtest"
 )
 
 // built is the mxid binary that tests run as a process, where what they
@@ -25,7 +27,7 @@ var built struct {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := pgtest.Run(m)
 	if built.dir != "" {
 		os.RemoveAll(built.dir)
 	}

@@ -27,9 +27,11 @@ import (
 type Config struct {
 	server.Config
 
-	// DataDir holds mxid.db and the signing key.
-	DataDir string    `toml:"data_dir"`
-	Log     LogConfig `toml:"log"`
+	// DataDir holds mxid.db and the signing key (with bbolt), the admin
+	// socket and, in acme mode, the certificates.
+	DataDir  string         `toml:"data_dir"`
+	Database DatabaseConfig `toml:"database"`
+	Log      LogConfig      `toml:"log"`
 
 	// TemplatesDir holds files that replace the embedded templates of the
 	// same name (emails, SMS, submitToken pages); "" uses the embedded ones.
@@ -52,9 +54,10 @@ type LogConfig struct {
 // no config file, and what every key not given in a file falls back to.
 func DefaultConfig() Config {
 	return Config{
-		Config:  server.DefaultConfig(),
-		DataDir: "./mxid-data",
-		Log:     LogConfig{Level: "info", Format: "text"},
+		Config:   server.DefaultConfig(),
+		DataDir:  "./mxid-data",
+		Database: DefaultDatabaseConfig(),
+		Log:      LogConfig{Level: "info", Format: "text"},
 
 		Email:  mail.DefaultEmailConfig(),
 		SMS:    mail.DefaultSMSConfig(),
@@ -71,6 +74,7 @@ func (c *Config) Validate() []error {
 	errs = append(errs, c.LDAP.Validate()...)
 	errs = append(errs, c.DNS.Validate()...)
 	errs = append(errs, lookup.ValidateForwarders(c.Forwarders)...)
+	errs = append(errs, c.Database.Validate()...)
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir must not be empty"))
 	}

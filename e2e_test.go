@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"mxid/db/pgtest"
 	"mxid/mail/smtptest"
 )
 
@@ -24,6 +25,18 @@ import (
 // find it with hashed and plaintext lookups, get an invite delivered on
 // bind, unbind, and no longer find it.
 func TestEndToEnd(t *testing.T) {
+	onEachBackend(t, endToEnd)
+}
+
+// onEachBackend runs a test of the whole binary once per storage backend:
+// database is the [database] section to add to its configuration ("" for
+// bbolt, a fresh PostgreSQL database's URL otherwise).
+func onEachBackend(t *testing.T, fn func(t *testing.T, database string)) {
+	t.Run("bbolt", func(t *testing.T) { fn(t, "") })
+	t.Run("postgres", func(t *testing.T) { fn(t, fmt.Sprintf("[database]\nurl = %q\n", pgtest.New(t))) })
+}
+
+func endToEnd(t *testing.T, database string) {
 	smtp := smtptest.Start(t, smtptest.Options{Mode: "plain"})
 	var mu sync.Mutex
 	var onbinds []map[string]any
@@ -65,7 +78,7 @@ port = %d
 from = "mxid <noreply@id.test>"
 [lookup]
 algorithms = ["sha256", "none"]
-`, base, t.TempDir(), port, hs.URL, smtp.Port))
+`, base, t.TempDir(), port, hs.URL, smtp.Port)+database)
 
 	call := func(method, path, token string, body any) (int, map[string]any) {
 		t.Helper()

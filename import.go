@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,13 +61,14 @@ func cmdImport(args []string, stdout, stderr io.Writer) error {
 		defer f.Close()
 		in = f
 	}
-	var store *db.Store
+	var store bindingsWriter
 	if !*dryRun {
-		store, err = openStore(cfg.DataDir, slog.New(slog.DiscardHandler))
+		s, _, err := openBackend(context.Background(), cfg, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return err
 		}
-		defer store.Close()
+		defer s.Close()
+		store = s
 	}
 	res, err := importBindings(store, in, time.Now(), stderr)
 	if err != nil {
@@ -85,10 +87,16 @@ func cmdImport(args []string, stdout, stderr io.Writer) error {
 
 type importResult struct{ lines, stored, rejected, blank int }
 
+// bindingsWriter is where import stores bindings: either backend (with
+// PostgreSQL, running replicas see them through the change log).
+type bindingsWriter interface {
+	PutBindings(bs []db.Binding, chunk int) (stored int, err error)
+}
+
 // importBindings reads JSON lines from in and stores the valid rows (store
 // nil: check only). Rejected lines are reported on report with their
 // numbers; a progress line is written every 100,000 lines.
-func importBindings(store *db.Store, in io.Reader, now time.Time, report io.Writer) (importResult, error) {
+func importBindings(store bindingsWriter, in io.Reader, now time.Time, report io.Writer) (importResult, error) {
 	var res importResult
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 64<<10), maxImportLine)

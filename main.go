@@ -16,19 +16,16 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
-	"mxid/db"
 	"mxid/lookup"
 	"mxid/mail"
 	"mxid/server"
 	"mxid/server/outbound"
-	"mxid/server/signing"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -405,7 +402,7 @@ func cmdServe(ctx context.Context, args []string, sig opSignals, stdout, stderr 
 
 // app is a wired mxid: what serve (and tests) run.
 type app struct {
-	store   *db.Store
+	store   appStore
 	srv     *server.Server
 	log     *slog.Logger
 	metrics *server.Metrics
@@ -417,18 +414,9 @@ type app struct {
 // server. The caller closes it.
 func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	started := time.Now()
-	store, err := openStore(cfg.DataDir, log)
+	store, key, err := openBackend(context.Background(), cfg, log)
 	if err != nil {
 		return nil, err
-	}
-	keyPath := filepath.Join(cfg.DataDir, "signing.key")
-	key, created, err := signing.LoadOrCreateKey(keyPath)
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	if created {
-		log.Info("created a new long-term signing key", "path", keyPath, "key_id", key.ID)
 	}
 	policy, err := outbound.New(cfg.Outbound)
 	if err != nil {
@@ -487,7 +475,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 
 // newLookup builds the lookup service: the hash index over the local
 // bindings (built here, before serving), the cascade and its sources.
-func newLookup(cfg Config, store *db.Store, policy *outbound.Policy, log *slog.Logger, observe func(source, outcome string, d time.Duration)) (*lookup.Service, error) {
+func newLookup(cfg Config, store lookup.Store, policy *outbound.Policy, log *slog.Logger, observe func(source, outcome string, d time.Duration)) (*lookup.Service, error) {
 	start := time.Now()
 	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
 		Store:      store,

@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"log/slog"
 	"strconv"
@@ -224,5 +225,43 @@ func TestNotStorable(t *testing.T) {
 	}
 	if err := s.PutInvite(db.Invite{Token: "t", Medium: "email", Address: "a@example.org", Ephemeral: "e", RoomID: "\x00"}); err == nil || errors.Is(err, db.ErrUnavailable) {
 		t.Errorf("a NUL in an invite: %v", err)
+	}
+}
+
+// TestSigningKeyCreatedOnce: replicas starting together (two pools, eight
+// goroutines) agree on one key; exactly one of them made it.
+func TestSigningKeyCreatedOnce(t *testing.T) {
+	url := pgtest.New(t)
+	a, b := openURL(t, url, Options{}), openURL(t, url, Options{})
+	var mu sync.Mutex
+	seeds := map[string]int{}
+	created := 0
+	var wg sync.WaitGroup
+	for i := range 8 {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			seed, made, err := s.SigningKey(func() ([]byte, error) {
+				seed := make([]byte, 32)
+				_, err := rand.Read(seed)
+				return seed, err
+			})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			seeds[string(seed)]++
+			if made {
+				created++
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(seeds) != 1 || created != 1 {
+		t.Errorf("%d different keys, %d created; want one key created once", len(seeds), created)
 	}
 }

@@ -64,13 +64,17 @@ var shared struct {
 // server and removes its directory. Call it from TestMain:
 //
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain with cleanup of its own: it runs the tests,
+// stops the shared server and returns the exit code.
+func Run(m *testing.M) int {
 	shared.main = true
 	code := m.Run()
 	if shared.srv != nil {
 		shared.srv.remove()
 	}
-	os.Exit(code)
+	return code
 }
 
 // New returns the URL of a new, empty database on the test binary's shared

@@ -120,3 +120,10 @@ CREATE TABLE directory (
     mxid    text NOT NULL,
     PRIMARY KEY (medium, address)
 );
+
+-- The long-term signing key every replica signs with: created once, by
+-- whichever replica starts first. One row.
+CREATE TABLE signing_key (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seed bytea NOT NULL
+);

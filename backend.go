@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"mxid/db"
+	"mxid/db/pg"
+	"mxid/lookup"
+	"mxid/server"
+	"mxid/server/signing"
+)
+
+// DatabaseConfig is the [database] section: where mxid keeps its state.
+// Without a URL, in one bbolt file in data_dir (one process); with a
+// postgres:// URL, in PostgreSQL, which several replicas share.
+type DatabaseConfig struct {
+	// URL is "" for bbolt, or postgres://user:password@host:port/db?… (the
+	// password may come from url_file instead: the whole URL is read from
+	// that file).
+	URL string `toml:"url"`
+	// MaxConns bounds each replica's connection pool.
+	MaxConns int32 `toml:"max_conns"`
+	// StatementTimeout bounds every database call: a write that cannot
+	// complete within it answers 503 instead of hanging.
+	StatementTimeout time.Duration `toml:"statement_timeout"`
+}
+
+// DefaultDatabaseConfig is bbolt, with PostgreSQL's settings ready.
+func DefaultDatabaseConfig() DatabaseConfig {
+	return DatabaseConfig{MaxConns: 10, StatementTimeout: 5 * time.Second}
+}
+
+// Postgres reports whether the state lives in PostgreSQL.
+func (c DatabaseConfig) Postgres() bool { return c.URL != "" }
+
+// Validate reports every problem with the section.
+func (c *DatabaseConfig) Validate() []error {
+	var errs []error
+	if c.URL != "" {
+		u, err := url.Parse(c.URL)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+			errs = append(errs, errors.New(`database.url must be a PostgreSQL URL like "postgres://mxid@db.example.org:5432/mxid" (or "" for the bbolt file in data_dir)`))
+		}
+	}
+	if c.MaxConns < 2 || c.MaxConns > 1000 {
+		errs = append(errs, fmt.Errorf("database.max_conns must be between 2 and 1000, not %d", c.MaxConns))
+	}
+	if c.StatementTimeout < 100*time.Millisecond || c.StatementTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("database.statement_timeout must be between 100ms and 10m, not %v", c.StatementTimeout))
+	}
+	return errs
+}
+
+// redactedURL is a database URL fit for a log line: no password.
+func redactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Redacted()
+}
+
+// appStore is what serve needs from either backend.
+type appStore interface {
+	server.Store
+	lookup.Store
+	Close() error
+	QueueDepth() (int, error)
+	CountSessions() (int, error)
+	PutBinding(b db.Binding) (previous *db.Binding, err error)
+	PutBindings(bs []db.Binding, chunk int) (stored int, err error)
+	Check() (db.Report, error)
+}
+
+// openBackend opens the configured store and loads the long-term signing
+// key: with bbolt, mxid.db and signing.key in data_dir (the key created on
+// first start); with PostgreSQL, the database (migrated under an advisory
+// lock) and the key kept in it, created in one transaction by whichever
+// replica starts first, so that every replica signs with the same key.
+func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *signing.Key, error) {
+	if !cfg.Database.Postgres() {
+		store, err := openStore(cfg.DataDir, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		keyPath := filepath.Join(cfg.DataDir, signingKeyName)
+		key, created, err := signing.LoadOrCreateKey(keyPath)
+		if err != nil {
+			store.Close()
+			return nil, nil, err
+		}
+		log.Info("database", "backend", "bbolt", "path", store.Path())
+		if created {
+			log.Info("created a new long-term signing key", "path", keyPath, "key_id", key.ID)
+		}
+		return store, key, nil
+	}
+	// Migrations wait for another replica's; bounded so a stuck database
+	// fails the start-up with a message rather than hanging it.
+	octx, cancel := context.WithTimeout(ctx, max(time.Minute, 4*cfg.Database.StatementTimeout))
+	defer cancel()
+	store, err := pg.Open(octx, cfg.Database.URL, pg.Options{
+		MaxConns: cfg.Database.MaxConns, StatementTimeout: cfg.Database.StatementTimeout, Logger: log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
+	}
+	seed, created, err := store.SigningKey(func() ([]byte, error) {
+		seed := make([]byte, ed25519.SeedSize)
+		_, err := rand.Read(seed)
+		return seed, err
+	})
+	if err != nil || len(seed) != ed25519.SeedSize {
+		store.Close()
+		return nil, nil, fmt.Errorf("database %s: the long-term signing key: %w", redactedURL(cfg.Database.URL), cmpErr(err, errors.New("malformed key seed")))
+	}
+	key := &signing.Key{ID: signing.LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}
+	v, _ := store.SchemaVersion()
+	log.Info("database", "backend", "postgres", "url", redactedURL(cfg.Database.URL), "schema", v,
+		"max_conns", cfg.Database.MaxConns, "statement_timeout", cfg.Database.StatementTimeout.String())
+	if created {
+		log.Info("created a new long-term signing key in the database", "key_id", key.ID)
+	} else {
+		log.Info("long-term signing key loaded from the database", "key_id", key.ID)
+	}
+	return store, key, nil
+}
+
+func cmpErr(err, fallback error) error {
+	if err != nil {
+		return err
+	}
+	return fallback
+}
+
+// pgDumpCommand is what mxid backup says to run on PostgreSQL.
+func pgDumpCommand(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "pg_dump -Fc -f mxid.dump DATABASE_URL"
+	}
+	dbname := strings.TrimPrefix(u.Path, "/")
+	args := []string{"pg_dump", "-Fc", "-f", "mxid-$(date +%F).dump"}
+	if h := u.Hostname(); h != "" {
+		args = append(args, "-h", h)
+	}
+	if p := u.Port(); p != "" {
+		args = append(args, "-p", p)
+	}
+	if u.User != nil && u.User.Username() != "" {
+		args = append(args, "-U", u.User.Username())
+	}
+	return strings.Join(append(args, dbname), " ")
+}
