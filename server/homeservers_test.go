@@ -166,16 +166,7 @@ func TestDendriteThirdPartyInviteChain(t *testing.T) {
 		if len(m.To) != 1 || m.To[0] != "alice@example.org" || !strings.Contains(p.Text, "Invite token: "+token) {
 			t.Fatalf("invite mail to %v:\n%s", m.To, p.Text)
 		}
-		link := inviteLinkRE.FindString(p.Text)
-		lu, err := url.Parse(link)
-		if err != nil || link == "" {
-			t.Fatalf("no invite link in %q", p.Text)
-		}
-		q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
-		signURL, err := url.Parse(q.Get("signurl"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, _, signURL := inviteLink(t, p.Text)
 
 		// Alice adds the address to her account on Dendrite: requestToken,
 		// the link in the mail, getValidated3pid, bind.
@@ -258,9 +249,7 @@ func TestV1FormBodies(t *testing.T) {
 	wantReply(t, "store-invite for signing", r, 200, "")
 	m := h.smtp.Wait(t, 4)
 	p, _ := m.Parse()
-	lu, _ := url.Parse(inviteLinkRE.FindString(p.Text))
-	q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
-	su, _ := url.Parse(q.Get("signurl"))
+	_, _, su := inviteLink(t, p.Text)
 	signForm := url.Values{"mxid": {"@frank:hs.test"}, "token": {su.Query().Get("token")}, "private_key": {su.Query().Get("private_key")}}
 	wantReply(t, "v1 sign-ed25519 as a form", h.call("POST", v1Path+"/sign-ed25519", "", signForm.Encode(), formHdr), 200, "")
 	wantReply(t, "v2 sign-ed25519 as a form, with a token", h.call("POST", v2Path+"/sign-ed25519", bob, signForm.Encode(), formHdr), 400, "M_NOT_JSON")

@@ -13,6 +13,24 @@ import (
 
 var inviteLinkRE = regexp.MustCompile(`https://app\.element\.io/#/room/\S+`)
 
+// inviteLink finds the web client link in an invite mail's text and returns
+// it with the parameters of its fragment (signurl, email, room_name, …) and
+// the signing URL among them.
+func inviteLink(t *testing.T, text string) (link string, params url.Values, signURL *url.URL) {
+	t.Helper()
+	link = inviteLinkRE.FindString(text)
+	lu, err := url.Parse(link)
+	if err != nil || link == "" {
+		t.Fatalf("no invite link in %q", text)
+	}
+	_, query, _ := strings.Cut(lu.EscapedFragment(), "?")
+	params, _ = url.ParseQuery(query)
+	if signURL, err = url.Parse(params.Get("signurl")); err != nil {
+		t.Fatalf("invite link %s: signurl: %v", link, err)
+	}
+	return link, params, signURL
+}
+
 // The whole chain as a homeserver and two users see it: Bob invites an
 // unbound address, the invitee gets the mail, validates the address, binds
 // it, and the invitee's homeserver receives the invite signed with mxid's
@@ -67,14 +85,8 @@ func TestInviteChain(t *testing.T) {
 		if !strings.Contains(p.Text, "@bob:hs.test") || !strings.Contains(p.Text, "space") || !strings.Contains(p.HTML, "Bob&#39;s room") {
 			t.Errorf("mail body lacks sender, room type or room name:\n%s\n%s", p.Text, p.HTML)
 		}
-		link := inviteLinkRE.FindString(p.Text)
-		lu, err := url.Parse(link)
-		if err != nil || link == "" {
-			t.Fatalf("no invite link in %q", p.Text)
-		}
-		q, _ := url.ParseQuery(strings.SplitN(lu.EscapedFragment(), "?", 2)[1])
-		signURL, err := url.Parse(q.Get("signurl"))
-		if err != nil || !strings.HasPrefix(q.Get("signurl"), h.cfg.PublicBaseURL+"/_matrix/identity/v2/sign-ed25519?") || q.Get("email") != "Alice@Example.org" {
+		link, q, signURL := inviteLink(t, p.Text)
+		if !strings.HasPrefix(q.Get("signurl"), h.cfg.PublicBaseURL+"/_matrix/identity/v2/sign-ed25519?") || q.Get("email") != "Alice@Example.org" {
 			t.Fatalf("invite link %s", link)
 		}
 		// The invitee's client signs with the key from the link.

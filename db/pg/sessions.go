@@ -81,8 +81,8 @@ func (s *Store) RequestSession(medium, address, clientSecret string, decide func
 			}
 			return errNoChange
 		}
-		if next.Medium != medium || next.Address != address || next.ClientSecret != clientSecret {
-			return errors.New("session does not match its 3PID and client_secret")
+		if err := db.CheckRequested(next, medium, address, clientSecret); err != nil {
+			return err
 		}
 		if existing != nil && existing.ID != next.ID {
 			if _, err := tx.Exec(ctx, "DELETE FROM sessions WHERE sid = $1", existing.ID); err != nil {
