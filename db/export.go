@@ -237,14 +237,19 @@ func counts(tx *bolt.Tx) Counts {
 // order of Kinds() (no signing key: see SigningKey), each kind in key
 // order, from one read transaction: a consistent copy, which holds back
 // the reuse of pages freed by writers while it runs (meant for a store no
-// server is writing: `mxid migrate-db`). An error from fn ends the export
-// and is returned as is.
+// server is writing: `mxid migrate-db`). The pages it has read are dropped
+// from the resident set as it goes, as ScanBindings does. An error from fn
+// ends the export and is returned as is.
 func (s *Store) Export(fn func(Record) error) error {
 	var errFn error
+	n := 0
 	call := func(r Record) error {
 		if err := fn(r); err != nil {
 			errFn = err
 			return err
+		}
+		if n++; n%100000 == 0 {
+			return s.releaseMapped()
 		}
 		return nil
 	}

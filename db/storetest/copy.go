@@ -50,18 +50,23 @@ type copyFacts struct {
 	queued, delivered, bare *db.Job // retried once; completed; carrying no invite
 }
 
-// fillEveryKind writes every kind of record a store keeps (but the signing
-// key, which not every backend keeps), through the contract.
-func fillEveryKind(t *testing.T, s Store) copyFacts {
+// FillEveryKind writes every kind of record a store keeps (but the signing
+// key, which not every backend keeps) through the contract: meta
+// documents, accounts, terms, 12,349 bindings, sessions, invites pending,
+// queued and delivered, queued deliveries (one retried) and a directory
+// snapshot. Times are around now (Unix ms): invites expire 11 days
+// later, jobs are due from now on.
+func FillEveryKind(t *testing.T, s Store, now int64) { fillEveryKind(t, s, now) }
+
+func fillEveryKind(t *testing.T, s Store, now int64) copyFacts {
 	t.Helper()
-	const now = int64(1_700_000_000_000)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(s.PutMeta("lookup_pepper", []byte(`{"pepper":"p1"}`)))
+	must(s.PutMeta("some_feature", []byte(`{"state":"p1"}`)))
 	must(s.PutMeta("empty", []byte{}))
 	must(s.CreateAccountToken("tok-a", "@a:hs.test", time.UnixMilli(now)))
 	must(s.CreateAccountToken("tok-b", "@b:hs.test", time.UnixMilli(now+1)))
@@ -118,7 +123,7 @@ func copyInto(from, to Store) (db.Counts, error) {
 }
 
 func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
-	f := fillEveryKind(t, from)
+	f := fillEveryKind(t, from, 1_700_000_000_000)
 	want, err := from.Counts()
 	if err != nil {
 		t.Fatal(err)
@@ -147,8 +152,8 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 	if terms, _ := to.AcceptedTerms("@a:hs.test"); len(terms) != 2 || terms["tos"] != "2" {
 		t.Errorf("terms in the copy: %v", terms)
 	}
-	if v, ok, _ := to.GetMeta("lookup_pepper"); !ok || string(v) != `{"pepper":"p1"}` {
-		t.Errorf("pepper state in the copy: %q %v", v, ok)
+	if v, ok, _ := to.GetMeta("some_feature"); !ok || string(v) != `{"state":"p1"}` {
+		t.Errorf("meta in the copy: %q %v", v, ok)
 	}
 	if mxids, _ := to.BoundMXIDs([][2]string{{"email", "u12344@example.org"}, {"msisdn", "447700900001"}, {"email", "q@example.org"}}); !slices.Equal(mxids, []string{"@u12344:hs.test", "@phone:hs.test", "@q:hs.test"}) {
 		t.Errorf("bindings in the copy: %v", mxids)
