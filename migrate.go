@@ -36,6 +36,7 @@ func cmdMigrateDB(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	if *to == "" {
+		fmt.Fprintln(stderr, "mxid migrate-db: -to is required")
 		fs.SetOutput(stderr)
 		fs.Usage()
 		return usageError{errors.New("migrate-db needs -to")}
