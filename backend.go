@@ -46,9 +46,8 @@ func (c DatabaseConfig) Postgres() bool { return c.URL != "" }
 func (c *DatabaseConfig) Validate() []error {
 	var errs []error
 	if c.URL != "" {
-		u, err := url.Parse(c.URL)
-		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
-			errs = append(errs, errors.New(`database.url must be a PostgreSQL URL like "postgres://mxid@db.example.org:5432/mxid" (or "" for the bbolt file in data_dir)`))
+		if err := checkPostgresURL(c.URL); err != nil {
+			errs = append(errs, fmt.Errorf(`database.url %w (or "" for the bbolt file in data_dir)`, err))
 		}
 	}
 	if c.MaxConns < 2 || c.MaxConns > 1000 {
@@ -58,6 +57,15 @@ func (c *DatabaseConfig) Validate() []error {
 		errs = append(errs, fmt.Errorf("database.statement_timeout must be between 100ms and 10m, not %v", c.StatementTimeout))
 	}
 	return errs
+}
+
+// checkPostgresURL says what is wrong with a PostgreSQL URL.
+func checkPostgresURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+		return errors.New(`must be a PostgreSQL URL like "postgres://mxid@db.example.org:5432/mxid"`)
+	}
+	return nil
 }
 
 // redactedURL is a database URL fit for a log line: no password.

@@ -20,6 +20,11 @@ import (
 // the file's inode; a read transaction is held meanwhile so bbolt cannot
 // remap it under us.
 func (s *Store) ReleaseMapped() error {
+	return s.view(func(*bolt.Tx) error { return s.releaseMapped() })
+}
+
+// releaseMapped is ReleaseMapped for a caller holding a transaction.
+func (s *Store) releaseMapped() error {
 	fi, err := os.Stat(s.path)
 	if err != nil {
 		return err
@@ -29,32 +34,30 @@ func (s *Store) ReleaseMapped() error {
 		return nil
 	}
 	inode := []byte(strconv.FormatUint(st.Ino, 10))
-	return s.view(func(*bolt.Tx) error {
-		f, err := os.Open("/proc/self/maps")
-		if err != nil {
-			return err
+	f, err := os.Open("/proc/self/maps")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// start-end perms offset dev inode path
+		fields := bytes.Fields(sc.Bytes())
+		if len(fields) < 6 || !bytes.Equal(fields[4], inode) || !bytes.HasSuffix(fields[5], []byte(FileName)) {
+			continue
 		}
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			// start-end perms offset dev inode path
-			fields := bytes.Fields(sc.Bytes())
-			if len(fields) < 6 || !bytes.Equal(fields[4], inode) || !bytes.HasSuffix(fields[5], []byte(FileName)) {
-				continue
-			}
-			lo, hi, ok := bytes.Cut(fields[0], []byte{'-'})
-			if !ok {
-				continue
-			}
-			start, err1 := strconv.ParseUint(string(lo), 16, 64)
-			end, err2 := strconv.ParseUint(string(hi), 16, 64)
-			if err1 != nil || err2 != nil || end <= start {
-				continue
-			}
-			if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(start), uintptr(end-start), syscall.MADV_DONTNEED); errno != 0 {
-				return errno
-			}
+		lo, hi, ok := bytes.Cut(fields[0], []byte{'-'})
+		if !ok {
+			continue
 		}
-		return sc.Err()
-	})
+		start, err1 := strconv.ParseUint(string(lo), 16, 64)
+		end, err2 := strconv.ParseUint(string(hi), 16, 64)
+		if err1 != nil || err2 != nil || end <= start {
+			continue
+		}
+		if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(start), uintptr(end-start), syscall.MADV_DONTNEED); errno != 0 {
+			return errno
+		}
+	}
+	return sc.Err()
 }

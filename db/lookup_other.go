@@ -4,3 +4,5 @@ package db
 
 // ReleaseMapped does nothing outside Linux.
 func (s *Store) ReleaseMapped() error { return nil }
+
+func (s *Store) releaseMapped() error { return nil }

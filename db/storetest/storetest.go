@@ -78,6 +78,11 @@ type Store interface {
 	GetSession(sid string) (db.Session, error)
 	CountSessions() (int, error)
 	SweepSessions(expired func(db.Session) bool) (int, error)
+
+	// Moving between backends (mxid migrate-db): see db.Store's.
+	Counts() (db.Counts, error)
+	Export(fn func(db.Record) error) error
+	Import(fill func(put func(db.Record) error) error) (db.Counts, error)
 }
 
 // Replicated is implemented by the stores of a backend that several

@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ChangeLogOrderUnderConcurrentWrites", changeLogOrder},
 		{"DirectorySnapshot", directorySnapshot},
 		{"CheckCounts", checkCounts},
+		{"ExportImport", func(t *testing.T, s Store) { exportImport(t, s, open) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

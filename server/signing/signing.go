@@ -39,52 +39,69 @@ func (k *Key) Public() ed25519.PublicKey { return k.Private.Public().(ed25519.Pu
 // pubkey endpoints publish.
 func (k *Key) PublicBase64() string { return EncodeBase64(k.Public()) }
 
-// LoadOrCreateKey reads the long-term key from path (a 32-byte seed in
-// unpadded base64 on one line, as "ed25519 0 <seed>") or, when the file does
-// not exist, creates one from crypto/rand and writes it with mode 0600.
+// LoadOrCreateKey reads the long-term key from path (LoadKey) or, when the
+// file does not exist, creates one from crypto/rand and writes it
+// (WriteKey).
 func LoadOrCreateKey(path string) (*Key, bool, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		seed := make([]byte, ed25519.SeedSize)
-		if _, err := rand.Read(seed); err != nil {
-			return nil, false, err
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, false, err
-		}
-		line := "ed25519 0 " + EncodeBase64(seed) + "\n"
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, false, fmt.Errorf("create signing key: %w", err)
-		}
-		if _, err := f.WriteString(line); err != nil {
-			f.Close()
-			return nil, false, err
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, false, err
-		}
-		if err := f.Close(); err != nil {
-			return nil, false, err
-		}
-		return &Key{ID: LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}, true, nil
+	k, err := LoadKey(path)
+	if !errors.Is(err, os.ErrNotExist) {
+		return k, false, err
 	}
+	seed := make([]byte, ed25519.SeedSize)
+	if _, err := rand.Read(seed); err != nil {
+		return nil, false, err
+	}
+	k = &Key{ID: LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}
+	if err := WriteKey(path, k); err != nil {
+		return nil, false, err
+	}
+	return k, true, nil
+}
+
+// LoadKey reads a key file: a 32-byte seed in unpadded base64 on one line,
+// as "ed25519 0 <seed>" (key id ed25519:0), readable by its owner only. A
+// missing file satisfies errors.Is(err, os.ErrNotExist).
+func LoadKey(path string) (*Key, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, false, fmt.Errorf("read signing key: %w", err)
+		return nil, fmt.Errorf("read signing key: %w", err)
 	}
 	fields := strings.Fields(string(data))
 	if len(fields) != 3 || fields[0] != "ed25519" {
-		return nil, false, fmt.Errorf("%s: not an ed25519 signing key file", path)
+		return nil, fmt.Errorf("%s: not an ed25519 signing key file", path)
 	}
 	seed, err := DecodeBase64(fields[2])
 	if err != nil || len(seed) != ed25519.SeedSize {
-		return nil, false, fmt.Errorf("%s: malformed key seed", path)
+		return nil, fmt.Errorf("%s: malformed key seed", path)
 	}
 	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-		return nil, false, fmt.Errorf("%s is readable by others (mode %v); run chmod 600 on it", path, st.Mode().Perm())
+		return nil, fmt.Errorf("%s is readable by others (mode %v); run chmod 600 on it", path, st.Mode().Perm())
 	}
-	return &Key{ID: "ed25519:" + fields[1], Private: ed25519.NewKeyFromSeed(seed)}, false, nil
+	return &Key{ID: "ed25519:" + fields[1], Private: ed25519.NewKeyFromSeed(seed)}, nil
+}
+
+// WriteKey writes k to a new key file at path (LoadKey's format), with
+// mode 0600 and synced; an existing file is an error.
+func WriteKey(path string, k *Key) error {
+	algorithm, version, ok := strings.Cut(k.ID, ":")
+	if !ok || algorithm != "ed25519" || version == "" || strings.ContainsAny(version, " \t\n") {
+		return fmt.Errorf("key id %q is not ed25519:VERSION", k.ID)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create signing key: %w", err)
+	}
+	_, err = f.WriteString("ed25519 " + version + " " + EncodeBase64(k.Private.Seed()) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // NewKey makes a fresh key with the given id from crypto/rand.

@@ -3,6 +3,7 @@ package signing
 import (
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -104,6 +105,30 @@ func TestLoadOrCreateKey(t *testing.T) {
 	os.Chmod(path, 0o644)
 	if _, _, err := LoadOrCreateKey(path); err == nil {
 		t.Error("a world-readable key file was accepted")
+	}
+}
+
+// WriteKey and LoadKey move a key between places (mxid migrate-db writes
+// the key kept in PostgreSQL to a file): same key, same id; an existing
+// file is never overwritten.
+func TestWriteAndLoadKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dir", "signing.key")
+	if _, err := LoadKey(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+	k, _ := NewKey("ed25519:3")
+	if err := WriteKey(path, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadKey(path)
+	if err != nil || got.ID != "ed25519:3" || !got.Private.Equal(k.Private) {
+		t.Errorf("read back: %v %v", got, err)
+	}
+	if err := WriteKey(path, k); err == nil {
+		t.Error("an existing key file was overwritten")
+	}
+	if err := WriteKey(path+".2", &Key{ID: "rsa:1", Private: k.Private}); err == nil {
+		t.Error("a key id that is not ed25519:VERSION was written")
 	}
 }
 
