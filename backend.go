@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -111,6 +112,11 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 			log.Info("created a new long-term signing key", "path", keyPath, "key_id", key.ID)
 		}
 		return store, key, nil
+	}
+	// data_dir still holds the admin socket (and, in acme mode without
+	// the database's storage, certificates): a new replica box has none.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create data directory: %w", err)
 	}
 	// Migrations wait for another replica's; bounded so a stuck database
 	// fails the start-up with a message rather than hanging it.
