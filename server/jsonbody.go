@@ -81,6 +81,11 @@ func formObject(body []byte) (object, error) {
 	}
 	o := object{}
 	for k, v := range vals {
+		// Percent-escapes may spell bytes that are not UTF-8 ("%ff"), which
+		// json.Marshal would silently turn into U+FFFD.
+		if !utf8.ValidString(k) || !utf8.ValidString(v[0]) {
+			return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "Form body is not valid UTF-8 once decoded")
+		}
 		if len(v) != 1 {
 			return nil, errorf(http.StatusBadRequest, "M_BAD_JSON", "Parameter %s given more than once", k)
 		}
