@@ -131,7 +131,8 @@ func CanonicalBytes(raw []byte) ([]byte, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, err
 	}
-	if dec.More() {
+	// Not dec.More, which takes a stray "]" or "}" for the end of a value.
+	if len(bytes.TrimLeft(raw[dec.InputOffset():], " \t\r\n")) != 0 {
 		return nil, errors.New("trailing data after JSON value")
 	}
 	var buf bytes.Buffer

@@ -33,7 +33,8 @@ func TestCanonicalSpecExamples(t *testing.T) {
 			t.Errorf("CanonicalBytes(%s) = %s, want %s", c.in, got, c.want)
 		}
 	}
-	for _, bad := range []string{`{"a": 1.5}`, `{"a": 9007199254740992}`, `{"a": 1} x`} {
+	// Trailing "}" or "]" too (found by FuzzCanonicalJSON's seeds).
+	for _, bad := range []string{`{"a": 1.5}`, `{"a": 9007199254740992}`, `{"a": 1} x`, `{"a": 1}}`, `{"a": 1} ]`, `[1]]`} {
 		if got, err := CanonicalBytes([]byte(bad)); err == nil {
 			t.Errorf("CanonicalBytes(%s) = %s, want an error", bad, got)
 		}
