@@ -19,3 +19,22 @@ func TestFormObjectRefusesEscapedInvalidUTF8(t *testing.T) {
 		t.Errorf("escaped UTF-8: %q, %v", o, err)
 	}
 }
+
+// Duplicate keys are M_BAD_JSON only in a body that is JSON; a body that is
+// not is M_NOT_JSON wherever its first duplicate key is (found by
+// FuzzParseObject).
+func TestParseObjectDuplicateKeyInBrokenJSON(t *testing.T) {
+	for body, code := range map[string]string{
+		`{"a":1,"a":2`:                "M_NOT_JSON",
+		`{"":[],""0000`:               "M_NOT_JSON",
+		`{"a":1,"a":2} x`:             "M_NOT_JSON",
+		`{"a":{"b":1,"b":2},"c":NaN}`: "M_NOT_JSON",
+		`{"a":1,"a":2}`:               "M_BAD_JSON",
+		`{"a":{"b":1,"b":2}}`:         "M_BAD_JSON",
+	} {
+		_, err := parseObject([]byte(body))
+		if e, ok := err.(*Error); !ok || e.Code != code {
+			t.Errorf("parseObject(%s): %v, want %s", body, err, code)
+		}
+	}
+}
