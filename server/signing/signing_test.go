@@ -117,3 +117,17 @@ func TestDecodeBase64Forms(t *testing.T) {
 		}
 	}
 }
+
+// An entity or key id that is not UTF-8 cannot travel in JSON (it would
+// arrive as U+FFFD, and the signature would not be found): Sign refuses it
+// (found by FuzzSignVerify).
+func TestSignRefusesNonUTF8Names(t *testing.T) {
+	key := &Key{ID: "ed25519:1", Private: ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))}
+	if _, err := key.Sign(map[string]any{}, "\xff"); err == nil {
+		t.Error("Sign accepted an entity that is not UTF-8")
+	}
+	bad := &Key{ID: "ed25519:\xff", Private: key.Private}
+	if _, err := bad.Sign(map[string]any{}, "domain"); err == nil {
+		t.Error("Sign accepted a key id that is not UTF-8")
+	}
+}
