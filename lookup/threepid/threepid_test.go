@@ -120,3 +120,27 @@ func TestDecodeHashAgainstBase64(t *testing.T) {
 		}
 	}
 }
+
+// A number whose E.164 form does not read back as itself (leading zeros
+// libphonenumber counts but E.164 cannot carry) or is longer than E.164
+// allows has no canonical form and is refused, whichever way it comes in
+// (found by FuzzPhone).
+func TestPhoneWithoutCanonicalForm(t *testing.T) {
+	if m, _, _, err := ParsePhone("BG", "00000000"); err == nil {
+		t.Errorf(`ParsePhone("BG", "00000000") = %q`, m)
+	}
+	if m, err := NormalizePhone("00000000", "BG"); err == nil {
+		t.Errorf(`NormalizePhone("00000000", "BG") = %q`, m)
+	}
+	// E.164 has at most 15 digits.
+	if m, err := NormalizePhone("6200100000000000", ""); err == nil {
+		t.Errorf(`NormalizePhone("6200100000000000") = %q`, m)
+	}
+	for _, s := range []string{"3590000000", "359000000"} {
+		if m, err := CanonicalMSISDN(s); err == nil {
+			if again, err := CanonicalMSISDN(m); err != nil || again != m {
+				t.Errorf("CanonicalMSISDN(%q) = %q, then %q, %v", s, m, again, err)
+			}
+		}
+	}
+}
