@@ -116,7 +116,7 @@ func (d *DNS) lookupDomain(ctx context.Context, domain string, tps []ThreePID) (
 		if err == nil {
 			return got, nil
 		}
-		errs = append(errs, d.nameDNSServer(err))
+		errs = append(errs, nameDNSServer(err, d.server))
 		if ctx.Err() != nil {
 			break
 		}
@@ -135,11 +135,11 @@ func (d *DNS) lookupDomain(ctx context.Context, domain string, tps []ThreePID) (
 // nameDNSServer makes a resolver error name the DNS server really asked:
 // with outbound.dns_server set, the outbound policy's resolver dials it
 // whatever /etc/resolv.conf says, but the net package names resolv.conf's
-// server in its errors.
-func (d *DNS) nameDNSServer(err error) error {
+// server in its errors. server "" (resolv.conf's) leaves err as it is.
+func nameDNSServer(err error, server string) error {
 	var dnsErr *net.DNSError
-	if d.server != "" && errors.As(err, &dnsErr) {
-		dnsErr.Server = d.server
+	if server != "" && errors.As(err, &dnsErr) {
+		dnsErr.Server = server
 	}
 	return err
 }
