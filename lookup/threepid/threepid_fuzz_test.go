@@ -91,18 +91,19 @@ func FuzzPhone(f *testing.F) {
 }
 
 // A lookup hash decodes exactly when encoding/base64's strict URL-safe
-// decoder reads 32 bytes from it, to the same bytes, which encode back to
-// the same text.
+// decoder reads 32 bytes from it (and it holds no line break, which that
+// decoder skips), to the same bytes, which encode back to the same text.
 func FuzzDecodeHash(f *testing.F) {
 	h := Hash("alice@example.com", Email, "matrixrocks")
 	for _, s := range []string{h, "", "!!!", h[:42], h + "A", h[:42] + "=", h[:42] + "+", h[:42] + "/", h[:42] + "B",
-		"LJwSazmv46n0hlMlsb_iYxI0_HXEqy_yj6Jm636cdT8", "nlo35_T5fzSGZzJApqu8lgIudJvmOQtDaHtr-I4rU7I", strings.Repeat("_", 43)} {
+		"LJwSazmv46n0hlMlsb_iYxI0_HXEqy_yj6Jm636cdT8", "nlo35_T5fzSGZzJApqu8lgIudJvmOQtDaHtr-I4rU7I", strings.Repeat("_", 43),
+		h[:20] + "\n" + h[20:]} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		got, ok := DecodeHash(s)
 		want, err := base64.RawURLEncoding.Strict().DecodeString(s)
-		if ok != (err == nil && len(want) == 32) || ok && !bytes.Equal(got[:], want) {
+		if ok != (err == nil && len(want) == 32 && !strings.ContainsAny(s, "\r\n")) || ok && !bytes.Equal(got[:], want) {
 			t.Fatalf("DecodeHash(%q) = %x, %v; base64: %x, %v", s, got, ok, want, err)
 		}
 		if ok && base64.RawURLEncoding.EncodeToString(got[:]) != s {
