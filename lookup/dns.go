@@ -20,7 +20,10 @@ import (
 // DNS is the source that asks, for an email address, the identity server
 // DNS names for its domain: SRV _matrix-identity._tcp.<domain> (by
 // priority, then weight), else <domain> itself on port 443. Discoveries are
-// cached for their TTL (clamped); this server itself is never asked.
+// cached for their TTL (clamped); this server itself is never asked. A
+// domain with neither (no SRV record, and https://<domain> does not answer
+// as an identity server) is remembered as absent for the negative TTL: it is
+// not asked again, and its failure is reported once, not at every lookup.
 type DNS struct {
 	cfg    DNSConfig
 	server string // DNS server "host:port"
@@ -35,6 +38,8 @@ type DNS struct {
 
 type dnsEntry struct {
 	bases   []string
+	noSRV   bool // bases is the https://<domain> fallback
+	absent  bool // ... and it did not answer as an identity server
 	expires time.Time
 }
 
@@ -101,22 +106,42 @@ func (d *DNS) Lookup(ctx context.Context, tps []ThreePID) (map[ThreePID]string, 
 }
 
 func (d *DNS) lookupDomain(ctx context.Context, domain string, tps []ThreePID) (map[ThreePID]string, error) {
-	bases, err := d.discover(ctx, domain)
-	if err != nil {
+	e, err := d.discover(ctx, domain)
+	if err != nil || e.absent {
 		return nil, err
 	}
 	var errs []error
-	for _, base := range bases { // the first server that answers is the domain's
+	for _, base := range e.bases { // the first server that answers is the domain's
 		got, err := d.remote(base).lookup(ctx, tps)
 		if err == nil {
 			return got, nil
 		}
-		errs = append(errs, err)
+		errs = append(errs, nameDNSServer(err, d.server))
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, errors.Join(errs...)
+	err = errors.Join(errs...)
+	// A definite failure (not our deadline or the caller going away) of the
+	// fallback: the domain has no identity server.
+	if e.noSRV && err != nil && ctx.Err() == nil {
+		ttl := d.clampTTL(d.cfg.NegativeTTL)
+		d.put(domain, dnsEntry{noSRV: true, absent: true}, ttl)
+		return nil, fmt.Errorf("no identity server (no SRV record, and %s does not answer as one; not asked again for %s): %w", e.bases[0], ttl, err)
+	}
+	return nil, err
+}
+
+// nameDNSServer makes a resolver error name the DNS server really asked:
+// with outbound.dns_server set, the outbound policy's resolver dials it
+// whatever /etc/resolv.conf says, but the net package names resolv.conf's
+// server in its errors. server "" (resolv.conf's) leaves err as it is.
+func nameDNSServer(err error, server string) error {
+	var dnsErr *net.DNSError
+	if server != "" && errors.As(err, &dnsErr) {
+		dnsErr.Server = server
+	}
+	return err
 }
 
 func (d *DNS) remote(base string) *remote {
@@ -133,38 +158,49 @@ func (d *DNS) remote(base string) *remote {
 	return r
 }
 
-// discover returns the base URLs of a domain's identity servers, in the
-// order to try them.
-func (d *DNS) discover(ctx context.Context, domain string) ([]string, error) {
-	now := d.now()
+// discover returns a domain's cache entry: the base URLs of its identity
+// servers, in the order to try them, or that it has none.
+func (d *DNS) discover(ctx context.Context, domain string) (dnsEntry, error) {
 	d.mu.Lock()
 	e, ok := d.cache[domain]
 	d.mu.Unlock()
-	if ok && now.Before(e.expires) {
-		return e.bases, nil
+	if ok && d.now().Before(e.expires) {
+		return e, nil
 	}
 	srvs, ttl, err := d.querySRV(ctx, "_matrix-identity._tcp."+domain+".")
 	if err != nil {
-		return nil, err
+		return dnsEntry{}, err
 	}
-	bases := d.bases(domain, srvs)
-	if len(srvs) == 0 {
+	e = dnsEntry{bases: d.bases(domain, srvs), noSRV: len(srvs) == 0}
+	if e.noSRV {
 		ttl = d.cfg.NegativeTTL
 	}
-	ttl = min(max(ttl, d.cfg.MinTTL), d.cfg.MaxTTL)
+	d.put(domain, e, d.clampTTL(ttl))
+	return e, nil
+}
+
+func (d *DNS) clampTTL(ttl time.Duration) time.Duration {
+	return min(max(ttl, d.cfg.MinTTL), d.cfg.MaxTTL)
+}
+
+// put caches e for ttl, keeping the cache within its size: expired entries
+// go first, then any.
+func (d *DNS) put(domain string, e dnsEntry, ttl time.Duration) {
+	if d.cfg.CacheSize <= 0 {
+		return
+	}
+	now := d.now()
+	e.expires = now.Add(ttl)
 	d.mu.Lock()
-	if len(d.cache) >= d.cfg.CacheSize {
+	defer d.mu.Unlock()
+	if _, ok := d.cache[domain]; !ok && len(d.cache) >= d.cfg.CacheSize {
 		for k, v := range d.cache {
 			if !now.Before(v.expires) || len(d.cache) >= d.cfg.CacheSize {
 				delete(d.cache, k)
 			}
 		}
 	}
-	if d.cfg.CacheSize > 0 {
-		d.cache[domain] = dnsEntry{bases: bases, expires: now.Add(ttl)}
-	}
-	d.mu.Unlock()
-	return bases, nil
+	d.cache[domain] = e
 }
 
 // bases are the base URLs to try for a domain's SRV records, in order:
@@ -216,10 +252,10 @@ func (d *DNS) querySRV(ctx context.Context, name string) ([]*dns.SRV, time.Durat
 		resp, _, err = c.ExchangeContext(ctx, m, server)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("SRV %s: %w", name, err)
+		return nil, 0, fmt.Errorf("SRV %s at DNS server %s: %w", name, server, err)
 	}
 	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
-		return nil, 0, fmt.Errorf("SRV %s: %s", name, dns.RcodeToString[resp.Rcode])
+		return nil, 0, fmt.Errorf("SRV %s at DNS server %s: %s", name, server, dns.RcodeToString[resp.Rcode])
 	}
 	var out []*dns.SRV
 	ttl := time.Duration(0)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -155,14 +154,7 @@ func probeResolve(ctx context.Context, p DNSProbe, host string) (string, error) 
 		ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 		defer cancel()
 		if addrs, err = p.Resolve(ctx, host); err != nil {
-			var dnsErr *net.DNSError
-			if errors.As(err, &dnsErr) && p.Server != "" {
-				// The resolver dials dns_server but names resolv.conf's.
-				fixed := *dnsErr
-				fixed.Server = p.Server
-				return "", &fixed
-			}
-			return "", err
+			return "", nameDNSServer(err, p.Server)
 		}
 	}
 	var ok, refused []string

@@ -81,6 +81,11 @@ func formObject(body []byte) (object, error) {
 	}
 	o := object{}
 	for k, v := range vals {
+		// Percent-escapes may spell bytes that are not UTF-8 ("%ff"), which
+		// json.Marshal would silently turn into U+FFFD.
+		if !utf8.ValidString(k) || !utf8.ValidString(v[0]) {
+			return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "Form body is not valid UTF-8 once decoded")
+		}
 		if len(v) != 1 {
 			return nil, errorf(http.StatusBadRequest, "M_BAD_JSON", "Parameter %s given more than once", k)
 		}
@@ -107,6 +112,9 @@ func parseObject(body []byte) (object, error) {
 	if v.pos != len(body) {
 		return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "Unexpected data after the JSON object")
 	}
+	if v.duplicate != nil { // reported only once the body is known to be JSON
+		return nil, v.duplicate
+	}
 	var o object
 	if err := json.Unmarshal(body, &o); err != nil {
 		return nil, errorf(http.StatusBadRequest, "M_NOT_JSON", "Body is not valid JSON")
@@ -118,8 +126,9 @@ func parseObject(body []byte) (object, error) {
 // encoding/json lets through silently: duplicate keys, lone surrogates and
 // deep nesting.
 type validator struct {
-	data []byte
-	pos  int
+	data      []byte
+	pos       int
+	duplicate error // the first duplicate key
 }
 
 var errNotJSON = errorf(http.StatusBadRequest, "M_NOT_JSON", "Body is not valid JSON")
@@ -181,8 +190,8 @@ func (v *validator) object(depth int) error {
 		if err != nil {
 			return err
 		}
-		if _, dup := seen[k]; dup {
-			return errorf(http.StatusBadRequest, "M_BAD_JSON", "Duplicate key %q in JSON object", truncate(k, 40))
+		if _, dup := seen[k]; dup && v.duplicate == nil {
+			v.duplicate = errorf(http.StatusBadRequest, "M_BAD_JSON", "Duplicate key %q in JSON object", truncate(k, 40))
 		}
 		seen[k] = struct{}{}
 		v.skipSpace()

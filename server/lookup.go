@@ -142,19 +142,9 @@ func (s *Server) lookupPlain(ctx context.Context, addresses []string, recurse bo
 	valid := make([]bool, len(addresses))
 	var ask []lookup.ThreePID
 	for i, a := range addresses {
-		if len(a) > maxNoneAddress {
-			continue
+		if tps[i], valid[i] = noneAddress(a); valid[i] {
+			ask = append(ask, tps[i])
 		}
-		sp := strings.LastIndexByte(a, ' ')
-		if sp <= 0 {
-			continue
-		}
-		canon, ok := lookup.Canonical(a[sp+1:], a[:sp])
-		if !ok {
-			continue
-		}
-		tps[i], valid[i] = lookup.ThreePID{Medium: a[sp+1:], Address: canon}, true
-		ask = append(ask, tps[i])
 	}
 	found := s.lk.svc.Chain.Lookup(ctx, ask, recurse)
 	out := make([]string, len(addresses))
@@ -164,6 +154,24 @@ func (s *Server) lookupPlain(ctx context.Context, addresses []string, recurse bo
 		}
 	}
 	return out
+}
+
+// noneAddress reads one address of a "none" lookup, "<address> <medium>"
+// (split at the last space), in canonical form; ok is false for anything
+// else.
+func noneAddress(a string) (tp lookup.ThreePID, ok bool) {
+	if len(a) > maxNoneAddress {
+		return tp, false
+	}
+	sp := strings.LastIndexByte(a, ' ')
+	if sp <= 0 {
+		return tp, false
+	}
+	canon, ok := lookup.Canonical(a[sp+1:], a[:sp])
+	if !ok {
+		return tp, false
+	}
+	return lookup.ThreePID{Medium: a[sp+1:], Address: canon}, true
 }
 
 // writeMappings writes {"mappings": {address: mxid}} for the addresses that

@@ -29,11 +29,14 @@ func ParsePhone(country, number string) (msisdn, intl, region string, err error)
 		return "", "", "", ErrInvalidPhone
 	}
 	num, err := phonenumbers.Parse(number, country)
-	if err != nil || !acceptable(num) {
+	if err != nil {
 		return "", "", "", ErrInvalidPhone
 	}
-	e164 := phonenumbers.Format(num, phonenumbers.E164)
-	return strings.TrimPrefix(e164, "+"), phonenumbers.Format(num, phonenumbers.INTERNATIONAL), regionOf(num), nil
+	msisdn, ok := msisdnOf(num)
+	if !ok {
+		return "", "", "", ErrInvalidPhone
+	}
+	return msisdn, phonenumbers.Format(num, phonenumbers.INTERNATIONAL), regionOf(num), nil
 }
 
 // regionOf is the country a number belongs to, for per-country rules and
@@ -55,10 +58,13 @@ func CanonicalMSISDN(s string) (string, error) {
 		return "", ErrInvalidPhone
 	}
 	num, err := phonenumbers.Parse("+"+s, "")
-	if err != nil || !acceptable(num) {
+	if err != nil {
 		return "", ErrInvalidPhone
 	}
-	return strings.TrimPrefix(phonenumbers.Format(num, phonenumbers.E164), "+"), nil
+	if msisdn, ok := msisdnOf(num); ok {
+		return msisdn, nil
+	}
+	return "", ErrInvalidPhone
 }
 
 // NormalizePhone turns a phone number as a directory holds it
@@ -73,10 +79,30 @@ func NormalizePhone(s, defaultRegion string) (string, error) {
 		s = "+" + s
 	}
 	num, err := phonenumbers.Parse(s, defaultRegion)
-	if err != nil || !acceptable(num) {
+	if err != nil {
 		return "", ErrInvalidPhone
 	}
-	return strings.TrimPrefix(phonenumbers.Format(num, phonenumbers.E164), "+"), nil
+	if msisdn, ok := msisdnOf(num); ok {
+		return msisdn, nil
+	}
+	return "", ErrInvalidPhone
+}
+
+// msisdnOf is an acceptable number's MSISDN, if that is at most 15 digits
+// (E.164's limit) and reads back as the same number: libphonenumber keeps a
+// count of leading zeros that E.164 cannot carry, so "00000000" in BG formats
+// as +3590000000, which reads back as +359000000. Such a number has no
+// canonical form and is refused.
+func msisdnOf(num *phonenumbers.PhoneNumber) (string, bool) {
+	if !acceptable(num) {
+		return "", false
+	}
+	e164 := phonenumbers.Format(num, phonenumbers.E164)
+	again, err := phonenumbers.Parse(e164, "")
+	if err != nil || !acceptable(again) || phonenumbers.Format(again, phonenumbers.E164) != e164 || len(e164) > 1+15 {
+		return "", false
+	}
+	return strings.TrimPrefix(e164, "+"), true
 }
 
 // acceptable takes numbers libphonenumber calls valid, and also those of a

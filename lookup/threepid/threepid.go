@@ -51,13 +51,46 @@ func Canonical(medium, address string) (string, error) {
 // zero-width characters, no IP-literal or single-label domain, within the
 // length limits) and returns its canonical form: the whole address under
 // Unicode case folding, which also lower-cases the domain, as the spec's
-// appendix asks ("Strauß@Example.com" -> "strauss@example.com").
+// appendix asks ("Strauß@Example.com" -> "strauss@example.com"). The
+// canonical form passes the same check (folding can lengthen an address:
+// "ΐ" becomes three code points), so it is its own canonical form.
 func CanonicalEmail(s string) (string, error) {
 	if err := checkEmail(s); err != nil {
 		return "", err
 	}
-	return cases.Fold().String(s), nil
+	f := fold(s)
+	if f != s {
+		if err := checkEmail(f); err != nil {
+			return "", err
+		}
+	}
+	return f, nil
 }
+
+// fold is Unicode full case folding (CaseFolding.txt, statuses C and F,
+// without the Turkic T mappings), exactly what Python's str.casefold does and
+// so what sydent and clients hash. x/text's cases.Fold is that except for
+// Cherokee (golang/go#46101): it folds the capitals, which CaseFolding.txt
+// keeps, to the small letters and the small letters to the capitals, so a
+// second fold undoes the first. Mapping the small letters it leaves to their
+// capitals gives CaseFolding.txt's answer for both.
+func fold(s string) string {
+	f := cases.Fold().String(s)
+	if !strings.ContainsFunc(f, cherokeeSmall) {
+		return f
+	}
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 0xAB70 && r <= 0xABBF: // CHEROKEE SMALL LETTER A ... MO
+			return r - 0xAB70 + 0x13A0
+		case r >= 0x13F8 && r <= 0x13FD: // CHEROKEE SMALL LETTER YE ... MV
+			return r - 8
+		}
+		return r
+	}, f)
+}
+
+func cherokeeSmall(r rune) bool { return r >= 0xAB70 && r <= 0xABBF || r >= 0x13F8 && r <= 0x13FD }
 
 // ValidEmail reports whether s passes CanonicalEmail's syntax check.
 func ValidEmail(s string) bool { return checkEmail(s) == nil }

@@ -93,7 +93,8 @@ func TestDecodeHash(t *testing.T) {
 	if !ok || raw != HashRaw("alice@example.com", Email, "matrixrocks") || raw != HashRaw([]byte("alice@example.com"), []byte(Email), "matrixrocks") {
 		t.Fatalf("DecodeHash(%q) = %x, %v", h, raw, ok)
 	}
-	for _, bad := range []string{"", "!!!", h[:42], h + "A", h[:42] + "=", h[:42] + "+", h[:42] + "/"} {
+	// Line breaks too, which encoding/base64 skips even in strict mode.
+	for _, bad := range []string{"", "!!!", h[:42], h + "A", h[:42] + "=", h[:42] + "+", h[:42] + "/", h[:20] + "\n" + h[20:], h + "\r\n"} {
 		if _, ok := DecodeHash(bad); ok {
 			t.Errorf("DecodeHash(%q) accepted", bad)
 		}
@@ -118,6 +119,30 @@ func TestDecodeHashAgainstBase64(t *testing.T) {
 		got, ok := DecodeHash(string(s))
 		if ok != (err == nil && len(want) == 32) || (ok && !bytes.Equal(got[:], want)) {
 			t.Fatalf("DecodeHash(%q) = %x, %v; base64: %x, %v", s, got, ok, want, err)
+		}
+	}
+}
+
+// A number whose E.164 form does not read back as itself (leading zeros
+// libphonenumber counts but E.164 cannot carry) or is longer than E.164
+// allows has no canonical form and is refused, whichever way it comes in
+// (found by FuzzPhone).
+func TestPhoneWithoutCanonicalForm(t *testing.T) {
+	if m, _, _, err := ParsePhone("BG", "00000000"); err == nil {
+		t.Errorf(`ParsePhone("BG", "00000000") = %q`, m)
+	}
+	if m, err := NormalizePhone("00000000", "BG"); err == nil {
+		t.Errorf(`NormalizePhone("00000000", "BG") = %q`, m)
+	}
+	// E.164 has at most 15 digits.
+	if m, err := NormalizePhone("6200100000000000", ""); err == nil {
+		t.Errorf(`NormalizePhone("6200100000000000") = %q`, m)
+	}
+	for _, s := range []string{"3590000000", "359000000"} {
+		if m, err := CanonicalMSISDN(s); err == nil {
+			if again, err := CanonicalMSISDN(m); err != nil || again != m {
+				t.Errorf("CanonicalMSISDN(%q) = %q, then %q, %v", s, m, again, err)
+			}
 		}
 	}
 }

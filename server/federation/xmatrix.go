@@ -277,7 +277,13 @@ func (c *KeyCache) fetch(ctx context.Context, server string, now time.Time) (*se
 	if resp.Status != http.StatusOK {
 		return nil, fmt.Errorf("%w: key request answered HTTP %d", ErrUnreachable, resp.Status)
 	}
-	dec := json.NewDecoder(bytes.NewReader(resp.Body))
+	return parseServerKeys(resp.Body, server, now)
+}
+
+// parseServerKeys checks a /_matrix/key/v2/server answer of server, as
+// fetch describes.
+func parseServerKeys(body []byte, server string, now time.Time) (*serverKeys, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var doc map[string]any
 	if err := dec.Decode(&doc); err != nil || doc == nil {

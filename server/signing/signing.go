@@ -148,7 +148,8 @@ func CanonicalBytes(raw []byte) ([]byte, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, err
 	}
-	if dec.More() {
+	// Not dec.More, which takes a stray "]" or "}" for the end of a value.
+	if len(bytes.TrimLeft(raw[dec.InputOffset():], " \t\r\n")) != 0 {
 		return nil, errors.New("trailing data after JSON value")
 	}
 	var buf bytes.Buffer
@@ -302,6 +303,10 @@ func toMap(v any) (map[string]any, error) {
 // Sign adds this key's signature, under entity, to the JSON object v and
 // returns the signed object (v itself is not modified).
 func (k *Key) Sign(v any, entity string) (map[string]any, error) {
+	// JSON would carry such a name as U+FFFD: the signature could not be found.
+	if !utf8.ValidString(entity) || !utf8.ValidString(k.ID) {
+		return nil, errors.New("signing entity and key id must be UTF-8")
+	}
 	obj, err := toMap(v)
 	if err != nil {
 		return nil, err

@@ -34,7 +34,8 @@ func TestCanonicalSpecExamples(t *testing.T) {
 			t.Errorf("CanonicalBytes(%s) = %s, want %s", c.in, got, c.want)
 		}
 	}
-	for _, bad := range []string{`{"a": 1.5}`, `{"a": 9007199254740992}`, `{"a": 1} x`} {
+	// Trailing "}" or "]" too (found by FuzzCanonicalJSON's seeds).
+	for _, bad := range []string{`{"a": 1.5}`, `{"a": 9007199254740992}`, `{"a": 1} x`, `{"a": 1}}`, `{"a": 1} ]`, `[1]]`} {
 		if got, err := CanonicalBytes([]byte(bad)); err == nil {
 			t.Errorf("CanonicalBytes(%s) = %s, want an error", bad, got)
 		}
@@ -139,5 +140,19 @@ func TestDecodeBase64Forms(t *testing.T) {
 		if err != nil || string(got) != string(raw) {
 			t.Errorf("DecodeBase64(%q) = %x, %v", s, got, err)
 		}
+	}
+}
+
+// An entity or key id that is not UTF-8 cannot travel in JSON (it would
+// arrive as U+FFFD, and the signature would not be found): Sign refuses it
+// (found by FuzzSignVerify).
+func TestSignRefusesNonUTF8Names(t *testing.T) {
+	key := &Key{ID: "ed25519:1", Private: ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))}
+	if _, err := key.Sign(map[string]any{}, "\xff"); err == nil {
+		t.Error("Sign accepted an entity that is not UTF-8")
+	}
+	bad := &Key{ID: "ed25519:\xff", Private: key.Private}
+	if _, err := bad.Sign(map[string]any{}, "domain"); err == nil {
+		t.Error("Sign accepted a key id that is not UTF-8")
 	}
 }
