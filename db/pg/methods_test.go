@@ -21,6 +21,7 @@ func TestSameMethodsAsBbolt(t *testing.T) {
 		"Ping",                          // readiness
 		"SigningKey",                    // bbolt: the signing.key file beside it
 		"ChargeBudgets", "SweepBudgets", // bbolt: one process, budgets in its memory
+		"CertPut", "CertLoad", "CertDelete", "CertList", "CertStat", "CertLock", "CertUnlock", // bbolt: data_dir/certmagic
 	}
 	methods := func(typ reflect.Type) map[string]reflect.Type {
 		out := map[string]reflect.Type{}

@@ -5,7 +5,8 @@
 // apart; one behavioural suite (db/storetest) runs against both. It adds
 // what replicas need: a change log (ChangesSince, LatestChange,
 // PruneChanges), claims on queued jobs (DueJobs) and the rate-limit budgets
-// that protect other people (ChargeBudgets, SweepBudgets: budgets.go).
+// that protect other people (ChargeBudgets, SweepBudgets: budgets.go), and
+// the TLS storage of tls.mode = "acme" with its locks (Cert*: certs.go).
 //
 // It imports package db and github.com/jackc/pgx/v5 (pgxpool, pure Go), and
 // is the only package that imports pgx. The schema is in migrations/*.sql
@@ -128,6 +129,7 @@ func (o Options) withDefaults() Options {
 type Store struct {
 	pool       *pgxpool.Pool
 	budgetPool *pgxpool.Pool // budget charges' own (budgets.go)
+	certLocks  certLocks     // TLS storage locks held (certs.go)
 	opts       Options
 	path       string
 }
@@ -171,6 +173,7 @@ func redacted(c pgconn.Config) string {
 
 // Close closes the pool, waiting for connections in use to be returned.
 func (s *Store) Close() error {
+	s.closeCertLocks()
 	s.pool.Close()
 	s.budgetPool.Close()
 	return nil
