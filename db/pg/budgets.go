@@ -2,7 +2,6 @@ package pg
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 
@@ -34,9 +33,6 @@ import (
 // is a mail or an SMS).
 const budgetConns = 2
 
-// errRefused rolls a refused charge back.
-var errRefused = errors.New("budget refused")
-
 // ChargeBudgets takes one token from each bucket, all or none (see
 // server.Budgets): it returns -1 when all paid, else the index of the first
 // bucket short of a token and the milliseconds until it holds one. nowMS
@@ -57,50 +53,63 @@ func (s *Store) ChargeBudgets(bs []db.Bucket, nowMS int64) (refused int, retryAf
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	err = pgx.BeginFunc(ctx, s.budgetPool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `INSERT INTO budgets AS b (key, tokens, updated_ms, full_ms)
-			SELECT k, t, $3, $3 FROM unnest($1::bytea[], $2::float8[]) AS v(k, t) ORDER BY k
-			ON CONFLICT (key) DO UPDATE SET tokens = b.tokens
-			RETURNING key, tokens, updated_ms`, keys, full, nowMS)
-		if err != nil {
-			return err
+	for attempt := 0; ; attempt++ {
+		var committing bool
+		refused, retryAfterMS, committing, err = s.chargeOnce(ctx, bs, order, keys, full, nowMS)
+		// A connection that died while idle (PostgreSQL restarted) fails
+		// the first statement: once, try on another. Nothing was spent
+		// unless the commit was sent.
+		if err != nil && !committing && attempt == 0 && unavailable(err) && ctx.Err() == nil {
+			continue
 		}
-		held := map[string]db.BucketState{}
-		var key []byte
-		var st db.BucketState
-		if _, err := pgx.ForEachRow(rows, []any{&key, &st.Tokens, &st.UpdatedMS}, func() error {
-			held[string(key)] = st
-			return nil
-		}); err != nil {
-			return err
-		}
-		states := make([]*db.BucketState, len(bs))
-		for i, b := range bs {
-			if st, ok := held[b.Key]; ok {
-				states[i] = &st
-			}
-		}
-		next, r, wait := db.ChargeBuckets(bs, states, nowMS)
-		if r >= 0 {
-			refused, retryAfterMS = r, wait
-			return errRefused
-		}
-		tokens, updated, fullMS := make([]float64, len(bs)), make([]int64, len(bs)), make([]int64, len(bs))
-		for j, i := range order {
-			tokens[j], updated[j], fullMS[j] = next[i].Tokens, next[i].UpdatedMS, bs[i].FullMS(next[i])
-		}
-		_, err = tx.Exec(ctx, `UPDATE budgets SET tokens = v.t, updated_ms = v.u, full_ms = v.f
-			FROM unnest($1::bytea[], $2::float8[], $3::int8[], $4::int8[]) AS v(k, t, u, f)
-			WHERE budgets.key = v.k`, keys, tokens, updated, fullMS)
-		return err
-	})
-	switch {
-	case errors.Is(err, errRefused):
-		return refused, retryAfterMS, nil
-	case err != nil:
-		return 0, 0, classify(err)
+		return refused, retryAfterMS, classify(err)
 	}
-	return -1, 0, nil
+}
+
+// chargeOnce is one charge's transaction; committing says the commit was
+// sent (after which an error leaves unknown whether it was spent).
+func (s *Store) chargeOnce(ctx context.Context, bs []db.Bucket, order []int, keys [][]byte, full []float64, nowMS int64) (refused int, retryAfterMS int64, committing bool, err error) {
+	tx, err := s.budgetPool.Begin(ctx)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer tx.Rollback(ctx) // after Commit, a no-op
+	rows, err := tx.Query(ctx, `INSERT INTO budgets AS b (key, tokens, updated_ms, full_ms)
+		SELECT k, t, $3, $3 FROM unnest($1::bytea[], $2::float8[]) AS v(k, t) ORDER BY k
+		ON CONFLICT (key) DO UPDATE SET tokens = b.tokens
+		RETURNING key, tokens, updated_ms`, keys, full, nowMS)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	held := map[string]db.BucketState{}
+	var key []byte
+	var st db.BucketState
+	if _, err := pgx.ForEachRow(rows, []any{&key, &st.Tokens, &st.UpdatedMS}, func() error {
+		held[string(key)] = st
+		return nil
+	}); err != nil {
+		return 0, 0, false, err
+	}
+	states := make([]*db.BucketState, len(bs))
+	for i, b := range bs {
+		if st, ok := held[b.Key]; ok {
+			states[i] = &st
+		}
+	}
+	next, refused, retryAfterMS := db.ChargeBuckets(bs, states, nowMS)
+	if refused >= 0 {
+		return refused, retryAfterMS, false, nil // rolled back: nothing spent
+	}
+	tokens, updated, fullMS := make([]float64, len(bs)), make([]int64, len(bs)), make([]int64, len(bs))
+	for j, i := range order {
+		tokens[j], updated[j], fullMS[j] = next[i].Tokens, next[i].UpdatedMS, bs[i].FullMS(next[i])
+	}
+	if _, err := tx.Exec(ctx, `UPDATE budgets SET tokens = v.t, updated_ms = v.u, full_ms = v.f
+		FROM unnest($1::bytea[], $2::float8[], $3::int8[], $4::int8[]) AS v(k, t, u, f)
+		WHERE budgets.key = v.k`, keys, tokens, updated, fullMS); err != nil {
+		return 0, 0, false, err
+	}
+	return -1, 0, true, tx.Commit(ctx)
 }
 
 // SweepBudgets deletes the buckets that are full at nowMS (a charge that
