@@ -116,13 +116,7 @@ func (s *Store) chargeOnce(ctx context.Context, bs []db.Bucket, order []int, key
 // holds one's row meanwhile keeps it: the delete re-checks it after the
 // charge commits) and says how many.
 func (s *Store) SweepBudgets(nowMS int64) (int, error) {
-	ctx, cancel := s.call()
-	defer cancel()
-	tag, err := s.pool.Exec(ctx, "DELETE FROM budgets WHERE full_ms <= $1", nowMS)
-	if err != nil {
-		return 0, classify(err)
-	}
-	return int(tag.RowsAffected()), nil
+	return s.affected("DELETE FROM budgets WHERE full_ms <= $1", nowMS)
 }
 
 // openBudgetPool opens the charges' pool (connections are made on demand).
