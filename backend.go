@@ -140,13 +140,31 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	key := &signing.Key{ID: signing.LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}
 	v, _ := store.SchemaVersion()
 	log.Info("database", "backend", "postgres", "url", redactedURL(cfg.Database.URL), "schema", v,
-		"max_conns", cfg.Database.MaxConns, "statement_timeout", cfg.Database.StatementTimeout.String())
+		"max_conns", cfg.Database.MaxConns, "statement_timeout", cfg.Database.StatementTimeout.String(),
+		"rate_limits", "mail, SMS and invite budgets counted in the database (shared); per-IP limits per replica")
 	if created {
 		log.Info("created a new long-term signing key in the database", "key_id", key.ID)
 	} else {
 		log.Info("long-term signing key loaded from the database", "key_id", key.ID)
 	}
 	return store, key, nil
+}
+
+// What replicas share besides the server.Store: the budgets that protect
+// other people (server.New finds them on the store) and the ACME storage.
+var (
+	_ server.Budgets  = (*pg.Store)(nil)
+	_ server.TLSStore = (*pg.Store)(nil)
+)
+
+// sharedTLSStore is where tls.mode = "acme" keeps the account and the
+// certificates: in the database on PostgreSQL, so that replicas share one
+// certificate; nil (data_dir/certmagic) on bbolt.
+func sharedTLSStore(store appStore) server.TLSStore {
+	if s, ok := store.(*pg.Store); ok {
+		return s
+	}
+	return nil
 }
 
 func cmpErr(err, fallback error) error {

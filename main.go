@@ -365,7 +365,7 @@ func cmdServe(ctx context.Context, args []string, sig opSignals, stdout, stderr 
 	})
 	// The TLS mode decides the listeners: plain HTTP on http.listen (off),
 	// or HTTPS on tls.listen plus challenges/redirect on tls.http_listen.
-	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, log)
+	tlsm, err := server.NewTLS(cfg.Config, cfg.DataDir, sharedTLSStore(app.store), log)
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,9 @@ import (
 )
 
 // Start runs the server's background work until ctx ends: the onbind
-// delivery queue, the sweeps of expired invites and of expired validation
-// sessions (once at start, then every sessionSweepEvery). The returned wait
+// delivery queue, the sweeps of expired invites, of expired validation
+// sessions and of full budgets (once at start, then every
+// sessionSweepEvery). The returned wait
 // blocks until all of it has stopped.
 func (s *Server) Start(ctx context.Context) (wait func()) {
 	var wg sync.WaitGroup
@@ -28,6 +29,9 @@ func (s *Server) Start(ctx context.Context) (wait func()) {
 				s.log.Error("sweeping expired sessions", "err", err)
 			} else if n > 0 {
 				s.log.Info("swept expired sessions", "count", n)
+			}
+			if _, err := s.budgets.SweepBudgets(s.now().UnixMilli()); err != nil {
+				s.log.Error("sweeping full rate-limit budgets", "err", err)
 			}
 		})
 	}()

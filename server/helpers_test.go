@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -44,12 +43,7 @@ func openBolt(t testing.TB) storetest.Store {
 
 func openPostgres(t testing.TB) storetest.Store {
 	t.Helper()
-	store, err := pg.Open(context.Background(), pgtest.New(t), pg.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	return store
+	return openPG(t, pgtest.New(t), pg.Options{})
 }
 
 // onEachBackend runs a flow test once per backend, as subtests.

@@ -174,10 +174,7 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	if isV1(r) && !s.forHomeserver(r) {
 		sender = "ip:" + s.clientIP(r).String()
 	}
-	if err := s.inviteLimit.spend(sender, 1); err != nil {
-		return err
-	}
-	if err := s.inviteAddrLimit.spend(address, 1); err != nil {
+	if err := s.charge(budgetCharge{s.inviteLimit, sender}, budgetCharge{s.inviteAddrLimit, address}); err != nil {
 		return err
 	}
 	switch b, err := s.store.GetBinding(threepid.Email, address); {

@@ -27,9 +27,12 @@ func (r Rate) validate(name string) error {
 	return nil
 }
 
-// limiter is a set of token buckets keyed by string (an account, an IP, a
-// 3PID, a country), all with the same rate. Its refusals say what was
-// counted and which setting counts it.
+// limiter is a set of token buckets keyed by string (a client IP, an
+// account's or a homeserver's lookups, a trusted homeserver's subject), all
+// with the same rate, in this replica's memory: the limits that protect the
+// replica itself. The limits that protect other people are budgets
+// (budgets.go), shared by replicas. Its refusals say what was counted and
+// which setting counts it.
 type limiter struct {
 	rate  Rate
 	name  string // the configuration key, e.g. "ratelimit.email_address"

@@ -61,6 +61,10 @@ type Deps struct {
 	// Ready, when set, is asked by GET /health/ready besides the store: an
 	// error (saying why) makes this replica not ready.
 	Ready func() error
+	// Budgets keeps the limits that protect other people (mails, SMS,
+	// invites). nil: the Store's when it keeps them (PostgreSQL, shared
+	// by the replicas), else this process's memory.
+	Budgets Budgets
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -98,8 +102,9 @@ type Server struct {
 	binds   BindingListener
 
 	inviteMail      InviteMailer
-	inviteLimit     *limiter
-	inviteAddrLimit *limiter
+	inviteLimit     budget
+	inviteAddrLimit budget
+	budgets         Budgets
 	onbind          delivery
 	metrics         *Metrics
 	mail            *mail.Sender
@@ -123,6 +128,12 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
+	if d.Budgets == nil {
+		d.Budgets, _ = d.Store.(Budgets)
+	}
+	if d.Budgets == nil {
+		d.Budgets = newMemoryBudgets()
+	}
 	if d.Mail == nil {
 		m, err := mail.New(mail.DefaultEmailConfig(), mail.DefaultSMSConfig(), mail.Options{Logger: d.Logger, Now: d.Now})
 		if err != nil {
@@ -142,8 +153,9 @@ func New(cfg Config, d Deps) (*Server, error) {
 		binds:  d.Bindings,
 
 		inviteMail:      d.InviteMail,
-		inviteLimit:     newLimiter(cfg.Invites.RateLimit, d.Now, "invites.rate_limit", "invites from this sender"),
-		inviteAddrLimit: newLimiter(cfg.Invites.AddressRateLimit, d.Now, "invites.address_rate_limit", "invites to this address"),
+		inviteLimit:     budget{cfg.Invites.RateLimit, "invites.rate_limit", "invites from this sender"},
+		inviteAddrLimit: budget{cfg.Invites.AddressRateLimit, "invites.address_rate_limit", "invites to this address"},
+		budgets:         d.Budgets,
 		onbind:          delivery{kick: make(chan struct{}, 1)},
 		metrics:         d.Metrics,
 		mail:            d.Mail,

@@ -5,9 +5,9 @@ package server
 //
 //	off    plain HTTP on http.listen (behind a reverse proxy, or for tests)
 //	acme   certificates from an ACME CA (Let's Encrypt by default), obtained
-//	       and renewed by certmagic, stored under data_dir/certmagic; HTTPS on
-//	       tls.listen, HTTP-01 challenges and a redirect to HTTPS on
-//	       tls.http_listen
+//	       and renewed by certmagic, stored under data_dir/certmagic, or in
+//	       the database replicas share (TLSStore); HTTPS on tls.listen,
+//	       HTTP-01 challenges and a redirect to HTTPS on tls.http_listen
 //	files  a certificate and key from files, reloaded when they change on
 //	       disk (polled) or on SIGHUP; HTTPS on tls.listen, an optional
 //	       redirect on tls.http_listen
@@ -36,6 +36,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"mxid/db"
 	"mxid/server/matrixid"
 	"mxid/server/outbound"
 )
@@ -190,10 +191,11 @@ type TLS struct {
 	log     *slog.Logger
 
 	// acme
-	domain string
-	cache  *certmagic.Cache
-	magic  *certmagic.Config
-	issuer *certmagic.ACMEIssuer
+	domain  string
+	storage string // where the certificate and the account are kept, for the log
+	cache   *certmagic.Cache
+	magic   *certmagic.Config
+	issuer  *certmagic.ACMEIssuer
 
 	// files
 	cert    atomic.Pointer[tls.Certificate]
@@ -209,10 +211,11 @@ type fileStamp struct {
 	size int64
 }
 
-// NewTLS prepares the TLS mode of a validated configuration. dataDir holds
-// the ACME storage (dataDir/certmagic). In files mode it loads the
-// certificate now, so a bad pair stops mxid at start.
-func NewTLS(cfg Config, dataDir string, log *slog.Logger) (*TLS, error) {
+// NewTLS prepares the TLS mode of a validated configuration. The ACME
+// storage is shared when set (replicas on PostgreSQL), else dataDir/certmagic.
+// In files mode it loads the certificate now, so a bad pair stops mxid at
+// start.
+func NewTLS(cfg Config, dataDir string, shared TLSStore, log *slog.Logger) (*TLS, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -228,7 +231,7 @@ func NewTLS(cfg Config, dataDir string, log *slog.Logger) (*TLS, error) {
 			return nil, err
 		}
 	case TLSACME:
-		if err := t.setupACME(dataDir); err != nil {
+		if err := t.setupACME(dataDir, shared); err != nil {
 			return nil, err
 		}
 	default:
@@ -240,7 +243,7 @@ func NewTLS(cfg Config, dataDir string, log *slog.Logger) (*TLS, error) {
 // Mode is the configured mode.
 func (t *TLS) Mode() string { return t.cfg.Mode }
 
-func (t *TLS) setupACME(dataDir string) error {
+func (t *TLS) setupACME(dataDir string, shared TLSStore) error {
 	t.domain = t.cfg.Domain
 	if t.domain == "" {
 		t.domain = t.public.Hostname()
@@ -255,8 +258,13 @@ func (t *TLS) setupACME(dataDir string) error {
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
 		Logger:           zl,
 	})
+	var storage certmagic.Storage = &certmagic.FileStorage{Path: filepath.Join(dataDir, "certmagic")}
+	t.storage = filepath.Join(dataDir, "certmagic")
+	if shared != nil {
+		storage, t.storage = sharedStorage{shared}, "the database ("+shared.Path()+")"
+	}
 	magic = certmagic.New(t.cache, certmagic.Config{
-		Storage:           &certmagic.FileStorage{Path: filepath.Join(dataDir, "certmagic")},
+		Storage:           storage,
 		DefaultServerName: t.domain, // clients that send no SNI (by IP) still get the certificate
 		Logger:            zl,
 	})
@@ -286,6 +294,78 @@ func (t *TLS) setupACME(dataDir string) error {
 	t.magic = magic
 	return nil
 }
+
+// TLSStore keeps certmagic's data (the ACME account, certificates and
+// keys, challenge tokens) where replicas share it, so they get one
+// certificate with one account and any of them answers a challenge another
+// started (db/pg implements it). Keys are slash-separated paths; a missing
+// key is db.ErrNotFound. CertLock and CertUnlock are certmagic's Locker:
+// one holder of a name at a time, among all replicas.
+type TLSStore interface {
+	CertPut(ctx context.Context, key string, value []byte) error
+	CertLoad(ctx context.Context, key string) ([]byte, error)
+	CertDelete(ctx context.Context, key string) error
+	CertList(ctx context.Context, prefix string, recursive bool) ([]string, error)
+	CertStat(ctx context.Context, key string) (size, modifiedMS int64, terminal bool, err error)
+	CertLock(ctx context.Context, name string) error
+	CertUnlock(ctx context.Context, name string) error
+	Path() string
+}
+
+// sharedStorage is certmagic's Storage over a TLSStore. certmagic expects
+// fs.ErrNotExist for what is missing.
+type sharedStorage struct{ s TLSStore }
+
+var _ certmagic.Storage = sharedStorage{}
+
+func notExist(key string, err error) error {
+	if errors.Is(err, db.ErrNotFound) {
+		return fmt.Errorf("%s: %w", key, fs.ErrNotExist)
+	}
+	return err
+}
+
+func (a sharedStorage) Lock(ctx context.Context, name string) error { return a.s.CertLock(ctx, name) }
+
+func (a sharedStorage) Unlock(ctx context.Context, name string) error {
+	return a.s.CertUnlock(ctx, name)
+}
+
+func (a sharedStorage) Store(ctx context.Context, key string, value []byte) error {
+	return a.s.CertPut(ctx, key, value)
+}
+
+func (a sharedStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	v, err := a.s.CertLoad(ctx, key)
+	return v, notExist(key, err)
+}
+
+func (a sharedStorage) Delete(ctx context.Context, key string) error { return a.s.CertDelete(ctx, key) }
+
+func (a sharedStorage) Exists(ctx context.Context, key string) bool {
+	_, _, _, err := a.s.CertStat(ctx, key)
+	return err == nil
+}
+
+func (a sharedStorage) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	keys, err := a.s.CertList(ctx, prefix, recursive)
+	return keys, notExist(prefix, err)
+}
+
+func (a sharedStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	size, modified, terminal, err := a.s.CertStat(ctx, key)
+	if err != nil {
+		return certmagic.KeyInfo{}, notExist(key, err)
+	}
+	info := certmagic.KeyInfo{Key: key, Size: size, IsTerminal: terminal}
+	if terminal {
+		info.Modified = time.UnixMilli(modified)
+	}
+	return info, nil
+}
+
+// String names the storage in certmagic's log lines.
+func (a sharedStorage) String() string { return "mxid database " + a.s.Path() }
 
 // listen opens a TCP listener, explaining the usual failure on low ports.
 func listen(key, addr string) (net.Listener, error) {
@@ -321,7 +401,7 @@ func (t *TLS) Listen() (Listeners, error) {
 		t.log.Info("tls mode off: serving plain HTTP (put a TLS-terminating reverse proxy in front)", "listen", "http://"+ln.Addr().String())
 		return l, nil
 	case TLSACME:
-		t.log.Info("tls mode acme", "domain", t.domain, "ca", t.cfg.CA, "email_set", t.cfg.Email != "",
+		t.log.Info("tls mode acme", "domain", t.domain, "ca", t.cfg.CA, "storage", t.storage, "email_set", t.cfg.Email != "",
 			"challenges", strings.Join(t.cfg.Challenges, ","), "ca_roots_file", t.cfg.CARootsFile)
 	case TLSFiles:
 		t.log.Info("tls mode files", "cert_file", t.cfg.CertFile, "key_file", t.cfg.KeyFile, "poll_interval", t.cfg.PollInterval.String())

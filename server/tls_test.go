@@ -100,7 +100,7 @@ func TestTLSFilesReload(t *testing.T) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	tm, err := NewTLS(cfg, dir, slog.New(slog.DiscardHandler))
+	tm, err := NewTLS(cfg, dir, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -249,55 +249,20 @@ func (s *Server) readTokenRequest(body object) (tokenRequest, error) {
 	return tr, nil
 }
 
-// chargeSend spends the rate limits of one message: all of them or none,
-// so a refusal by one limit does not use up another (a requester over its
-// own limit cannot drain a victim address's budget). It runs inside the
-// session transaction, which the store serialises, and only when a message
-// is going to be sent, so retries that send nothing cost nothing.
+// chargeSend spends the budgets of one message, all or none (Server.charge).
+// It runs inside the session transaction and only when a message is going
+// to be sent, so retries that send nothing cost nothing.
 func (s *Server) chargeSend(r *http.Request, tr tokenRequest) error {
-	type check struct {
-		l   *limiter
-		key string
-	}
-	var checks []check
+	var charges []budgetCharge
 	if sender := s.senderKey(r); sender != "" {
-		checks = append(checks, check{s.limits.requestToken, sender})
+		charges = append(charges, budgetCharge{s.limits.requestToken, sender})
 	}
 	if tr.medium == threepid.Email {
-		checks = append(checks, check{s.limits.emailAddress, tr.address})
+		charges = append(charges, budgetCharge{s.limits.emailAddress, tr.address})
 	} else {
-		checks = append(checks, check{s.limits.msisdnNumber, tr.address}, check{s.limits.msisdnCountry, tr.region})
+		charges = append(charges, budgetCharge{s.limits.msisdnNumber, tr.address}, budgetCharge{s.limits.msisdnCountry, tr.region})
 	}
-	for _, c := range checks {
-		if ok, wait := c.l.available(c.key); !ok {
-			return c.l.refusal(wait)
-		}
-	}
-	for _, c := range checks {
-		if err := c.l.spend(c.key, 1); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// available reports whether key's bucket holds a token, without spending it.
-func (l *limiter) available(key string) (bool, time.Duration) {
-	if l == nil || l.rate.Burst == 0 {
-		return true, 0
-	}
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim := l.byKey[key]
-	if lim == nil {
-		return true, 0
-	}
-	tokens := lim.TokensAt(now)
-	if tokens >= 1 {
-		return true, 0
-	}
-	return false, time.Duration((1 - tokens) * float64(l.rate.Every))
+	return s.charge(charges...)
 }
 
 func newToken(medium string) string {

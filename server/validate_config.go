@@ -89,19 +89,21 @@ func (c *RateLimitConfig) validate() []error {
 	return errs
 }
 
-// limits are the limiters built from [ratelimit].
+// limits are the limits of [ratelimit]: budgets that protect others
+// (Budgets, shared by replicas) and per-IP limiters (this replica's).
 type limits struct {
-	requestToken, emailAddress, msisdnNumber, msisdnCountry, attempts, register *limiter
-	trustedCallers                                                              []netip.Prefix
+	requestToken, emailAddress, msisdnNumber, msisdnCountry budget
+	attempts, register                                      *limiter
+	trustedCallers                                          []netip.Prefix
 }
 
 // newLimits builds the limiters of a validated [ratelimit] section.
 func newLimits(c RateLimitConfig, now func() time.Time) *limits {
 	l := &limits{
-		requestToken:  newLimiter(c.RequestToken, now, "ratelimit.request_token", "verification messages requested by this account or IP"),
-		emailAddress:  newLimiter(c.EmailAddress, now, "ratelimit.email_address", "verification emails to this address"),
-		msisdnNumber:  newLimiter(c.MSISDNNumber, now, "ratelimit.msisdn_number", "verification SMS to this number"),
-		msisdnCountry: newLimiter(c.MSISDNCountry, now, "ratelimit.msisdn_country", "verification SMS to this country"),
+		requestToken:  budget{c.RequestToken, "ratelimit.request_token", "verification messages requested by this account or IP"},
+		emailAddress:  budget{c.EmailAddress, "ratelimit.email_address", "verification emails to this address"},
+		msisdnNumber:  budget{c.MSISDNNumber, "ratelimit.msisdn_number", "verification SMS to this number"},
+		msisdnCountry: budget{c.MSISDNCountry, "ratelimit.msisdn_country", "verification SMS to this country"},
 		attempts:      newLimiter(c.Attempts, now, "ratelimit.attempts", "validation requests"),
 		register:      newLimiter(c.Register, now, "ratelimit.register", "registrations from this IP"),
 	}

@@ -72,13 +72,7 @@ func (s *Store) EphemeralKeyExists(pub string) (bool, error) {
 // delivered (one still waiting in an onbind job is kept with it), and
 // returns how many it deleted.
 func (s *Store) SweepInvites(nowMS int64) (int, error) {
-	ctx, cancel := s.call()
-	defer cancel()
-	tag, err := s.pool.Exec(ctx, "DELETE FROM invites WHERE (queued_job = 0 OR delivered_ts <> 0) AND expires_ts <= $1", nowMS)
-	if err != nil {
-		return 0, classify(err)
-	}
-	return int(tag.RowsAffected()), nil
+	return s.affected("DELETE FROM invites WHERE (queued_job = 0 OR delivered_ts <> 0) AND expires_ts <= $1", nowMS)
 }
 
 // DeleteInvite removes an invite (its email could not be sent).

@@ -18,8 +18,11 @@ func TestSameMethodsAsBbolt(t *testing.T) {
 	bboltOnly := []string{"WriteBackup", "ReleaseMapped", // pg_dump; no file mapped
 		"Opened", "RewroteMeta"} // the file's checks at open
 	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", // the replicas' change log
-		"Ping",       // readiness
-		"SigningKey"} // bbolt: the signing.key file beside it
+		"Ping",                          // readiness
+		"SigningKey",                    // bbolt: the signing.key file beside it
+		"ChargeBudgets", "SweepBudgets", // bbolt: one process, budgets in its memory
+		"CertPut", "CertLoad", "CertDelete", "CertList", "CertStat", "CertLock", "CertUnlock", // bbolt: data_dir/certmagic
+	}
 	methods := func(typ reflect.Type) map[string]reflect.Type {
 		out := map[string]reflect.Type{}
 		for i := range typ.NumMethod() {

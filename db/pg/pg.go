@@ -4,7 +4,9 @@
 // (db.ErrNotFound, db.ErrExists, ...), so a caller cannot tell the backends
 // apart; one behavioural suite (db/storetest) runs against both. It adds
 // what replicas need: a change log (ChangesSince, LatestChange,
-// PruneChanges) and claims on queued jobs (DueJobs).
+// PruneChanges), claims on queued jobs (DueJobs) and the rate-limit budgets
+// that protect other people (ChargeBudgets, SweepBudgets: budgets.go), and
+// the TLS storage of tls.mode = "acme" with its locks (Cert*: certs.go).
 //
 // It imports package db and github.com/jackc/pgx/v5 (pgxpool, pure Go), and
 // is the only package that imports pgx. The schema is in migrations/*.sql
@@ -125,9 +127,11 @@ func (o Options) withDefaults() Options {
 // concurrent use, and any number of Stores (in one process or in several)
 // may share one database.
 type Store struct {
-	pool *pgxpool.Pool
-	opts Options
-	path string
+	pool       *pgxpool.Pool
+	budgetPool *pgxpool.Pool // budget charges' own (budgets.go)
+	certLocks  certLocks     // TLS storage locks held (certs.go)
+	opts       Options
+	path       string
 }
 
 // Open connects to the database at url (postgres://…, or key=value pairs),
@@ -151,6 +155,10 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
 	}
+	if s.budgetPool, err = openBudgetPool(ctx, cfg); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+	}
 	return s, nil
 }
 
@@ -165,7 +173,9 @@ func redacted(c pgconn.Config) string {
 
 // Close closes the pool, waiting for connections in use to be returned.
 func (s *Store) Close() error {
+	s.closeCertLocks()
 	s.pool.Close()
+	s.budgetPool.Close()
 	return nil
 }
 

@@ -122,3 +122,15 @@ func queryAll[T any](ctx context.Context, q querier, fields func(*T) []any, sql 
 	})
 	return out, err
 }
+
+// affected runs one statement under the call's deadline and says how many
+// rows it changed (the sweeps).
+func (s *Store) affected(sql string, args ...any) (int, error) {
+	ctx, cancel := s.call()
+	defer cancel()
+	tag, err := s.pool.Exec(ctx, sql, args...)
+	if err != nil {
+		return 0, classify(err)
+	}
+	return int(tag.RowsAffected()), nil
+}

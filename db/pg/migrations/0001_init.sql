@@ -90,6 +90,29 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_due ON jobs (due_ts, id);
 
+-- Token buckets of the rate limits that protect other people (verification
+-- mails and SMS, invites), shared by the replicas: tokens held at updated_ms
+-- (the charging replica's clock). full_ms is when the bucket is full again;
+-- from then on the row means nothing and is swept. Keys are bytes (the
+-- limit's name, "/", what it counts).
+CREATE TABLE budgets (
+    key        bytea PRIMARY KEY,
+    tokens     double precision NOT NULL,
+    updated_ms bigint NOT NULL,
+    full_ms    bigint NOT NULL
+);
+CREATE INDEX budgets_full ON budgets (full_ms);
+
+-- certmagic's storage (tls.mode = "acme"): the ACME account, certificates,
+-- their keys and metadata, and challenge tokens, shared by the replicas so
+-- they get one certificate and any of them answers a challenge. Keys are
+-- slash-separated paths ("certificates/<ca>/<domain>/<domain>.crt").
+CREATE TABLE tls_storage (
+    key         text COLLATE "C" PRIMARY KEY,
+    value       bytea NOT NULL,
+    modified_ms bigint NOT NULL
+);
+
 -- The change log: one row per write that changes what lookups see, in
 -- commit order (writers append under an advisory lock held to commit).
 -- ts is the database's clock, for pruning.
