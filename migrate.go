@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -114,6 +115,9 @@ func migrateToPostgres(ctx context.Context, cfg Config, url string, out io.Write
 	}
 	if err != nil {
 		return fmt.Errorf("%w\n(the copy is one transaction: nothing was kept in %s)", err, dst.Path())
+	}
+	if err := copyCertificates(ctx, filepath.Join(cfg.DataDir, certmagicDir), dst, out); err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "done. Next: set [database] url = %q in the configuration (the password in url_file or ~/.pgpass), then start mxid: its replicas share this database. "+
 		"%s and %s are left as they were: keep them as a backup, and do not serve from them again (they do not see what the replicas write).\n",
@@ -365,4 +369,47 @@ func (t *tally) sum(k db.Kind) string {
 		return string(h.Sum(nil))
 	}
 	return ""
+}
+
+// certmagicDir is where acme mode keeps its certificates and ACME account
+// in data_dir without PostgreSQL (certmagic's file storage).
+const certmagicDir = "certmagic"
+
+// copyCertificates puts the files of acme mode's file storage (dir, keyed
+// by their slash-separated path under it, as certmagic's file storage keys
+// them) into the database's storage, so replicas serve the certificate the
+// box had instead of asking the CA for another (Let's Encrypt limits
+// duplicate certificates). Nothing to do without the directory.
+func copyCertificates(ctx context.Context, dir string, dst interface {
+	CertPut(ctx context.Context, key string, value []byte) error
+}, out io.Writer) error {
+	n := 0
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && path == dir {
+			return fs.SkipAll
+		}
+		if err != nil || d.IsDir() || !d.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		value, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if err := dst.CertPut(ctx, filepath.ToSlash(rel), value); err != nil {
+			return fmt.Errorf("copying %s into the database's certificate storage: %w", path, err)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		fmt.Fprintf(out, "%d files of the acme certificate storage (%s) copied: replicas serve the same certificate and ACME account\n", n, dir)
+	}
+	return nil
 }

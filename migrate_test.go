@@ -99,10 +99,18 @@ listen = "127.0.0.1:0"
 	}
 	s.Close()
 
+	// The box's acme certificate goes along (certmagic's file storage).
+	certKey := "certificates/acme-v02.api.letsencrypt.org-directory/id.test/id.test.crt"
+	must(t, os.MkdirAll(filepath.Join(boltDir, certmagicDir, filepath.Dir(certKey)), 0o700))
+	must(t, os.WriteFile(filepath.Join(boltDir, certmagicDir, certKey), []byte("-----BEGIN CERTIFICATE-----\n"), 0o600))
+
 	// bbolt -> PostgreSQL.
 	out, err = runOut("migrate-db", "-config", boltCfg, "-to", dbURL)
 	if err != nil {
 		t.Fatalf("migrate-db to PostgreSQL: %v\n%s", err, out)
+	}
+	if got, err := pgStore.CertLoad(context.Background(), certKey); err != nil || string(got) != "-----BEGIN CERTIFICATE-----\n" {
+		t.Errorf("the acme certificate in PostgreSQL: %q %v", got, err)
 	}
 	t.Logf("bbolt -> PostgreSQL:\n%s", out)
 	for _, want := range []string{"... 100000 of ", "the signing key copied", "4 invites copied", "2 queued deliveries copied", "3 directory entries copied", "verified in", "[database] url = "} {
