@@ -69,7 +69,7 @@ const goodToken = "syt_c2VhcmNoZXI_Zq8Fv1pQ"
 
 const hsUnknownToken = `{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed.","soft_logout":false}`
 
-func newClientHomeserver(t *testing.T) *clientHomeserver {
+func newClientHomeserver(t testing.TB) *clientHomeserver {
 	hs := &clientHomeserver{}
 	hs.mode.Store("ok")
 	tokens := map[string]string{goodToken: `{"user_id":"@searcher:example.org","device_id":"D","is_guest":false}`,
@@ -164,7 +164,7 @@ func newDirEnv(t *testing.T, d *slapdtest.Server, b backend, mutate func(*lookup
 }
 
 // sync reads the directory, as the background loop does.
-func (e *dirEnv) sync(t *testing.T) {
+func (e *dirEnv) sync(t testing.TB) {
 	t.Helper()
 	if err := e.lookup.Sync(context.Background()); err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func (e *dirEnv) sync(t *testing.T) {
 }
 
 // newDirEnvOn is newDirEnv on store, in front of hs, before any sync.
-func newDirEnvOn(t *testing.T, d *slapdtest.Server, store storeForDirectory, hs *clientHomeserver, mutate func(*lookup.DirectoryConfig)) *dirEnv {
+func newDirEnvOn(t testing.TB, d *slapdtest.Server, store storeForDirectory, hs *clientHomeserver, mutate func(*lookup.DirectoryConfig)) *dirEnv {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Outbound.AllowCIDRs = []string{"127.0.0.0/8"} // the homeserver next door
@@ -220,7 +220,10 @@ func newDirEnvOn(t *testing.T, d *slapdtest.Server, store storeForDirectory, hs 
 			t.Logf("server log:\n%s", logBuf.String())
 		}
 	})
-	env := &testEnv{t: t, srv: srv, http: api, clock: clock, log: logBuf}
+	env := &testEnv{srv: srv, http: api, clock: clock, log: logBuf}
+	if tt, ok := t.(*testing.T); ok {
+		env.t = tt
+	}
 	return &dirEnv{testEnv: env, hs: hs, lookup: svc, metrics: metrics}
 }
 
