@@ -198,6 +198,14 @@ func TestReloadDirectory(t *testing.T) {
 // modify replaces attr of uid's entry as the directory's administrator.
 func modify(t *testing.T, d *slapdtest.Server, uid, attr, value string) {
 	t.Helper()
+	req := ldap.NewModifyRequest("uid="+uid+","+slapdtest.Base, nil)
+	req.Replace(attr, []string{value})
+	asAdmin(t, d, func(c *ldap.Conn) error { return c.Modify(req) })
+}
+
+// asAdmin runs fn on a connection bound as the directory's administrator.
+func asAdmin(t *testing.T, d *slapdtest.Server, fn func(c *ldap.Conn) error) {
+	t.Helper()
 	c, err := ldap.DialURL(d.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -206,9 +214,7 @@ func modify(t *testing.T, d *slapdtest.Server, uid, attr, value string) {
 	if err := c.Bind(slapdtest.Admin, slapdtest.AdminPW); err != nil {
 		t.Fatal(err)
 	}
-	req := ldap.NewModifyRequest("uid="+uid+","+slapdtest.Base, nil)
-	req.Replace(attr, []string{value})
-	if err := c.Modify(req); err != nil {
+	if err := fn(c); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -186,31 +186,27 @@ func mergeResults(hs *directoryResults, found []lookup.Person, dirMore bool, lim
 	out.Results = make([]directoryResult, 0, limit)
 	out.Limited = hs.Limited || dirMore
 	seen := make(map[string]bool, len(hs.Results)+len(found))
-	for _, r := range hs.Results {
-		if seen[r.UserID] {
-			continue
+	add := func(rs []directoryResult) (added int) {
+		for _, r := range rs {
+			if seen[r.UserID] {
+				continue
+			}
+			seen[r.UserID] = true
+			if len(out.Results) == limit {
+				out.Limited = true
+				break
+			}
+			out.Results = append(out.Results, r)
+			added++
 		}
-		seen[r.UserID] = true
-		if len(out.Results) == limit {
-			out.Limited = true
-			break
-		}
-		out.Results = append(out.Results, r)
-		fromHS++
+		return added
 	}
-	for _, p := range found {
-		if seen[p.UserID] {
-			continue
-		}
-		seen[p.UserID] = true
-		if len(out.Results) == limit {
-			out.Limited = true
-			break
-		}
-		out.Results = append(out.Results, directoryResult{UserID: p.UserID, DisplayName: p.DisplayName})
-		fromDir++
+	fromHS = add(hs.Results)
+	dir := make([]directoryResult, len(found))
+	for i, p := range found {
+		dir[i] = directoryResult{UserID: p.UserID, DisplayName: p.DisplayName}
 	}
-	return out, fromHS, fromDir
+	return out, fromHS, add(dir)
 }
 
 // checkToken asks the homeserver who the token belongs to, or remembers

@@ -17,7 +17,7 @@ import (
 // trip.
 func BenchmarkDirectorySearchHTTP(b *testing.B) {
 	d := slapdtest.Start(b, dirSeed())
-	e := newDirEnvOn(b, d, openBolt(b).(storeForDirectory), newClientHomeserver(b), func(c *lookup.DirectoryConfig) {
+	e := newDirEnvOn(b, d, openBolt(b), newClientHomeserver(b), func(c *lookup.DirectoryConfig) {
 		c.RatePerUser.Burst, c.RatePerIP.Burst = 0, 0
 	})
 	e.sync(b)

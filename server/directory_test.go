@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -19,11 +18,10 @@ import (
 	"mxid/db"
 	"mxid/db/pg"
 	"mxid/db/pgtest"
+	"mxid/db/storetest"
 	"mxid/lookup"
 	"mxid/lookup/slapdtest"
 	"mxid/server/matrixid"
-	"mxid/server/outbound"
-	"mxid/server/signing"
 )
 
 const dirColleagues = 3000
@@ -158,7 +156,7 @@ type dirEnv struct {
 
 func newDirEnv(t *testing.T, d *slapdtest.Server, b backend, mutate func(*lookup.DirectoryConfig)) *dirEnv {
 	t.Helper()
-	e := newDirEnvOn(t, d, b.open(t).(storeForDirectory), newClientHomeserver(t), mutate)
+	e := newDirEnvOn(t, d, b.open(t), newClientHomeserver(t), mutate)
 	e.sync(t)
 	return e
 }
@@ -172,7 +170,7 @@ func (e *dirEnv) sync(t testing.TB) {
 }
 
 // newDirEnvOn is newDirEnv on store, in front of hs, before any sync.
-func newDirEnvOn(t testing.TB, d *slapdtest.Server, store storeForDirectory, hs *clientHomeserver, mutate func(*lookup.DirectoryConfig)) *dirEnv {
+func newDirEnvOn(t testing.TB, d *slapdtest.Server, store storetest.Store, hs *clientHomeserver, mutate func(*lookup.DirectoryConfig)) *dirEnv {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Outbound.AllowCIDRs = []string{"127.0.0.0/8"} // the homeserver next door
@@ -187,51 +185,19 @@ func newDirEnvOn(t testing.TB, d *slapdtest.Server, store storeForDirectory, hs 
 	if errs := dirCfg.Validate(&ldapCfg, cfg.Outbound); len(errs) > 0 {
 		t.Fatalf("[directory]: %v", errs)
 	}
-	clock := &manualClock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
-	logBuf := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	svc, err := lookup.New(lookup.DefaultConfig(), ldapCfg, lookup.DefaultDNSConfig(), nil,
-		lookup.Deps{Store: store, Logger: log, Now: clock.Now, Directory: dirCfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(svc.Close)
-	key, err := signing.NewKey(signing.LongTermKeyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, err := outbound.New(cfg.Outbound)
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics := NewMetrics(nil)
-	metrics.SetDirectoryEntries(svc.Search.Len)
-	srv, err := New(cfg, Deps{Store: store, Key: key, Policy: policy, Now: clock.Now, Logger: log,
-		Lookup: svc, Bindings: svc.Index, Metrics: metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := httptest.NewUnstartedServer(nil)
-	api.Config = srv.HTTPServer()
-	api.Start()
-	t.Cleanup(api.Close)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("server log:\n%s", logBuf.String())
+	e := &dirEnv{hs: hs, metrics: NewMetrics(nil)}
+	e.testEnv = startTestEnv(t, cfg, store, func(deps *Deps) {
+		svc, err := lookup.New(lookup.DefaultConfig(), ldapCfg, lookup.DefaultDNSConfig(), nil,
+			lookup.Deps{Store: store, Logger: deps.Logger, Now: deps.Now, Directory: dirCfg})
+		if err != nil {
+			t.Fatal(err)
 		}
+		t.Cleanup(svc.Close)
+		e.lookup = svc
+		e.metrics.SetDirectoryEntries(svc.Search.Len)
+		deps.Lookup, deps.Bindings, deps.Metrics = svc, svc.Index, e.metrics
 	})
-	env := &testEnv{srv: srv, http: api, clock: clock, log: logBuf}
-	if tt, ok := t.(*testing.T); ok {
-		env.t = tt
-	}
-	return &dirEnv{testEnv: env, hs: hs, lookup: svc, metrics: metrics}
-}
-
-// storeForDirectory is what a directory env needs of a store.
-type storeForDirectory interface {
-	Store
-	lookup.Store
-	PutBinding(b db.Binding) (previous *db.Binding, err error)
+	return e
 }
 
 const searchPath = "/_matrix/client/v3/user_directory/search"
@@ -429,7 +395,7 @@ func TestDirectorySearchRevealsNoAddress(t *testing.T) {
 	d := slapdtest.Start(t, dirSeed())
 	onEachBackend(t, func(t *testing.T, b backend) {
 		store := b.open(t)
-		e := newDirEnvOn(t, d, store.(storeForDirectory), newClientHomeserver(t), func(c *lookup.DirectoryConfig) {
+		e := newDirEnvOn(t, d, store, newClientHomeserver(t), func(c *lookup.DirectoryConfig) {
 			c.RatePerUser.Burst, c.RatePerIP.Burst = 0, 0 // many searches
 		})
 		e.sync(t)
@@ -534,7 +500,7 @@ func TestDirectorySearchOff(t *testing.T) {
 func TestDirectorySearchReplicas(t *testing.T) {
 	d := slapdtest.Start(t, dirSeed())
 	url := pgtest.New(t)
-	open := func() storeForDirectory {
+	open := func() storetest.Store {
 		s, err := pg.Open(context.Background(), url, pg.Options{})
 		if err != nil {
 			t.Fatal(err)

@@ -126,11 +126,16 @@ func (s *Store) scanDirectoryChunk(first bool, after [2]string, fn func(medium, 
 	if err != nil {
 		return 0, classify(err)
 	}
+	return forEachRaw(rows, func(v [][]byte) error { return fn(v[0], v[1], v[2]) })
+}
+
+// forEachRaw calls fn with each row's raw values (valid only during the
+// call) and closes rows; it returns how many rows fn took.
+func forEachRaw(rows pgx.Rows, fn func(v [][]byte) error) (int, error) {
 	defer rows.Close()
 	n := 0
 	for rows.Next() {
-		v := rows.RawValues()
-		if err := fn(v[0], v[1], v[2]); err != nil {
+		if err := fn(rows.RawValues()); err != nil {
 			return n, err
 		}
 		n++

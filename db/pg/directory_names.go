@@ -82,14 +82,5 @@ func (s *Store) scanNamesChunk(first bool, after string, fn func(mxid, name []by
 	if err != nil {
 		return 0, classify(err)
 	}
-	defer rows.Close()
-	n := 0
-	for rows.Next() {
-		v := rows.RawValues()
-		if err := fn(v[0], v[1]); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, classify(rows.Err())
+	return forEachRaw(rows, func(v [][]byte) error { return fn(v[0], v[1]) })
 }
