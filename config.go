@@ -42,6 +42,7 @@ type Config struct {
 	LDAP         lookup.LDAPConfig        `toml:"ldap"`
 	DNS          lookup.DNSConfig         `toml:"dns"`
 	Forwarders   []lookup.ForwarderConfig `toml:"forwarders"`
+	Directory    lookup.DirectoryConfig   `toml:"directory"`
 }
 
 // LogConfig is the [log] section.
@@ -64,6 +65,8 @@ func DefaultConfig() Config {
 		Lookup: lookup.DefaultConfig(),
 		LDAP:   lookup.DefaultLDAPConfig(),
 		DNS:    lookup.DefaultDNSConfig(),
+
+		Directory: lookup.DefaultDirectoryConfig(),
 	}
 }
 
@@ -74,6 +77,7 @@ func (c *Config) Validate() []error {
 	errs = append(errs, c.LDAP.Validate()...)
 	errs = append(errs, c.DNS.Validate()...)
 	errs = append(errs, lookup.ValidateForwarders(c.Forwarders)...)
+	errs = append(errs, c.Directory.Validate(&c.LDAP, c.Outbound)...)
 	errs = append(errs, c.Database.Validate()...)
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir must not be empty"))

@@ -460,6 +460,9 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	metrics.SetIndexSize(lk.Index.Size)
+	if lk.Search != nil {
+		metrics.SetDirectoryEntries(lk.Search.Len)
+	}
 	metrics.SetPepperAge(func() time.Duration { return lk.Index.Stats().PepperAge })
 	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log,
 		Mail: sender, InviteMail: sender, Metrics: metrics, Lookup: lk, Bindings: lk.Index})
@@ -485,6 +488,7 @@ func newLookup(cfg Config, store lookup.Store, policy *outbound.Policy, log *slo
 		Self:       selfNames(cfg),
 		Logger:     log,
 		Observe:    observe, // metrics.Lookup: nil-safe when metrics are off
+		Directory:  cfg.Directory,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("lookup: %w", err)

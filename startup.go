@@ -58,6 +58,12 @@ func logLookupDecisions(log *slog.Logger, cfg Config, lk *lookup.Service) {
 	default:
 		log.Info("lookup recursion", "cidrs", []string{})
 	}
+	if d := cfg.Directory; d.Enabled {
+		log.Info("directory search", "enabled", true, "homeserver", schemeHost(d.HomeserverURL), "filter", d.Filter != "",
+			"display_name_attributes", d.DisplayNameAttributes, "searchable", lk.Search.Len())
+	} else {
+		log.Info("directory search", "enabled", false)
+	}
 	st := lk.Index.Stats()
 	if st.Fixed {
 		log.Info("lookup pepper", "fixed", true, "age", st.PepperAge.Round(time.Second).String())

@@ -21,35 +21,42 @@ var keyDirectorySummary = []byte("directory_snapshot")
 // the caller's small document stored with the snapshot (meta key
 // "directory_snapshot"); a nil summary and a fill that puts nothing remove
 // the snapshot.
+//
+// The display names stored with a snapshot (directory_names.go) are
+// removed with it: ReplaceDirectoryWithNames replaces both.
 func (s *Store) ReplaceDirectory(summary []byte, fill func(put func(medium, address, mxid string) error) error) error {
-	return s.update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketDirectory) != nil {
-			if err := tx.DeleteBucket(bucketDirectory); err != nil {
-				return err
-			}
+	return s.ReplaceDirectoryWithNames(summary, fill, nil)
+}
+
+// replaceDirectory is ReplaceDirectory's work inside tx: the records and
+// the summary.
+func replaceDirectory(tx *bolt.Tx, summary []byte, fill func(put func(medium, address, mxid string) error) error) error {
+	if tx.Bucket(bucketDirectory) != nil {
+		if err := tx.DeleteBucket(bucketDirectory); err != nil {
+			return err
 		}
-		b, err := tx.CreateBucket(bucketDirectory)
+	}
+	b, err := tx.CreateBucket(bucketDirectory)
+	if err != nil {
+		return err
+	}
+	b.FillPercent = 1 // written in key order, once, and only read until the next snapshot
+	if fill != nil {
+		err := fill(func(medium, address, mxid string) error {
+			if medium == "" || address == "" || mxid == "" || strings.IndexByte(medium, 0) >= 0 || strings.IndexByte(address, 0) >= 0 {
+				return errors.New("directory record with an empty field or a NUL")
+			}
+			return b.Put(key(medium, address), []byte(mxid))
+		})
 		if err != nil {
 			return err
 		}
-		b.FillPercent = 1 // written in key order, once, and only read until the next snapshot
-		if fill != nil {
-			err := fill(func(medium, address, mxid string) error {
-				if medium == "" || address == "" || mxid == "" || strings.IndexByte(medium, 0) >= 0 || strings.IndexByte(address, 0) >= 0 {
-					return errors.New("directory record with an empty field or a NUL")
-				}
-				return b.Put(key(medium, address), []byte(mxid))
-			})
-			if err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if summary == nil {
-			return meta.Delete(keyDirectorySummary)
-		}
-		return meta.Put(keyDirectorySummary, summary)
-	})
+	}
+	meta := tx.Bucket(bucketMeta)
+	if summary == nil {
+		return meta.Delete(keyDirectorySummary)
+	}
+	return meta.Put(keyDirectorySummary, summary)
 }
 
 // DirectorySummary returns the summary stored with the directory snapshot;

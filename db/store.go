@@ -41,6 +41,10 @@
 //	            addresses; replaced whole by one Update per changed sync
 //	            (bucket deleted and refilled, summary in meta), so it is
 //	            always one complete sync (directory.go)
+//	directory_names
+//	            mxid -> display name (raw UTF-8, may be empty) — the
+//	            snapshot's entries the user directory search may find,
+//	            written and removed with it (directory_names.go)
 //
 // A bucket appears in this list when a feature first writes it; buckets are
 // created on open so readers never meet a missing bucket.
@@ -86,7 +90,8 @@ var (
 	bucketEphemeralKeys  = []byte("ephemeral_keys")
 	bucketQueue          = []byte("queue")
 	bucketDirectory      = []byte("directory")
-	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue, bucketDirectory}
+	bucketDirectoryNames = []byte("directory_names")
+	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue, bucketDirectory, bucketDirectoryNames}
 	keySchema            = []byte("schema")
 	errInUse             = errors.New("database in use")
 	ErrNotFound          = errors.New("not found")

@@ -56,6 +56,10 @@ func (m *memStore) ScanDirectory(func(medium, address, mxid []byte) error) error
 func (m *memStore) DirectoryMXIDs(tps [][2]string) ([]string, error) {
 	return make([]string, len(tps)), nil
 }
+func (m *memStore) ReplaceDirectoryWithNames([]byte, func(func(string, string, string) error) error, func(func(string, string) error) error) error {
+	return nil
+}
+func (m *memStore) ScanDirectoryNames(func(mxid, name []byte) error) error { return nil }
 
 func benchIndex(b *testing.B, n int) (*lookup.Index, *memStore) {
 	b.Helper()

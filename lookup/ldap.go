@@ -39,6 +39,7 @@ type LDAP struct {
 	entries atomic.Int64 // entries returned by lookup searches
 
 	snapshot // nil store: no snapshot (mxid check ldap)
+	names    nameSync
 }
 
 // pendingDial is one connection attempt that lookups wait for.
@@ -187,11 +188,7 @@ func (l *LDAP) withFilter(inner string) string {
 	if l.cfg.Filter == "" {
 		return inner
 	}
-	f := l.cfg.Filter
-	if !strings.HasPrefix(f, "(") {
-		f = "(" + f + ")"
-	}
-	return "(&" + f + inner + ")"
+	return "(&" + parenthesised(l.cfg.Filter) + inner + ")"
 }
 
 // mxidOf maps an entry to its Matrix ID, "" when it has none.
@@ -369,7 +366,13 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 	if err != nil {
 		return false, 0, err
 	}
-	return l.save(recs)
+	var names []Person
+	if l.names.enabled {
+		if names, err = l.readNames(ctx, c); err != nil {
+			return false, 0, err
+		}
+	}
+	return l.save(recs, names)
 }
 
 // syncFilter selects every entry that holds an address of either medium.
@@ -385,10 +388,15 @@ func (l *LDAP) syncFilter() string {
 // size page_size, so Active Directory's 1,000-entry limit does not cut it
 // short), calling fn for each entry. It returns the number of pages read.
 func (l *LDAP) readAll(ctx context.Context, c *ldap.Conn, fn func(base string, e *ldap.Entry)) (pages int, err error) {
-	filter := l.syncFilter()
+	return l.pagedSearch(ctx, c, l.syncFilter(), l.attrs, fn)
+}
+
+// pagedSearch reads every entry of every base DN matching filter, with
+// attrs, as readAll does.
+func (l *LDAP) pagedSearch(ctx context.Context, c *ldap.Conn, filter string, attrs []string, fn func(base string, e *ldap.Entry)) (pages int, err error) {
 	for _, base := range l.cfg.BaseDNs {
 		paging := ldap.NewControlPaging(uint32(l.cfg.PageSize))
-		req := ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false, filter, l.attrs, []ldap.Control{paging})
+		req := ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false, filter, attrs, []ldap.Control{paging})
 		for {
 			if err := ctx.Err(); err != nil {
 				return pages, err

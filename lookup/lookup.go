@@ -14,6 +14,13 @@
 // while the directory is down keeps directory users); and it answers the
 // plaintext and v1 lookups the directory fails, the outage logged once.
 //
+// With [directory] enabled, the sync also reads the searchable entries'
+// display names (names.go), stored with the snapshot; the directory
+// search's index (search.go, words.go) is built from them, as the hash
+// index is, on every replica (Service.ReloadDirectory when another one
+// stored a snapshot). It answers the user directory search that package
+// server serves, with Matrix IDs and display names only.
+//
 // It imports no mxid package except leaves (DESIGN.md section 1): its
 // sub-package lookup/threepid (3PID grammar, phone forms and the lookup
 // hash), server/matrixid (the Matrix ID grammar, which what LDAP and other
@@ -77,6 +84,13 @@ type DirectoryStore interface {
 	// DirectoryMXIDs returns, for each {medium, address}, the Matrix ID
 	// the snapshot holds or "".
 	DirectoryMXIDs(threepids [][2]string) ([]string, error)
+	// ReplaceDirectoryWithNames is ReplaceDirectory that also replaces the
+	// snapshot's display names (Matrix ID -> name; names may be nil) in
+	// the same transaction. ReplaceDirectory removes them.
+	ReplaceDirectoryWithNames(summary []byte, fill func(put func(medium, address, mxid string) error) error, names func(put func(mxid, name string) error) error) error
+	// ScanDirectoryNames calls fn for every display name stored with the
+	// snapshot; the slices are valid only during the call.
+	ScanDirectoryNames(fn func(mxid, name []byte) error) error
 }
 
 // loggedError is a source's failure that the source has logged itself

@@ -3,6 +3,7 @@ package lookup
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -36,6 +37,9 @@ type Deps struct {
 	// background loop runs, after the index has taken it in (tests wait on
 	// it).
 	SyncDone func(err error)
+	// Directory is the [directory] section: when enabled, the sync reads
+	// display names and Search answers the user directory search.
+	Directory DirectoryConfig
 }
 
 // Service is everything lookups need, wired: the hash index, the cascade
@@ -44,9 +48,14 @@ type Service struct {
 	Index *Index
 	Chain *Chain
 	LDAP  *LDAP // nil without a directory
+	// Search is the directory search's index, nil unless [directory] is
+	// enabled.
+	Search *SearchIndex
 
 	cfg      Config
 	ldapCfg  LDAPConfig
+	dirCfg   DirectoryConfig
+	store    Store
 	cidrs    []netip.Prefix
 	log      *slog.Logger
 	syncDone func(error)
@@ -63,7 +72,7 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Service{cfg: cfg, ldapCfg: ldapCfg, log: d.Logger, syncDone: d.SyncDone}
+	s := &Service{cfg: cfg, ldapCfg: ldapCfg, dirCfg: d.Directory, store: d.Store, log: d.Logger, syncDone: d.SyncDone}
 	for _, c := range cfg.RecursionCIDRs {
 		p, err := ParsePrefix(c)
 		if err != nil {
@@ -85,7 +94,14 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 				return nil, err
 			}
 			dirs = append(dirs, l)
+			if d.Directory.Enabled {
+				l.useNames(d.Directory)
+				s.Search = &SearchIndex{}
+			}
 		}
+	}
+	if d.Directory.Enabled && s.Search == nil {
+		return nil, errors.New("[directory] needs an [ldap] directory with sync_interval > 0")
 	}
 	if s.LDAP == nil || ldapCfg.SyncInterval == 0 {
 		if err := dropStaleSnapshot(d.Store, d.Logger); err != nil {
@@ -108,7 +124,58 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 		return nil, err
 	}
 	s.Index = idx
+	if err := s.loadSearch(true); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// Directory is the [directory] section the service was built with.
+func (s *Service) Directory() DirectoryConfig { return s.dirCfg }
+
+// loadSearch rebuilds the search index from the display names stored with
+// the directory snapshot, unless they were read with other [directory]
+// settings (they are then stored again by the next sync). atStart checks
+// that the store holds the names the summary promised.
+func (s *Service) loadSearch(atStart bool) error {
+	if s.Search == nil {
+		return nil
+	}
+	sum := s.LDAP.stored()
+	var people []Person
+	if sum.Names == s.LDAP.names.key {
+		err := s.store.ScanDirectoryNames(func(mxid, name []byte) error {
+			people = append(people, Person{UserID: string(mxid), DisplayName: string(name)})
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("directory search: reading the display names: %w", err)
+		}
+	} else if sum.Count > 0 && atStart {
+		s.log.Warn("directory search: the stored display names were read with other [directory] settings (or none); the search finds nobody until the first sync")
+	}
+	if atStart && sum.Names == s.LDAP.names.key && s.LDAP.namesMissing(len(people)) {
+		s.log.Warn("directory search: the store holds fewer display names than its snapshot says; the next sync stores them again", "stored", len(people), "expected", sum.NamesCount)
+	}
+	s.Search.Replace(people)
+	return nil
+}
+
+// ReloadDirectory takes in the directory snapshot as it is stored now:
+// another replica's sync replaced it (a change of kind "directory" in the
+// change log). The snapshot's summary, the hash index and the directory
+// search's index are rebuilt from the store; lookups and searches go on
+// meanwhile with the previous ones.
+func (s *Service) ReloadDirectory(ctx context.Context) error {
+	if s.LDAP != nil && s.ldapCfg.SyncInterval > 0 {
+		if err := s.LDAP.reloadSummary(); err != nil {
+			return err
+		}
+	}
+	if err := s.Index.Refresh(ctx); err != nil {
+		return err
+	}
+	return s.loadSearch(false)
 }
 
 // Config is the [lookup] section the service was built with.
@@ -191,7 +258,15 @@ func (s *Service) Sync(ctx context.Context) error {
 			}
 			return err
 		}
+		if err := s.loadSearch(false); err != nil {
+			s.log.Error("directory search index rebuild failed", "err", err)
+			return err
+		}
 	}
-	s.log.Info("ldap sync done", "threepids", n, "changed", changed, "duration_ms", time.Since(start).Milliseconds())
+	attrs := []any{"threepids", n, "changed", changed, "duration_ms", time.Since(start).Milliseconds()}
+	if s.Search != nil {
+		attrs = append(attrs, "searchable", s.Search.Len())
+	}
+	s.log.Info("ldap sync done", attrs...)
 	return nil
 }

@@ -40,6 +40,12 @@ type snapshotSummary struct {
 	Sum      string `json:"sum"`      // order-independent hash of its records: a sync that reads the same stores nothing
 	Count    int    `json:"count"`
 	StoredMS int64  `json:"stored_ms"`
+	// The display names stored with it (names.go), when [directory] is
+	// on: the namesKey of the settings they were read with, their hash
+	// and their number.
+	Names      string `json:"names,omitempty"`
+	NamesSum   string `json:"names_sum,omitempty"`
+	NamesCount int    `json:"names_count,omitempty"`
 }
 
 // snapshot is the LDAP source's side of the stored snapshot.
@@ -66,22 +72,56 @@ func settingsKey(c LDAPConfig) string {
 // one, or drops it when it was read with other settings.
 func (l *LDAP) useStore(st DirectoryStore, now func() time.Time) error {
 	l.store, l.now, l.settings = st, now, settingsKey(l.cfg)
-	raw, ok, err := st.DirectorySummary()
+	sum, ok, err := l.readSummary()
 	if err != nil {
-		return fmt.Errorf("reading the directory snapshot: %w", err)
+		return err
 	}
 	if !ok {
 		l.log.Info("ldap: no directory snapshot stored yet: hashed lookups find directory users after the first sync")
 		return nil
 	}
-	var sum snapshotSummary
-	if err := json.Unmarshal(raw, &sum); err != nil || sum.Settings != l.settings {
+	if sum.Settings != l.settings {
 		l.log.Warn("ldap: the stored directory snapshot was read with other [ldap] settings (base DNs, filter, attributes, uid_domain or default_region); dropped until the first sync", "threepids", sum.Count)
 		return dropSnapshot(st)
 	}
-	l.summary = sum
+	l.setStored(sum)
 	l.log.Info("ldap: hashed lookups use the stored directory snapshot until the first sync", "threepids", sum.Count, "stored", l.storedAt(sum))
 	return nil
+}
+
+// readSummary reads the stored snapshot's summary; ok is false when there
+// is no snapshot. An unreadable summary reads as settings that match
+// nothing.
+func (l *LDAP) readSummary() (sum snapshotSummary, ok bool, err error) {
+	raw, ok, err := l.store.DirectorySummary()
+	if err != nil {
+		return sum, false, fmt.Errorf("reading the directory snapshot: %w", err)
+	}
+	if ok && json.Unmarshal(raw, &sum) != nil {
+		sum = snapshotSummary{}
+	}
+	return sum, ok, nil
+}
+
+// reloadSummary takes the stored summary as the current one: another
+// replica stored a snapshot. One read with other settings (a replica
+// configured differently) counts as none.
+func (l *LDAP) reloadSummary() error {
+	sum, ok, err := l.readSummary()
+	if err != nil {
+		return err
+	}
+	if !ok || sum.Settings != l.settings {
+		sum = snapshotSummary{}
+	}
+	l.setStored(sum)
+	return nil
+}
+
+func (l *LDAP) setStored(sum snapshotSummary) {
+	l.sumMu.Lock()
+	l.summary = sum
+	l.sumMu.Unlock()
 }
 
 // dropSnapshot removes a stored snapshot.
@@ -121,29 +161,46 @@ func (l *LDAP) storedAt(sum snapshotSummary) string {
 	return time.UnixMilli(sum.StoredMS).UTC().Format(time.RFC3339)
 }
 
-// save stores recs as the new snapshot unless it holds the same as the
-// stored one. Records are sorted (bbolt appends in key order fastest) and
-// a 3PID held by several entries keeps the first one read, as a live
-// search answers with the first entry found.
-func (l *LDAP) save(recs []Record) (changed bool, n int, err error) {
+// save stores recs (and, with [directory] on, the display names) as the
+// new snapshot unless it holds the same as the stored one. Records are
+// sorted (bbolt appends in key order fastest) and a 3PID held by several
+// entries keeps the first one read, as a live search answers with the
+// first entry found; a Matrix ID read twice keeps its first name, or its
+// first non-empty one.
+func (l *LDAP) save(recs []Record, names []Person) (changed bool, n int, err error) {
 	slices.SortStableFunc(recs, func(a, b Record) int {
 		return cmp.Or(strings.Compare(a.Medium, b.Medium), strings.Compare(a.Address, b.Address))
 	})
 	recs = slices.CompactFunc(recs, func(a, b Record) bool { return a.Medium == b.Medium && a.Address == b.Address })
-	var sum uint64
-	h := fnv.New64a()
-	var buf []byte
-	for _, r := range recs {
-		buf = append(append(append(append(append(buf[:0], r.Medium...), 0), r.Address...), 0), r.MXID...)
-		h.Reset()
-		h.Write(buf)
-		sum += h.Sum64() // order-independent
+	next := snapshotSummary{Settings: l.settings, Count: len(recs)}
+	next.Sum = orderFreeSum(len(recs), func(i int, buf []byte) []byte {
+		r := recs[i]
+		return append(append(append(append(append(buf, r.Medium...), 0), r.Address...), 0), r.MXID...)
+	})
+	var fillNames func(put func(mxid, name string) error) error
+	if l.names.enabled {
+		slices.SortStableFunc(names, func(a, b Person) int {
+			return cmp.Or(strings.Compare(a.UserID, b.UserID), cmp.Compare(unnamed(a), unnamed(b)))
+		})
+		names = slices.CompactFunc(names, func(a, b Person) bool { return a.UserID == b.UserID })
+		next.Names, next.NamesCount = l.names.key, len(names)
+		next.NamesSum = orderFreeSum(len(names), func(i int, buf []byte) []byte {
+			return append(append(append(buf, names[i].UserID...), 0), names[i].DisplayName...)
+		})
+		fillNames = func(put func(mxid, name string) error) error {
+			for _, p := range names {
+				if err := put(p.UserID, p.DisplayName); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 	}
-	next := snapshotSummary{Settings: l.settings, Sum: fmt.Sprintf("%016x", sum), Count: len(recs)}
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
 	cur := l.stored()
-	if cur.Settings == next.Settings && cur.Sum == next.Sum && cur.Count == next.Count {
+	cur.StoredMS = 0
+	if cur == next {
 		return false, len(recs), nil
 	}
 	next.StoredMS = l.now().UnixMilli()
@@ -151,21 +208,55 @@ func (l *LDAP) save(recs []Record) (changed bool, n int, err error) {
 	if err != nil {
 		return false, 0, err
 	}
-	err = l.store.ReplaceDirectory(doc, func(put func(medium, address, mxid string) error) error {
+	err = l.store.ReplaceDirectoryWithNames(doc, func(put func(medium, address, mxid string) error) error {
 		for _, r := range recs {
 			if err := put(r.Medium, r.Address, r.MXID); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}, fillNames)
 	if err != nil {
 		return false, 0, fmt.Errorf("storing the directory snapshot: %w", err)
 	}
-	l.sumMu.Lock()
-	l.summary = next
-	l.sumMu.Unlock()
+	l.setStored(next)
 	return true, len(recs), nil
+}
+
+// unnamed sorts people without a display name after the others.
+func unnamed(p Person) int {
+	if p.DisplayName == "" {
+		return 1
+	}
+	return 0
+}
+
+// orderFreeSum is a hash of n items (item i written by put) that does not
+// depend on their order: a sync that reads the same stores nothing.
+func orderFreeSum(n int, put func(i int, buf []byte) []byte) string {
+	var sum uint64
+	h := fnv.New64a()
+	var buf []byte
+	for i := range n {
+		buf = put(i, buf[:0])
+		h.Reset()
+		h.Write(buf)
+		sum += h.Sum64()
+	}
+	return fmt.Sprintf("%016x", sum)
+}
+
+// namesMissing is told that the store holds n display names: when the
+// summary promised others (a copy of the store that left them behind), the
+// next sync stores them again even if the directory did not change.
+func (l *LDAP) namesMissing(n int) bool {
+	l.sumMu.Lock()
+	defer l.sumMu.Unlock()
+	if l.summary.NamesCount == n {
+		return false
+	}
+	l.summary.NamesSum = ""
+	return true
 }
 
 // Records implements Directory: the stored snapshot, read from the store.

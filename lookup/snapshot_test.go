@@ -26,17 +26,7 @@ func msisdn(a string) lookup.ThreePID { return lookup.ThreePID{Medium: "msisdn",
 // removeUser deletes uid from the directory as its administrator.
 func removeUser(t *testing.T, d *slapdtest.Server, uid string) {
 	t.Helper()
-	c, err := ldap.DialURL(d.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Bind(slapdtest.Admin, slapdtest.AdminPW); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Del(ldap.NewDelRequest("uid="+uid+","+slapdtest.Base, nil)); err != nil {
-		t.Fatal(err)
-	}
+	asAdmin(t, d, func(c *ldap.Conn) error { return c.Del(ldap.NewDelRequest("uid="+uid+","+slapdtest.Base, nil)) })
 }
 
 // The directory snapshot is stored at each sync that changes it, replaces

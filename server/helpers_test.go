@@ -86,7 +86,14 @@ func newTestEnvOn(t *testing.T, b backend, mutate func(*Config)) *testEnv {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		t.Fatalf("test config invalid: %v", errs)
 	}
-	store := b.open(t)
+	return startTestEnv(t, cfg, b.open(t), nil)
+}
+
+// startTestEnv starts a server with cfg on store over real HTTP, with a
+// manual clock and a debug log; more, when set, adds to its Deps (Now and
+// Logger are set when it runs).
+func startTestEnv(t testing.TB, cfg Config, store storetest.Store, more func(*Deps)) *testEnv {
+	t.Helper()
 	key, err := signing.NewKey(signing.LongTermKeyID)
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +104,12 @@ func newTestEnvOn(t *testing.T, b backend, mutate func(*Config)) *testEnv {
 	}
 	clock := &manualClock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
 	logBuf := &syncBuffer{}
-	srv, err := New(cfg, Deps{Store: store, Key: key, Policy: policy, Now: clock.Now,
-		Logger: slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	deps := Deps{Store: store, Key: key, Policy: policy, Now: clock.Now,
+		Logger: slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if more != nil {
+		more(&deps)
+	}
+	srv, err := New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +122,11 @@ func newTestEnvOn(t *testing.T, b backend, mutate func(*Config)) *testEnv {
 			t.Logf("server log:\n%s", logBuf.String())
 		}
 	})
-	return &testEnv{t: t, srv: srv, http: hs, store: store, key: key, clock: clock, log: logBuf}
+	env := &testEnv{srv: srv, http: hs, store: store, key: key, clock: clock, log: logBuf}
+	if tt, ok := t.(*testing.T); ok {
+		env.t = tt
+	}
+	return env
 }
 
 type syncBuffer struct {

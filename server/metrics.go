@@ -8,7 +8,7 @@ package server
 //	lookup:  m.Lookup       func(source, outcome string, d time.Duration) (lookup.Deps.Observe)
 //	mail:    m.Delivery     func(channel, outcome string)
 //	gauges:  m.SetIndexSize(func() int), m.SetPepperAge(func() time.Duration),
-//	         m.SetQueueDepth(func() int)
+//	         m.SetQueueDepth(func() int), m.SetDirectoryEntries(func() int)
 //
 // Every method is safe on a nil *Metrics (metrics off), so callers never
 // check.
@@ -77,6 +77,8 @@ type Metrics struct {
 	lookups   *prometheus.CounterVec
 	lookupDur *prometheus.HistogramVec
 	delivery  *prometheus.CounterVec
+	dirSearch *prometheus.CounterVec
+	dirFound  *prometheus.CounterVec
 
 	mu     sync.Mutex
 	gauges map[string]*gaugeSlot
@@ -127,10 +129,18 @@ func NewMetrics(store interface {
 			Name: "mxid_deliveries_total",
 			Help: "Emails and SMS handed to the configured gateway, by channel (email, sms) and outcome (sent, failed).",
 		}, []string{"channel", "outcome"}),
+		dirSearch: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_directory_searches_total",
+			Help: "User directory searches whose token the homeserver accepted or refused, by outcome (merged: the homeserver's results with the directory's; directory_only: the homeserver's search failed after its whoami; refused: the homeserver's 401 or 403 passed back; unverified: the homeserver could not check the token).",
+		}, []string{"outcome"}),
+		dirFound: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_directory_results_total",
+			Help: "Entries returned by user directory searches, by source (homeserver, directory).",
+		}, []string{"source"}),
 		gauges: map[string]*gaugeSlot{},
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery)
+		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery, m.dirSearch, m.dirFound)
 	if store == nil {
 		return m
 	}
@@ -236,6 +246,26 @@ func (m *Metrics) SetPepperAge(fn func() time.Duration) {
 		return
 	}
 	m.setGauge("mxid_lookup_pepper_age_seconds", "Age of the current lookup pepper.", func() float64 { return fn().Seconds() })
+}
+
+// DirectorySearch records one user directory search: its outcome and how
+// many of its results came from the homeserver and from the directory.
+func (m *Metrics) DirectorySearch(outcome string, fromHomeserver, fromDirectory int) {
+	if m == nil {
+		return
+	}
+	m.dirSearch.WithLabelValues(outcome).Inc()
+	m.dirFound.WithLabelValues("homeserver").Add(float64(fromHomeserver))
+	m.dirFound.WithLabelValues("directory").Add(float64(fromDirectory))
+}
+
+// SetDirectoryEntries reports the number of directory entries the user
+// directory search can find.
+func (m *Metrics) SetDirectoryEntries(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.setGauge("mxid_directory_entries", "Directory entries the user directory search can find (the searchable entries of the last stored sync).", func() float64 { return float64(fn()) })
 }
 
 // SetQueueDepth reports the number of onbind deliveries waiting.

@@ -51,6 +51,15 @@ func (s *Server) routes() {
 	s.handle("POST "+v2+"/3pid/bind", authed, s.postBind)
 	s.handle("POST "+v2+"/3pid/unbind", optionalAuth, s.postUnbind)
 
+	// The user directory search of the client-server API, which the
+	// homeserver's reverse proxy routes to mxid: the homeserver's own
+	// results with the LDAP directory's (directory.go). Its token is the
+	// homeserver's, checked there.
+	if s.dir != nil {
+		s.handle("POST /_matrix/client/v3/user_directory/search", public, s.postUserDirectorySearch)
+		s.handle("POST /_matrix/client/r0/user_directory/search", public, s.postUserDirectorySearch)
+	}
+
 	// The legacy v1 API (removed from the spec), off unless v1 = true: the
 	// same handlers without account auth, as sydent serves them.
 	if s.cfg.V1 {

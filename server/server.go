@@ -2,7 +2,9 @@
 // area, the one Matrix error type, the strict JSON body decoder,
 // authentication and terms, CORS, rate limits and the request log, TLS
 // termination (tls.go, the only user of certmagic), Prometheus metrics
-// (metrics.go, the only user of prometheus) and the admin socket (admin.go).
+// (metrics.go, the only user of prometheus), the admin socket (admin.go)
+// and the client-server API's user directory search (directory.go), which
+// the homeserver's reverse proxy routes to mxid.
 // Its sub-packages hold the signing keys and canonical JSON (signing), the
 // outbound request policy (outbound) and the client side of federation
 // (federation).
@@ -111,6 +113,7 @@ type Server struct {
 	limits          *limits
 	keys            *federation.KeyCache
 	lk              *lookupAPI
+	dir             *directoryAPI // nil unless [directory] is enabled
 	ready           func() error
 	authMemory      *authMemory
 	mux             *http.ServeMux
@@ -169,6 +172,9 @@ func New(cfg Config, d Deps) (*Server, error) {
 		return nil, err
 	}
 	s.lk = lk
+	if s.dir, err = newDirectoryAPI(lk.svc, d.Policy, d.Now); err != nil {
+		return nil, err
+	}
 	switch {
 	case listener == nil: // main's lookup service: Deps.Bindings keeps its index in step
 	case s.binds == nil:

@@ -17,54 +17,63 @@ const metaDirectorySummary = "directory_snapshot"
 // ReplaceDirectory swaps the stored directory snapshot for a new one in one
 // transaction, as db.Store.ReplaceDirectory: readers see the old snapshot
 // or the new one; a second record for the same 3PID replaces the first; a
-// nil summary and a fill that puts nothing remove the snapshot. fill runs
-// before the transaction (it only hands over records). The replacement is
-// logged as a ChangeDirectory, so other replicas reload it.
+// nil summary and a fill that puts nothing remove the snapshot (and its
+// display names: directory_names.go). fill runs before the transaction (it
+// only hands over records). The replacement is logged as a ChangeDirectory,
+// so other replicas reload it.
 func (s *Store) ReplaceDirectory(summary []byte, fill func(put func(medium, address, mxid string) error) error) error {
+	return s.ReplaceDirectoryWithNames(summary, fill, nil)
+}
+
+// directoryRows collects fill's records, a later one for a 3PID replacing
+// an earlier one.
+func directoryRows(fill func(put func(medium, address, mxid string) error) error) ([][]any, error) {
+	if fill == nil {
+		return nil, nil
+	}
 	at := map[[2]string]int{}
 	var rows [][]any
-	if fill != nil {
-		err := fill(func(medium, address, mxid string) error {
-			if medium == "" || address == "" || mxid == "" || strings.IndexByte(medium, 0) >= 0 || strings.IndexByte(address, 0) >= 0 {
-				return errors.New("directory record with an empty field or a NUL")
-			}
-			if err := checkStorable("directory record", medium, address, mxid); err != nil {
-				return err
-			}
-			k := [2]string{medium, address}
-			if i, ok := at[k]; ok {
-				rows[i][2] = mxid
-				return nil
-			}
-			at[k] = len(rows)
-			rows = append(rows, []any{medium, address, mxid})
+	err := fill(func(medium, address, mxid string) error {
+		if medium == "" || address == "" || mxid == "" || strings.IndexByte(medium, 0) >= 0 || strings.IndexByte(address, 0) >= 0 {
+			return errors.New("directory record with an empty field or a NUL")
+		}
+		if err := checkStorable("directory record", medium, address, mxid); err != nil {
+			return err
+		}
+		k := [2]string{medium, address}
+		if i, ok := at[k]; ok {
+			rows[i][2] = mxid
 			return nil
-		})
-		if err != nil {
+		}
+		at[k] = len(rows)
+		rows = append(rows, []any{medium, address, mxid})
+		return nil
+	})
+	return rows, err
+}
+
+// replaceDirectory writes the records and the summary in tx and logs the
+// change.
+func replaceDirectory(ctx context.Context, tx pgx.Tx, summary []byte, rows [][]any) error {
+	if _, err := tx.Exec(ctx, "DELETE FROM directory"); err != nil {
+		return err
+	}
+	if len(rows) > 0 {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"directory"}, []string{"medium", "address", "mxid"}, pgx.CopyFromRows(rows)); err != nil {
 			return err
 		}
 	}
-	return s.inBulkTx(func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "DELETE FROM directory"); err != nil {
-			return err
-		}
-		if len(rows) > 0 {
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"directory"}, []string{"medium", "address", "mxid"}, pgx.CopyFromRows(rows)); err != nil {
-				return err
-			}
-		}
-		var err error
-		if summary == nil {
-			_, err = tx.Exec(ctx, "DELETE FROM meta WHERE key = $1", metaDirectorySummary)
-		} else {
-			_, err = tx.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2)
-				ON CONFLICT (key) DO UPDATE SET value = excluded.value`, metaDirectorySummary, summary)
-		}
-		if err != nil {
-			return err
-		}
-		return appendChanges(ctx, tx, db.ChangeDirectory, db.Binding{})
-	})
+	var err error
+	if summary == nil {
+		_, err = tx.Exec(ctx, "DELETE FROM meta WHERE key = $1", metaDirectorySummary)
+	} else {
+		_, err = tx.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, metaDirectorySummary, summary)
+	}
+	if err != nil {
+		return err
+	}
+	return appendChanges(ctx, tx, db.ChangeDirectory, db.Binding{})
 }
 
 // DirectorySummary returns the summary stored with the directory snapshot;
@@ -117,11 +126,16 @@ func (s *Store) scanDirectoryChunk(first bool, after [2]string, fn func(medium, 
 	if err != nil {
 		return 0, classify(err)
 	}
+	return forEachRaw(rows, func(v [][]byte) error { return fn(v[0], v[1], v[2]) })
+}
+
+// forEachRaw calls fn with each row's raw values (valid only during the
+// call) and closes rows; it returns how many rows fn took.
+func forEachRaw(rows pgx.Rows, fn func(v [][]byte) error) (int, error) {
 	defer rows.Close()
 	n := 0
 	for rows.Next() {
-		v := rows.RawValues()
-		if err := fn(v[0], v[1], v[2]); err != nil {
+		if err := fn(rows.RawValues()); err != nil {
 			return n, err
 		}
 		n++

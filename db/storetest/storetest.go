@@ -72,6 +72,8 @@ type Store interface {
 	DirectorySummary() (summary []byte, ok bool, err error)
 	ScanDirectory(fn func(medium, address, mxid []byte) error) error
 	DirectoryMXIDs(threepids [][2]string) ([]string, error)
+	ReplaceDirectoryWithNames(summary []byte, fill func(put func(medium, address, mxid string) error) error, names func(put func(mxid, name string) error) error) error
+	ScanDirectoryNames(fn func(mxid, name []byte) error) error
 
 	RequestSession(medium, address, clientSecret string, decide func(existing *db.Session) (next db.Session, write bool, err error)) (db.Session, error)
 	UpdateSession(sid string, fn func(sess *db.Session) (changed bool, err error)) (db.Session, error)

@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ChangeLog", changeLog},
 		{"ChangeLogOrderUnderConcurrentWrites", changeLogOrder},
 		{"DirectorySnapshot", directorySnapshot},
+		{"DirectoryNames", directoryNames},
 		{"CheckCounts", checkCounts},
 		{"ExportImport", func(t *testing.T, s Store) { exportImport(t, s, open) }},
 	}

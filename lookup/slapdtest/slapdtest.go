@@ -17,6 +17,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -236,14 +237,57 @@ func (s *Server) Pause() {
 func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Person is one inetOrgPerson entry uid=UID under Base, with more
-// attributes as name, value pairs.
+// attributes as name, value pairs. Values beyond ASCII (accents) are
+// written base64-encoded, as LDIF requires.
 func Person(uid string, attrs ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "dn: uid=%s,%s\nobjectClass: inetOrgPerson\nuid: %s\ncn: %s\nsn: Example\n", uid, Base, uid, uid)
 	for i := 0; i+1 < len(attrs); i += 2 {
-		fmt.Fprintf(&b, "%s: %s\n", attrs[i], attrs[i+1])
+		if v := attrs[i+1]; safeLDIF(v) {
+			fmt.Fprintf(&b, "%s: %s\n", attrs[i], v)
+		} else {
+			fmt.Fprintf(&b, "%s:: %s\n", attrs[i], base64.StdEncoding.EncodeToString([]byte(v)))
+		}
 	}
 	return b.String() + "\n"
+}
+
+// safeLDIF reports whether v may be written as it is in LDIF (RFC 2849's
+// SAFE-STRING).
+func safeLDIF(v string) bool {
+	if v != "" && (v[0] == ' ' || v[0] == ':' || v[0] == '<' || v[len(v)-1] == ' ') {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c >= 0x80 || c == 0 || c == '\n' || c == '\r' {
+			return false
+		}
+	}
+	return true
+}
+
+// Colleagues is n people uid=colleagueNNNN as a company directory holds
+// them, for the directory search: display names of several words with
+// accents, many shared by two people or more, a department for some; an
+// email address in mail (at mail.example.com), and others planted where a
+// search must never look (description, title, a second mail).
+func Colleagues(n int) string {
+	first := strings.Fields("Amélie Benoît Chloé Élodie François Gaëlle Hélène Inès Jérôme Łukasz Maëlle Noémie Øystein Raphaël Søren Zoé Anna Jean Marc Paul")
+	last := strings.Fields("Dupont Müller Lefèvre Ødegård Martin Nowak García Böhm Rivière O'Brien Da-Silva Lambert")
+	depts := strings.Fields("Accounting Sales Engineering Legal Support")
+	var b strings.Builder
+	for i := range n {
+		uid := fmt.Sprintf("colleague%04d", i)
+		name := first[i%len(first)] + " " + last[(i/len(first))%len(last)]
+		if i%3 == 0 {
+			name += " (" + depts[i%len(depts)] + ")"
+		}
+		b.WriteString(Person(uid, "displayName", name,
+			"mail", uid+"@mail.example.com",
+			"description", "private: "+uid+".home@mail.example.com",
+			"title", "Phone +44 20 7946 "+fmt.Sprintf("%04d", i)))
+	}
+	return b.String()
 }
 
 // bind sends one LDAPv3 simple bind and reads its result code: the server

@@ -144,6 +144,13 @@ CREATE TABLE directory (
     PRIMARY KEY (medium, address)
 );
 
+-- The display names of the directory snapshot's searchable entries (the
+-- user directory search), written and removed with it.
+CREATE TABLE directory_names (
+    mxid text COLLATE "C" PRIMARY KEY,
+    name text NOT NULL
+);
+
 -- The long-term signing key every replica signs with: created once, by
 -- whichever replica starts first. One row.
 CREATE TABLE signing_key (
