@@ -201,6 +201,9 @@ func migrateToBolt(ctx context.Context, cfg Config, dir string, out io.Writer) e
 		d.Sync()
 		d.Close()
 	}
+	if err := exportCertificates(ctx, src, filepath.Join(dir, certmagicDir), out); err != nil {
+		return err
+	}
 	fmt.Fprintf(out, "done. Next: set data_dir = %q and remove [database] url (and url_file) from the configuration, then start one mxid (bbolt: one process). "+
 		"The PostgreSQL database is left as it was.\n", dir)
 	return nil
@@ -410,6 +413,41 @@ func copyCertificates(ctx context.Context, dir string, dst interface {
 	}
 	if n > 0 {
 		fmt.Fprintf(out, "%d files of the acme certificate storage (%s) copied: replicas serve the same certificate and ACME account\n", n, dir)
+	}
+	return nil
+}
+
+// exportCertificates writes the database's acme storage (certificates and
+// the ACME account) into dir as certmagic's file storage keeps them: the
+// way back of copyCertificates. Nothing to do when it holds none.
+func exportCertificates(ctx context.Context, src *pg.Store, dir string, out io.Writer) error {
+	keys, err := src.CertList(ctx, "", true)
+	if errors.Is(err, db.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, key := range keys {
+		if _, _, terminal, err := src.CertStat(ctx, key); err != nil || !terminal {
+			continue // a directory
+		}
+		value, err := src.CertLoad(ctx, key)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(dir, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, value, 0o600); err != nil {
+			return err
+		}
+		n++
+	}
+	if n > 0 {
+		fmt.Fprintf(out, "%d files of the acme certificate storage written to %s\n", n, dir)
 	}
 	return nil
 }

@@ -146,6 +146,9 @@ listen = "127.0.0.1:0"
 	if !strings.Contains(out, "verified in") || !strings.Contains(out, fmt.Sprintf("data_dir = %q", backDir)) {
 		t.Errorf("migrate-db's output:\n%s", out)
 	}
+	if got, err := os.ReadFile(filepath.Join(backDir, certmagicDir, certKey)); err != nil || string(got) != "-----BEGIN CERTIFICATE-----\n" {
+		t.Errorf("the acme certificate back in data_dir: %q %v", got, err)
+	}
 	back, err := signing.LoadKey(filepath.Join(backDir, signingKeyName))
 	if err != nil || !back.Private.Equal(key.Private) || back.ID != key.ID {
 		t.Fatalf("the key written back: %v %v", back, err)

@@ -21,20 +21,21 @@ type Kind string
 
 // The kinds, in the order Export produces them.
 const (
-	KindSigningKey Kind = "signing_key" // the long-term signing key's seed
-	KindMeta       Kind = "meta"        // small documents: the pepper state, the directory summary, ...
-	KindAccounts   Kind = "accounts"    // access tokens (their hashes) and their users
-	KindTerms      Kind = "terms"       // the policy versions each user accepted
-	KindBindings   Kind = "bindings"    // 3PID -> Matrix ID
-	KindSessions   Kind = "sessions"    // validation sessions
-	KindInvites    Kind = "invites"     // third-party invites, pending, queued or delivered
-	KindQueue      Kind = "queue"       // onbind deliveries
-	KindDirectory  Kind = "directory"   // the LDAP directory snapshot
+	KindSigningKey     Kind = "signing_key"     // the long-term signing key's seed
+	KindMeta           Kind = "meta"            // small documents: the pepper state, the directory summary, ...
+	KindAccounts       Kind = "accounts"        // access tokens (their hashes) and their users
+	KindTerms          Kind = "terms"           // the policy versions each user accepted
+	KindBindings       Kind = "bindings"        // 3PID -> Matrix ID
+	KindSessions       Kind = "sessions"        // validation sessions
+	KindInvites        Kind = "invites"         // third-party invites, pending, queued or delivered
+	KindQueue          Kind = "queue"           // onbind deliveries
+	KindDirectory      Kind = "directory"       // the LDAP directory snapshot
+	KindDirectoryNames Kind = "directory_names" // its display names (the user directory search)
 )
 
 // Kinds lists every kind in export order.
 func Kinds() []Kind {
-	return []Kind{KindSigningKey, KindMeta, KindAccounts, KindTerms, KindBindings, KindSessions, KindInvites, KindQueue, KindDirectory}
+	return []Kind{KindSigningKey, KindMeta, KindAccounts, KindTerms, KindBindings, KindSessions, KindInvites, KindQueue, KindDirectory, KindDirectoryNames}
 }
 
 // Record is one thing a store keeps: a Binding, Session, Invite or Job, or
@@ -70,6 +71,12 @@ type DirectoryEntry struct {
 	Medium, Address, MXID string
 }
 
+// DirectoryName is the display name of one Matrix ID of the directory
+// snapshot (what the user directory search matches and shows).
+type DirectoryName struct {
+	MXID, Name string
+}
+
 // SigningKey is the long-term ed25519 signing key's 32-byte seed. Only a
 // store that keeps the key exports and imports it (PostgreSQL); the bbolt
 // store's key is the file signing.key beside mxid.db, which is not the
@@ -86,6 +93,7 @@ func (Session) Kind() Kind        { return KindSessions }
 func (Invite) Kind() Kind         { return KindInvites }
 func (Job) Kind() Kind            { return KindQueue }
 func (DirectoryEntry) Kind() Kind { return KindDirectory }
+func (DirectoryName) Kind() Kind  { return KindDirectoryNames }
 func (SigningKey) Kind() Kind     { return KindSigningKey }
 
 // Counts is how many records of each kind a store holds.
@@ -122,14 +130,15 @@ func (c Counts) String() string {
 // deliveries", "the signing key".
 func CountOf(k Kind, n int) string {
 	nouns := map[Kind][2]string{
-		KindMeta:      {"meta document", "meta documents"},
-		KindAccounts:  {"account", "accounts"},
-		KindTerms:     {"terms acceptance", "terms acceptances"},
-		KindBindings:  {"binding", "bindings"},
-		KindSessions:  {"validation session", "validation sessions"},
-		KindInvites:   {"invite", "invites"},
-		KindQueue:     {"queued delivery", "queued deliveries"},
-		KindDirectory: {"directory entry", "directory entries"},
+		KindMeta:           {"meta document", "meta documents"},
+		KindAccounts:       {"account", "accounts"},
+		KindTerms:          {"terms acceptance", "terms acceptances"},
+		KindBindings:       {"binding", "bindings"},
+		KindSessions:       {"validation session", "validation sessions"},
+		KindInvites:        {"invite", "invites"},
+		KindQueue:          {"queued delivery", "queued deliveries"},
+		KindDirectory:      {"directory entry", "directory entries"},
+		KindDirectoryNames: {"directory display name", "directory display names"},
 	}
 	if k == KindSigningKey && n == 1 {
 		return "the signing key"
@@ -191,6 +200,8 @@ func ImportCheck(r Record) error {
 		if r.Medium == "" || r.Address == "" || r.MXID == "" || strings.IndexByte(r.Medium, 0) >= 0 || strings.IndexByte(r.Address, 0) >= 0 {
 			return errors.New("directory record with an empty field or a NUL")
 		}
+	case DirectoryName:
+		return CheckDirectoryName(r.MXID, r.Name)
 	case SigningKey:
 		if len(r.Seed) != 32 {
 			return errors.New("signing key seed is not 32 bytes")
@@ -217,7 +228,7 @@ func counts(tx *bolt.Tx) Counts {
 	c := Counts{
 		KindMeta: n(bucketMeta), KindAccounts: n(bucketAccounts), KindTerms: n(bucketTerms),
 		KindBindings: n(bucketBindings), KindSessions: n(bucketSessions), KindInvites: n(bucketInvites),
-		KindQueue: n(bucketQueue), KindDirectory: n(bucketDirectory),
+		KindQueue: n(bucketQueue), KindDirectory: n(bucketDirectory), KindDirectoryNames: n(bucketDirectoryNames),
 	}
 	if tx.Bucket(bucketMeta).Get(keySchema) != nil {
 		c[KindMeta]--
@@ -340,6 +351,11 @@ func exportTx(tx *bolt.Tx, fn func(Record) error) error {
 					return nil, fmt.Errorf("corrupt directory snapshot key %q", k)
 				}
 				return DirectoryEntry{Medium: string(medium), Address: string(address), MXID: string(v)}, nil
+			})
+		},
+		func() error {
+			return each(bucketDirectoryNames, func(k, v []byte) (Record, error) {
+				return DirectoryName{MXID: string(k), Name: string(v)}, nil
 			})
 		},
 	}
@@ -495,6 +511,8 @@ func (im *boltImport) store(tx *bolt.Tx, r Record) error {
 		err = putJob(tx, r)
 	case DirectoryEntry:
 		err = putNew(bucketDirectory, key(r.Medium, r.Address), []byte(r.MXID), "directory record")
+	case DirectoryName:
+		err = putNew(bucketDirectoryNames, []byte(r.MXID), []byte(r.Name), "directory display name of")
 	case SigningKey:
 		return errors.New("the bbolt store keeps no signing key: it is the file signing.key beside mxid.db")
 	}

@@ -19,7 +19,7 @@ import (
 const countsSQL = `SELECT (SELECT count(*) FROM signing_key), (SELECT count(*) FROM meta),
 	(SELECT count(*) FROM accounts), (SELECT count(DISTINCT user_id) FROM terms),
 	(SELECT count(*) FROM bindings), (SELECT count(*) FROM sessions), (SELECT count(*) FROM invites),
-	(SELECT count(*) FROM jobs), (SELECT count(*) FROM directory)`
+	(SELECT count(*) FROM jobs), (SELECT count(*) FROM directory), (SELECT count(*) FROM directory_names)`
 
 func scanCounts(row pgx.Row) (db.Counts, error) {
 	kinds := db.Kinds()
@@ -104,6 +104,10 @@ var exports = []struct {
 	{"SELECT medium, address, mxid FROM directory ORDER BY medium, address", func(rows pgx.Rows) (db.Record, error) {
 		var e db.DirectoryEntry
 		return e, rows.Scan(&e.Medium, &e.Address, &e.MXID)
+	}},
+	{"SELECT mxid, name FROM directory_names ORDER BY mxid", func(rows pgx.Rows) (db.Record, error) {
+		var e db.DirectoryName
+		return e, rows.Scan(&e.MXID, &e.Name)
 	}},
 }
 
@@ -232,7 +236,7 @@ func (s *Store) Import(fill func(put func(db.Record) error) error) (db.Counts, e
 	defer tx.Rollback(context.Background())
 	im := &pgImport{s: s, tx: tx, put: db.Counts{}, rows: map[db.Kind][][]any{}}
 	err = im.stmt(func(ctx context.Context) error {
-		_, err := tx.Exec(ctx, `LOCK TABLE signing_key, meta, accounts, terms, bindings, sessions, invites, jobs, directory IN EXCLUSIVE MODE`)
+		_, err := tx.Exec(ctx, `LOCK TABLE signing_key, meta, accounts, terms, bindings, sessions, invites, jobs, directory, directory_names IN EXCLUSIVE MODE`)
 		return err
 	})
 	if err != nil {
@@ -316,8 +320,9 @@ var imports = map[db.Kind]struct {
 		"undo_attempted", "undo_send_attempt", "next_link", "created_ts", "modified_ts", "validated_ts"}},
 	db.KindInvites: {"invites", []string{"token", "medium", "address", "room_id", "sender", "ephemeral_public_key",
 		"created_ts", "expires_ts", "queued_job", "delivered_ts"}},
-	db.KindQueue:     {"jobs", []string{"id", "destination", "body", "invite_tokens", "attempts", "due_ts", "created_ts", "last_error"}},
-	db.KindDirectory: {"directory", []string{"medium", "address", "mxid"}},
+	db.KindQueue:          {"jobs", []string{"id", "destination", "body", "invite_tokens", "attempts", "due_ts", "created_ts", "last_error"}},
+	db.KindDirectory:      {"directory", []string{"medium", "address", "mxid"}},
+	db.KindDirectoryNames: {"directory_names", []string{"mxid", "name"}},
 }
 
 // add checks one record and queues its rows for the COPY of its table.
@@ -364,6 +369,8 @@ func (im *pgImport) add(r db.Record) error {
 	case db.DirectoryEntry:
 		err = checkStorable("directory record", r.Medium, r.Address, r.MXID)
 		rows = [][]any{{r.Medium, r.Address, r.MXID}}
+	case db.DirectoryName:
+		rows = [][]any{{r.MXID, r.Name}}
 	}
 	if err != nil {
 		return err

@@ -111,9 +111,16 @@ func fillEveryKind(t *testing.T, s Store, now int64) copyFacts {
 	must(s.RetryJob(*f.queued, now+5000, "connection refused"))
 	f.queued.Attempts, f.queued.DueTS, f.queued.LastError = 1, now+5000, "connection refused"
 	must(s.CompleteJob(*f.delivered, now+200))
-	must(s.ReplaceDirectory([]byte(`{"entries":3}`), PutAll([][3]string{
+	must(s.ReplaceDirectoryWithNames([]byte(`{"entries":3}`), PutAll([][3]string{
 		{"email", "ldap1@example.org", "@ldap1:hs.test"}, {"email", "ldap2@example.org", "@ldap2:hs.test"}, {"msisdn", "447700900003", "@ldap3:hs.test"},
-	})))
+	}), func(put func(mxid, name string) error) error {
+		for _, n := range [][2]string{{"@ldap1:hs.test", "Ldap Éin"}, {"@ldap2:hs.test", ""}} {
+			if err := put(n[0], n[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
 	return f
 }
 
@@ -129,7 +136,7 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 		t.Fatal(err)
 	}
 	if want[db.KindBindings] != 12349 || want[db.KindInvites] != 4 || want[db.KindQueue] != 2 || want[db.KindSessions] != 2 ||
-		want[db.KindAccounts] != 2 || want[db.KindTerms] != 2 || want[db.KindMeta] < 3 || want[db.KindDirectory] != 3 {
+		want[db.KindAccounts] != 2 || want[db.KindTerms] != 2 || want[db.KindMeta] < 3 || want[db.KindDirectory] != 3 || want[db.KindDirectoryNames] != 2 {
 		t.Fatalf("the source holds %v", want)
 	}
 	to := openTo(t)
