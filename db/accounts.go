@@ -107,3 +107,59 @@ func (s *Store) AcceptTerms(userID string, accepted map[string]string) error {
 		return b.Put([]byte(userID), v)
 	})
 }
+
+// SweepAccounts deletes the access tokens created before createdBeforeMS
+// (none when it is 0: tokens that never expire), then the terms
+// acceptances of users left with no token, and says how many of each.
+// A user who registers again accepts the terms again.
+func (s *Store) SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error) {
+	err = s.update(func(tx *bolt.Tx) error {
+		tokens, terms = 0, 0
+		accts := tx.Bucket(bucketAccounts)
+		holders := map[string]bool{}
+		var expired [][]byte
+		err := accts.ForEach(func(k, v []byte) error {
+			var a Account
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			if a.CreatedTS < createdBeforeMS {
+				expired = append(expired, append([]byte(nil), k...))
+			} else {
+				holders[a.UserID] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range expired {
+			if err := accts.Delete(k); err != nil {
+				return err
+			}
+		}
+		tokens = len(expired)
+		var orphans [][]byte
+		tb := tx.Bucket(bucketTerms)
+		tb.ForEach(func(k, _ []byte) error {
+			if !holders[string(k)] {
+				orphans = append(orphans, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range orphans {
+			if err := tb.Delete(k); err != nil {
+				return err
+			}
+		}
+		terms = len(orphans)
+		if tokens+terms == 0 {
+			return errNoChange
+		}
+		return nil
+	})
+	if errors.Is(err, errNoChange) {
+		err = nil
+	}
+	return tokens, terms, err
+}

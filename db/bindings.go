@@ -121,26 +121,33 @@ func (s *Store) GetBinding(medium, address string) (Binding, error) {
 func (s *Store) DeleteBinding(medium, address, mxid string) (bool, error) {
 	deleted := false
 	err := s.update(func(tx *bolt.Tx) error {
-		fwd := tx.Bucket(bucketBindings)
-		k := key(medium, address)
-		v := fwd.Get(k)
-		if v == nil {
-			return nil
-		}
-		var b Binding
-		if err := json.Unmarshal(v, &b); err != nil {
-			return err
-		}
-		if b.MXID != mxid {
-			return nil
-		}
-		if err := fwd.Delete(k); err != nil {
-			return err
-		}
-		deleted = true
-		return tx.Bucket(bucketBindingsByMXID).Delete(key(b.MXID, b.Medium, b.Address))
+		var err error
+		deleted, err = deleteBinding(tx, medium, address, mxid)
+		return err
 	})
 	return deleted, err
+}
+
+// deleteBinding removes the binding of a 3PID, with its reverse index
+// entry, if it belongs to mxid, and says whether it did.
+func deleteBinding(tx *bolt.Tx, medium, address, mxid string) (bool, error) {
+	fwd := tx.Bucket(bucketBindings)
+	k := key(medium, address)
+	v := fwd.Get(k)
+	if v == nil {
+		return false, nil
+	}
+	var b Binding
+	if err := json.Unmarshal(v, &b); err != nil {
+		return false, err
+	}
+	if b.MXID != mxid {
+		return false, nil
+	}
+	if err := fwd.Delete(k); err != nil {
+		return false, err
+	}
+	return true, tx.Bucket(bucketBindingsByMXID).Delete(key(b.MXID, b.Medium, b.Address))
 }
 
 // CountBindings returns the number of stored bindings.

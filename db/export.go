@@ -31,11 +31,12 @@ const (
 	KindQueue          Kind = "queue"           // onbind deliveries
 	KindDirectory      Kind = "directory"       // the LDAP directory snapshot
 	KindDirectoryNames Kind = "directory_names" // its display names (the user directory search)
+	KindAudit          Kind = "audit"           // the audit log (address hashes, never addresses)
 )
 
 // Kinds lists every kind in export order.
 func Kinds() []Kind {
-	return []Kind{KindSigningKey, KindMeta, KindAccounts, KindTerms, KindBindings, KindSessions, KindInvites, KindQueue, KindDirectory, KindDirectoryNames}
+	return []Kind{KindSigningKey, KindMeta, KindAccounts, KindTerms, KindBindings, KindSessions, KindInvites, KindQueue, KindDirectory, KindDirectoryNames, KindAudit}
 }
 
 // Record is one thing a store keeps: a Binding, Session, Invite or Job, or
@@ -139,6 +140,7 @@ func CountOf(k Kind, n int) string {
 		KindQueue:          {"queued delivery", "queued deliveries"},
 		KindDirectory:      {"directory entry", "directory entries"},
 		KindDirectoryNames: {"directory display name", "directory display names"},
+		KindAudit:          {"audit entry", "audit entries"},
 	}
 	if k == KindSigningKey && n == 1 {
 		return "the signing key"
@@ -206,6 +208,8 @@ func ImportCheck(r Record) error {
 		if len(r.Seed) != 32 {
 			return errors.New("signing key seed is not 32 bytes")
 		}
+	case AuditEntry:
+		return CheckAuditEntry(r)
 	default:
 		return fmt.Errorf("unknown record type %T", r)
 	}
@@ -224,11 +228,17 @@ func (s *Store) Counts() (Counts, error) {
 }
 
 func counts(tx *bolt.Tx) Counts {
-	n := func(name []byte) int { return tx.Bucket(name).Stats().KeyN }
+	n := func(name []byte) int {
+		if b := tx.Bucket(name); b != nil {
+			return b.Stats().KeyN
+		}
+		return 0 // a file opened read-only that no mxid with this bucket has opened
+	}
 	c := Counts{
 		KindMeta: n(bucketMeta), KindAccounts: n(bucketAccounts), KindTerms: n(bucketTerms),
 		KindBindings: n(bucketBindings), KindSessions: n(bucketSessions), KindInvites: n(bucketInvites),
 		KindQueue: n(bucketQueue), KindDirectory: n(bucketDirectory), KindDirectoryNames: n(bucketDirectoryNames),
+		KindAudit: n(bucketAudit),
 	}
 	if tx.Bucket(bucketMeta).Get(keySchema) != nil {
 		c[KindMeta]--
@@ -356,6 +366,12 @@ func exportTx(tx *bolt.Tx, fn func(Record) error) error {
 		func() error {
 			return each(bucketDirectoryNames, func(k, v []byte) (Record, error) {
 				return DirectoryName{MXID: string(k), Name: string(v)}, nil
+			})
+		},
+		func() error {
+			return each(bucketAudit, func(_, v []byte) (Record, error) {
+				var e AuditEntry
+				return e, decodeJSON("audit entry", v, &e)
 			})
 		},
 	}
@@ -515,6 +531,8 @@ func (im *boltImport) store(tx *bolt.Tx, r Record) error {
 		err = putNew(bucketDirectoryNames, []byte(r.MXID), []byte(r.Name), "directory display name of")
 	case SigningKey:
 		return errors.New("the bbolt store keeps no signing key: it is the file signing.key beside mxid.db")
+	case AuditEntry:
+		err = appendAudit(tx, r)
 	}
 	if err != nil {
 		return err

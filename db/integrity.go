@@ -177,6 +177,8 @@ func guard(path string, fn func() error) (err error) {
 // view and update are bbolt's View and Update under guard: every
 // transaction of the store goes through them.
 func (s *Store) view(fn func(*bolt.Tx) error) error {
+	s.readers.RLock()
+	defer s.readers.RUnlock()
 	return guard(s.path, func() error { return s.db.View(fn) })
 }
 

@@ -101,14 +101,16 @@ func (s *Store) RetryJob(j Job, dueTS int64, lastErr string) error {
 // DropJob gives up on a job. Its invites become pending again, so a later
 // bind of the same 3PID carries them.
 func (s *Store) DropJob(j Job) error {
-	return s.update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
-			return err
-		}
-		return forJobInvites(tx, j, func(inv Invite) error {
-			inv.QueuedJob = 0
-			return putInvite(tx, inv)
-		})
+	return s.update(func(tx *bolt.Tx) error { return dropJob(tx, j) })
+}
+
+func dropJob(tx *bolt.Tx, j Job) error {
+	if err := tx.Bucket(bucketQueue).Delete(jobKey(j.DueTS, j.ID)); err != nil {
+		return err
+	}
+	return forJobInvites(tx, j, func(inv Invite) error {
+		inv.QueuedJob = 0
+		return putInvite(tx, inv)
 	})
 }
 
@@ -147,4 +149,101 @@ func (s *Store) QueueDepth() (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// findJob returns the job id and its key; nil when it is not queued. The
+// queue is keyed by due time, so this reads it all (it is short).
+func findJob(tx *bolt.Tx, id uint64) (*Job, []byte, error) {
+	c := tx.Bucket(bucketQueue).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) == 17 && binary.BigEndian.Uint64(k[9:]) == id {
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return nil, nil, err
+			}
+			return &j, append([]byte(nil), k...), nil
+		}
+	}
+	return nil, nil, nil
+}
+
+// Jobs returns every queued job, due first.
+func (s *Store) Jobs() ([]Job, error) {
+	var out []Job
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketQueue).ForEach(func(_, v []byte) error {
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			out = append(out, j)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// GetJob returns the queued job id, or ErrNotFound.
+func (s *Store) GetJob(id uint64) (Job, error) {
+	var out Job
+	err := s.view(func(tx *bolt.Tx) error {
+		j, _, err := findJob(tx, id)
+		if err == nil && j == nil {
+			err = ErrNotFound
+		}
+		if err == nil {
+			out = *j
+		}
+		return err
+	})
+	return out, err
+}
+
+// RescheduleJob makes the queued job id due at dueTS with a fresh count of
+// attempts (an operator's retry), writing audit in the same transaction,
+// and returns the job as it is now; ErrNotFound when it is not queued. A
+// delivery under way finishes first (PostgreSQL: the claim is kept).
+func (s *Store) RescheduleJob(id uint64, dueTS int64, audit AuditEntry) (Job, error) {
+	var out Job
+	err := s.update(func(tx *bolt.Tx) error {
+		j, k, err := findJob(tx, id)
+		if err == nil && j == nil {
+			err = ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketQueue).Delete(k); err != nil {
+			return err
+		}
+		j.DueTS, j.Attempts = dueTS, 0
+		out = *j
+		if err := putJob(tx, *j); err != nil {
+			return err
+		}
+		return appendAudit(tx, audit)
+	})
+	return out, err
+}
+
+// DropJobByID is DropJob of the queued job id (its invites become pending
+// again) with audit written in the same transaction; it returns the job
+// dropped, or ErrNotFound.
+func (s *Store) DropJobByID(id uint64, audit AuditEntry) (Job, error) {
+	var out Job
+	err := s.update(func(tx *bolt.Tx) error {
+		j, _, err := findJob(tx, id)
+		if err == nil && j == nil {
+			err = ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		out = *j
+		if err := dropJob(tx, *j); err != nil {
+			return err
+		}
+		return appendAudit(tx, audit)
+	})
+	return out, err
 }

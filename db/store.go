@@ -15,7 +15,9 @@
 //	            (e.g. "lookup_pepper": the lookup pepper, its age and the
 //	            previous one in its grace period; "lookup_index_size": the
 //	            size of the last lookup index build; "directory_snapshot":
-//	            the summary of the directory snapshot, written with it)
+//	            the summary of the directory snapshot, written with it;
+//	            "audit_secret": the audit log's hash key, 32 bytes,
+//	            created once)
 //	accounts    sha256(token) -> Account{user_id, created_ts}
 //	terms       user_id -> TermsAcceptance{accepted: {policy: version}}
 //	bindings    medium 0x00 address -> Binding{medium, address, mxid, ts, not_before, not_after}
@@ -45,6 +47,9 @@
 //	            mxid -> display name (raw UTF-8, may be empty) — the
 //	            snapshot's entries the user directory search may find,
 //	            written and removed with it (directory_names.go)
+//	audit       uint64 ts, uint64 sequence -> AuditEntry{ts, actor, action,
+//	            medium, address_hash, mxid, detail} (the audit log, never
+//	            an address; swept after its retention; audit.go)
 //
 // A bucket appears in this list when a feature first writes it; buckets are
 // created on open so readers never meet a missing bucket.
@@ -66,6 +71,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -91,7 +97,8 @@ var (
 	bucketQueue          = []byte("queue")
 	bucketDirectory      = []byte("directory")
 	bucketDirectoryNames = []byte("directory_names")
-	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue, bucketDirectory, bucketDirectoryNames}
+	bucketAudit          = []byte("audit")
+	allBuckets           = [][]byte{bucketMeta, bucketAccounts, bucketTerms, bucketBindings, bucketBindingsByMXID, bucketSessions, bucketSessionsBy3PID, bucketInvites, bucketInvitesBy3PID, bucketEphemeralKeys, bucketQueue, bucketDirectory, bucketDirectoryNames, bucketAudit}
 	keySchema            = []byte("schema")
 	errInUse             = errors.New("database in use")
 	ErrNotFound          = errors.New("not found")
@@ -109,6 +116,9 @@ var migrations = map[uint64]func(tx *bolt.Tx) error{}
 
 // Store is the handle on the database. It is safe for concurrent use.
 type Store struct {
+	// readers is held shared by every read transaction (view) and taken
+	// whole, without waiting, by ScrubFreePages.
+	readers     sync.RWMutex
 	db          *bolt.DB
 	path        string
 	opened      Report // Open's check

@@ -1,6 +1,7 @@
 package pg
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -125,4 +126,24 @@ func (s *Store) AcceptTerms(userID string, accepted map[string]string) error {
 	return s.exec(`INSERT INTO terms (user_id, policy, version)
 		SELECT $1, p, v FROM unnest($2::text[], $3::text[]) AS u(p, v)
 		ON CONFLICT (user_id, policy) DO UPDATE SET version = excluded.version`, userID, policies, versions)
+}
+
+// SweepAccounts deletes the access tokens created before createdBeforeMS
+// (none when it is 0), then the terms acceptances of users left with no
+// token, in one transaction, and says how many of each (terms: users).
+func (s *Store) SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error) {
+	err = s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "DELETE FROM accounts WHERE created_ts < $1", createdBeforeMS)
+		if err != nil {
+			return err
+		}
+		tokens = int(tag.RowsAffected())
+		return tx.QueryRow(ctx, `WITH gone AS (DELETE FROM terms t
+				WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = t.user_id) RETURNING user_id)
+			SELECT count(DISTINCT user_id) FROM gone`).Scan(&terms)
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return tokens, terms, nil
 }

@@ -149,18 +149,7 @@ func (s *Store) DeleteBinding(medium, address, mxid string) (bool, error) {
 	if !storable(medium, address, mxid) {
 		return false, nil
 	}
-	deleted := false
-	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2 AND mxid = $3", medium, address, mxid)
-		if err != nil {
-			return err
-		}
-		if deleted = tag.RowsAffected() > 0; !deleted {
-			return errNoChange
-		}
-		return appendChanges(ctx, tx, db.ChangeUnbind, db.Binding{Medium: medium, Address: address, MXID: mxid})
-	})
-	return deleted && err == nil, err
+	return s.deleteBinding(medium, address, mxid)
 }
 
 // CountBindings returns the number of stored bindings.

@@ -119,6 +119,16 @@ func (s *Store) SweepBudgets(nowMS int64) (int, error) {
 	return s.affected("DELETE FROM budgets WHERE full_ms <= $1", nowMS)
 }
 
+// ForgetBudgets deletes the buckets of keys (an erased address's, for
+// instance: their keys name it) and says how many there were.
+func (s *Store) ForgetBudgets(keys []string) (int, error) {
+	bs := make([][]byte, len(keys))
+	for i, k := range keys {
+		bs[i] = []byte(k)
+	}
+	return s.affected("DELETE FROM budgets WHERE key = ANY($1)", bs)
+}
+
 // openBudgetPool opens the charges' pool (connections are made on demand).
 func openBudgetPool(ctx context.Context, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
 	c := cfg.Copy()

@@ -90,3 +90,51 @@ func (s *Store) PruneChanges(nowMS int64) (int, error) {
 	}
 	return n, nil
 }
+
+// ForgetChanges removes from the change log every change of the given 3PIDs
+// ({medium, address} pairs) up to and including its latest unbind, and
+// moves the pruned mark past them, so that the addresses are nowhere in the
+// database once they are unbound (an erasure). A replica that has not
+// read that far yet finds the log pruned and rebuilds its index from the
+// tables, which no longer hold the bindings: call it once the replicas had
+// time to follow the unbinds (about a second). Changes after the latest
+// unbind (a new bind of the 3PID) stay. It says how many changes it
+// removed.
+func (s *Store) ForgetChanges(threepids [][2]string) (int, error) {
+	var media, addresses []string
+	for _, tp := range threepids {
+		if storable(tp[0], tp[1]) {
+			media, addresses = append(media, tp[0]), append(addresses, tp[1])
+		}
+	}
+	if len(media) == 0 {
+		return 0, nil
+	}
+	n := 0
+	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		// Under the appenders' lock: no change is being numbered meanwhile.
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", lockClass, lockChanges); err != nil {
+			return err
+		}
+		var through *int64
+		err := tx.QueryRow(ctx, `WITH last AS (
+				SELECT medium, address, max(seq) AS seq FROM changes
+				WHERE kind = $3 AND (medium, address) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+				GROUP BY medium, address),
+			gone AS (DELETE FROM changes c USING last l
+				WHERE c.medium = l.medium AND c.address = l.address AND c.seq <= l.seq RETURNING c.seq)
+			SELECT count(*), max(seq) FROM gone`, media, addresses, string(db.ChangeUnbind)).Scan(&n, &through)
+		if err != nil {
+			return err
+		}
+		if through == nil {
+			return errNoChange
+		}
+		_, err = tx.Exec(ctx, "UPDATE changes_pruned SET through = greatest(through, $1)", *through)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}

@@ -19,7 +19,8 @@ import (
 const countsSQL = `SELECT (SELECT count(*) FROM signing_key), (SELECT count(*) FROM meta),
 	(SELECT count(*) FROM accounts), (SELECT count(DISTINCT user_id) FROM terms),
 	(SELECT count(*) FROM bindings), (SELECT count(*) FROM sessions), (SELECT count(*) FROM invites),
-	(SELECT count(*) FROM jobs), (SELECT count(*) FROM directory), (SELECT count(*) FROM directory_names)`
+	(SELECT count(*) FROM jobs), (SELECT count(*) FROM directory), (SELECT count(*) FROM directory_names),
+	(SELECT count(*) FROM audit)`
 
 func scanCounts(row pgx.Row) (db.Counts, error) {
 	kinds := db.Kinds()
@@ -108,6 +109,10 @@ var exports = []struct {
 	{"SELECT mxid, name FROM directory_names ORDER BY mxid", func(rows pgx.Rows) (db.Record, error) {
 		var e db.DirectoryName
 		return e, rows.Scan(&e.MXID, &e.Name)
+	}},
+	{"SELECT " + auditColumns + " FROM audit ORDER BY ts, id", func(rows pgx.Rows) (db.Record, error) {
+		var e db.AuditEntry
+		return e, rows.Scan(auditFields(&e)...)
 	}},
 }
 
@@ -236,7 +241,7 @@ func (s *Store) Import(fill func(put func(db.Record) error) error) (db.Counts, e
 	defer tx.Rollback(context.Background())
 	im := &pgImport{s: s, tx: tx, put: db.Counts{}, rows: map[db.Kind][][]any{}}
 	err = im.stmt(func(ctx context.Context) error {
-		_, err := tx.Exec(ctx, `LOCK TABLE signing_key, meta, accounts, terms, bindings, sessions, invites, jobs, directory, directory_names IN EXCLUSIVE MODE`)
+		_, err := tx.Exec(ctx, `LOCK TABLE signing_key, meta, accounts, terms, bindings, sessions, invites, jobs, directory, directory_names, audit IN EXCLUSIVE MODE`)
 		return err
 	})
 	if err != nil {
@@ -323,6 +328,7 @@ var imports = map[db.Kind]struct {
 	db.KindQueue:          {"jobs", []string{"id", "destination", "body", "invite_tokens", "attempts", "due_ts", "created_ts", "last_error"}},
 	db.KindDirectory:      {"directory", []string{"medium", "address", "mxid"}},
 	db.KindDirectoryNames: {"directory_names", []string{"mxid", "name"}},
+	db.KindAudit:          {"audit", []string{"ts", "actor", "action", "medium", "address_hash", "mxid", "detail"}},
 }
 
 // add checks one record and queues its rows for the COPY of its table.
@@ -371,6 +377,9 @@ func (im *pgImport) add(r db.Record) error {
 		rows = [][]any{{r.Medium, r.Address, r.MXID}}
 	case db.DirectoryName:
 		rows = [][]any{{r.MXID, r.Name}}
+	case db.AuditEntry:
+		err = checkStorable("audit entry", r.Actor, r.Action, r.Medium, r.AddressHash, r.MXID, r.Detail)
+		rows = [][]any{{r.TS, r.Actor, r.Action, r.Medium, r.AddressHash, r.MXID, r.Detail}}
 	}
 	if err != nil {
 		return err

@@ -16,11 +16,12 @@ import (
 // fails here until it is added to the PostgreSQL store and the suite.
 func TestSameMethodsAsBbolt(t *testing.T) {
 	bboltOnly := []string{"WriteBackup", "ReleaseMapped", // pg_dump; no file mapped
-		"Opened", "RewroteMeta"} // the file's checks at open
-	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", // the replicas' change log
-		"Ping",                          // readiness
-		"SigningKey",                    // bbolt: the signing.key file beside it
-		"ChargeBudgets", "SweepBudgets", // bbolt: one process, budgets in its memory
+		"Opened", "RewroteMeta", // the file's checks at open
+		"ScrubFreePages"} // PostgreSQL: ForgetChanges; its files are its own
+	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", "ForgetChanges", // the replicas' change log
+		"Ping",                                           // readiness
+		"SigningKey",                                     // bbolt: the signing.key file beside it
+		"ChargeBudgets", "SweepBudgets", "ForgetBudgets", // bbolt: one process, budgets in its memory
 		"CertPut", "CertLoad", "CertDelete", "CertList", "CertStat", "CertLock", "CertUnlock", // bbolt: data_dir/certmagic
 	}
 	methods := func(typ reflect.Type) map[string]reflect.Type {

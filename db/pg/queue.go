@@ -22,26 +22,11 @@ func (s *Store) DueJobs(nowMS int64, limit int) ([]db.Job, error) {
 	}
 	ctx, cancel := s.call()
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `UPDATE jobs SET claimed_until = $2
+	out, err := scanJobs(ctx, s.pool, `UPDATE jobs SET claimed_until = $2
 		WHERE id IN (SELECT id FROM jobs WHERE due_ts <= $1 AND claimed_until <= $1
 			ORDER BY due_ts, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-		RETURNING id, destination, body, invite_tokens, attempts, due_ts, created_ts, last_error`,
+		RETURNING `+jobColumns,
 		nowMS, nowMS+s.opts.ClaimLease.Milliseconds(), limit)
-	if err != nil {
-		return nil, classify(err)
-	}
-	var out []db.Job
-	var j db.Job
-	var body []byte
-	_, err = pgx.ForEachRow(rows, []any{&j.ID, &j.Destination, &body, &j.InviteTokens, &j.Attempts, &j.DueTS, &j.CreatedTS, &j.LastError}, func() error {
-		j.Body = json.RawMessage(slices.Clone(body))
-		if len(j.InviteTokens) == 0 {
-			j.InviteTokens = nil
-		}
-		out = append(out, j)
-		j.InviteTokens = nil
-		return nil
-	})
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -92,10 +77,101 @@ func (s *Store) DropJob(j db.Job) error {
 		if _, err := tx.Exec(ctx, "DELETE FROM jobs WHERE id = $1", int64(j.ID)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, "UPDATE invites SET queued_job = 0 WHERE token = ANY($1) AND queued_job = $2", tokensOrEmpty(j.InviteTokens), int64(j.ID))
-		return err
+		return releaseInvites(ctx, tx, j)
 	})
+}
+
+// releaseInvites makes the invites a dropped job carried pending again.
+func releaseInvites(ctx context.Context, tx pgx.Tx, j db.Job) error {
+	_, err := tx.Exec(ctx, "UPDATE invites SET queued_job = 0 WHERE token = ANY($1) AND queued_job = $2", tokensOrEmpty(j.InviteTokens), int64(j.ID))
+	return err
 }
 
 // QueueDepth is the number of queued jobs, claimed or not.
 func (s *Store) QueueDepth() (int, error) { return s.count("SELECT count(*) FROM jobs") }
+
+const jobColumns = "id, destination, body, invite_tokens, attempts, due_ts, created_ts, last_error"
+
+// scanJobs reads the rows of a query of jobColumns.
+func scanJobs(ctx context.Context, q querier, sql string, args ...any) ([]db.Job, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []db.Job
+	var j db.Job
+	var body []byte
+	_, err = pgx.ForEachRow(rows, []any{&j.ID, &j.Destination, &body, &j.InviteTokens, &j.Attempts, &j.DueTS, &j.CreatedTS, &j.LastError}, func() error {
+		j.Body = json.RawMessage(slices.Clone(body))
+		if len(j.InviteTokens) == 0 {
+			j.InviteTokens = nil
+		}
+		out = append(out, j)
+		j.InviteTokens = nil
+		return nil
+	})
+	return out, err
+}
+
+// Jobs returns every queued job, claimed or not, due first.
+func (s *Store) Jobs() ([]db.Job, error) {
+	ctx, cancel := s.call()
+	defer cancel()
+	out, err := scanJobs(ctx, s.pool, "SELECT "+jobColumns+" FROM jobs ORDER BY due_ts, id")
+	return out, classify(err)
+}
+
+// GetJob returns the queued job id, or db.ErrNotFound.
+func (s *Store) GetJob(id uint64) (db.Job, error) {
+	ctx, cancel := s.call()
+	defer cancel()
+	out, err := scanJobs(ctx, s.pool, "SELECT "+jobColumns+" FROM jobs WHERE id = $1", int64(id))
+	if err != nil {
+		return db.Job{}, classify(err)
+	}
+	if len(out) == 0 {
+		return db.Job{}, db.ErrNotFound
+	}
+	return out[0], nil
+}
+
+// RescheduleJob makes the queued job id due at dueTS with a fresh count of
+// attempts, writing audit in the same transaction; db.ErrNotFound when it
+// is not queued. A claim under way is kept: the replica delivering it
+// finishes first.
+func (s *Store) RescheduleJob(id uint64, dueTS int64, audit db.AuditEntry) (db.Job, error) {
+	var out db.Job
+	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		js, err := scanJobs(ctx, tx, "UPDATE jobs SET due_ts = $2, attempts = 0 WHERE id = $1 RETURNING "+jobColumns, int64(id), dueTS)
+		if err != nil {
+			return err
+		}
+		if len(js) == 0 {
+			return &callbackError{db.ErrNotFound}
+		}
+		out = js[0]
+		return appendAudit(ctx, tx, audit)
+	})
+	return out, err
+}
+
+// DropJobByID drops the queued job id as DropJob does, writing audit in the
+// same transaction, and returns it; db.ErrNotFound when it is not queued.
+func (s *Store) DropJobByID(id uint64, audit db.AuditEntry) (db.Job, error) {
+	var out db.Job
+	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		js, err := scanJobs(ctx, tx, "DELETE FROM jobs WHERE id = $1 RETURNING "+jobColumns, int64(id))
+		if err != nil {
+			return err
+		}
+		if len(js) == 0 {
+			return &callbackError{db.ErrNotFound}
+		}
+		out = js[0]
+		if err := releaseInvites(ctx, tx, out); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, audit)
+	})
+	return out, err
+}

@@ -111,6 +111,16 @@ func fillEveryKind(t *testing.T, s Store, now int64) copyFacts {
 	must(s.RetryJob(*f.queued, now+5000, "connection refused"))
 	f.queued.Attempts, f.queued.DueTS, f.queued.LastError = 1, now+5000, "connection refused"
 	must(s.CompleteJob(*f.delivered, now+200))
+	// The audit log with its key: the hashes of the copy's entries must
+	// keep matching, so both move.
+	if _, err := s.AuditSecret(); err != nil {
+		t.Fatal(err)
+	}
+	must(s.AppendAudit(
+		db.AuditEntry{TS: now + 300, Actor: "hs.test", Action: "unbind", Medium: "email", AddressHash: "2f1e", MXID: "@gone:hs.test"},
+		db.AuditEntry{TS: now + 300, Actor: "admin", Action: "erase", MXID: "@gone:hs.test", Detail: "1 binding"},
+		db.AuditEntry{TS: now + 200, Actor: "admin", Action: "queue_drop", Detail: "job 7"},
+	))
 	must(s.ReplaceDirectoryWithNames([]byte(`{"entries":3}`), PutAll([][3]string{
 		{"email", "ldap1@example.org", "@ldap1:hs.test"}, {"email", "ldap2@example.org", "@ldap2:hs.test"}, {"msisdn", "447700900003", "@ldap3:hs.test"},
 	}), func(put func(mxid, name string) error) error {
@@ -136,7 +146,7 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 		t.Fatal(err)
 	}
 	if want[db.KindBindings] != 12349 || want[db.KindInvites] != 4 || want[db.KindQueue] != 2 || want[db.KindSessions] != 2 ||
-		want[db.KindAccounts] != 2 || want[db.KindTerms] != 2 || want[db.KindMeta] < 3 || want[db.KindDirectory] != 3 || want[db.KindDirectoryNames] != 2 {
+		want[db.KindAccounts] != 2 || want[db.KindTerms] != 2 || want[db.KindMeta] < 3 || want[db.KindDirectory] != 3 || want[db.KindDirectoryNames] != 2 || want[db.KindAudit] != 3 {
 		t.Fatalf("the source holds %v", want)
 	}
 	to := openTo(t)
@@ -210,6 +220,12 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 	if j.ID <= max(f.queued.ID, f.delivered.ID, f.bare.ID) {
 		t.Errorf("a new job in the copy got id %d, not after the copied ones (%d, %d, %d)", j.ID, f.queued.ID, f.delivered.ID, f.bare.ID)
 	}
+	if a, b := mustSecret(t, from), mustSecret(t, to); !slices.Equal(a, b) {
+		t.Errorf("the audit log's key in the copy: %x, the source's %x", b, a)
+	}
+	if es, _ := to.AuditEntries(db.AuditQuery{AddressHash: "2f1e"}); len(es) != 1 || es[0].MXID != "@gone:hs.test" {
+		t.Errorf("the audit log in the copy: %+v", es)
+	}
 	if sum, ok, _ := to.DirectorySummary(); !ok || string(sum) != `{"entries":3}` {
 		t.Errorf("directory summary in the copy: %q", sum)
 	}
@@ -245,6 +261,7 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 		"terms":         func(put func(db.Record) error) error { return put(db.TermsEntry{UserID: "@a:hs"}) },
 		"schema":        func(put func(db.Record) error) error { return put(db.MetaEntry{Key: "schema", Value: []byte{1}}) },
 		"empty session": func(put func(db.Record) error) error { return put(db.Session{ID: "s"}) },
+		"audit entry":   func(put func(db.Record) error) error { return put(db.AuditEntry{TS: 1, Action: "unbind"}) },
 	} {
 		_, err := fresh.Import(fill)
 		if err == nil || (name == "source error" && !errors.Is(err, boom)) {
@@ -254,4 +271,13 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 			t.Errorf("%s: a failed import left %v", name, c)
 		}
 	}
+}
+
+func mustSecret(t *testing.T, s Store) []byte {
+	t.Helper()
+	k, err := s.AuditSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -81,6 +81,26 @@ type Store interface {
 	CountSessions() (int, error)
 	SweepSessions(expired func(db.Session) bool) (int, error)
 
+	// The sweep of tokens past their lifetime and of terms acceptances of
+	// users with no token.
+	SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error)
+
+	// The operator's tools (mxid admin) and the audit log.
+	AuditSecret() ([]byte, error)
+	AppendAudit(entries ...db.AuditEntry) error
+	AuditEntries(q db.AuditQuery) ([]db.AuditEntry, error)
+	SweepAudit(beforeMS int64) (int, error)
+	Unbind(medium, address, mxid string, audit db.AuditEntry) (bool, error)
+	BindingsOf(mxid string) ([]db.Binding, error)
+	SessionsOf(medium, address string) ([]db.Session, error)
+	Invites(f db.InviteFilter) ([]db.Invite, error)
+	WithdrawInvites(sender string, audit func(n int) []db.AuditEntry) (int, error)
+	EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)
+	Jobs() ([]db.Job, error)
+	GetJob(id uint64) (db.Job, error)
+	RescheduleJob(id uint64, dueTS int64, audit db.AuditEntry) (db.Job, error)
+	DropJobByID(id uint64, audit db.AuditEntry) (db.Job, error)
+
 	// Moving between backends (mxid migrate-db): see db.Store's.
 	Counts() (db.Counts, error)
 	Export(fn func(db.Record) error) error

@@ -37,6 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"CheckCounts", checkCounts},
 		{"ExportImport", func(t *testing.T, s Store) { exportImport(t, s, open) }},
 	}
+	cases = append(cases, adminCases()...)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()

@@ -157,3 +157,21 @@ CREATE TABLE signing_key (
     one  boolean PRIMARY KEY DEFAULT true CHECK (one),
     seed bytea NOT NULL
 );
+
+-- The audit log: who removed what, and when (unbinds, erasures, the admin
+-- commands that change data). It never holds an address: address_hash is
+-- the keyed hash of one (its key is the meta document "audit_secret",
+-- created once by whichever replica needs it first). Swept after its
+-- retention.
+CREATE TABLE audit (
+    id           bigserial PRIMARY KEY,
+    ts           bigint NOT NULL,
+    actor        text NOT NULL,
+    action       text NOT NULL,
+    medium       text NOT NULL,
+    address_hash text NOT NULL,
+    mxid         text NOT NULL,
+    detail       text NOT NULL
+);
+CREATE INDEX audit_ts ON audit (ts, id);
+CREATE INDEX audit_address ON audit (address_hash) WHERE address_hash <> '';

@@ -1,0 +1,207 @@
+package pg
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+
+	"mxid/db"
+)
+
+// The operator's reads and removals (mxid admin), as db.Store's: each
+// removal writes its audit entries in its transaction, and a removed
+// binding is in the change log, so every replica's index forgets it.
+
+// BindingsOf returns the bindings of mxid, by medium and address.
+func (s *Store) BindingsOf(mxid string) ([]db.Binding, error) {
+	if !storable(mxid) {
+		return nil, nil
+	}
+	ctx, cancel := s.call()
+	defer cancel()
+	out, err := queryAll(ctx, s.pool, bindingFields, `SELECT medium, address, mxid, ts, not_before, not_after
+		FROM bindings WHERE mxid = $1 ORDER BY medium, address`, mxid)
+	return out, classify(err)
+}
+
+func bindingFields(b *db.Binding) []any {
+	return []any{&b.Medium, &b.Address, &b.MXID, &b.TS, &b.NotBefore, &b.NotAfter}
+}
+
+// SessionsOf returns the validation sessions of a 3PID, oldest first.
+func (s *Store) SessionsOf(medium, address string) ([]db.Session, error) {
+	if !storable(medium, address) {
+		return nil, nil
+	}
+	ctx, cancel := s.call()
+	defer cancel()
+	out, err := queryAll(ctx, s.pool, sessionFields, `SELECT `+sessionColumns+` FROM sessions
+		WHERE medium = $1 AND address = $2 ORDER BY created_ts, sid`, medium, address)
+	return out, classify(err)
+}
+
+// Invites returns the invites f selects, by creation time.
+func (s *Store) Invites(f db.InviteFilter) ([]db.Invite, error) {
+	if !storable(f.Medium, f.Address, f.Sender) {
+		return nil, nil
+	}
+	ctx, cancel := s.call()
+	defer cancel()
+	out, err := queryAll(ctx, s.pool, inviteFields, `SELECT `+inviteColumns+` FROM invites
+		WHERE ($1 = '' OR medium = $1 AND address = $2) AND ($3 = '' OR sender = $3)
+		ORDER BY created_ts, token`, f.Medium, f.Address, f.Sender)
+	return out, classify(err)
+}
+
+// withdrawInvites deletes the pending invites sender sent.
+func withdrawInvites(ctx context.Context, tx pgx.Tx, sender string) (int, error) {
+	tag, err := tx.Exec(ctx, "DELETE FROM invites WHERE sender = $1 AND queued_job = 0 AND delivered_ts = 0", sender)
+	return int(tag.RowsAffected()), err
+}
+
+// WithdrawInvites deletes the invites sender sent that are still pending
+// and writes the audit entries audit returns, in one transaction.
+func (s *Store) WithdrawInvites(sender string, audit func(n int) []db.AuditEntry) (int, error) {
+	n := 0
+	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		n = 0
+		if storable(sender) {
+			var err error
+			if n, err = withdrawInvites(ctx, tx, sender); err != nil {
+				return err
+			}
+		}
+		return appendAudit(ctx, tx, audit(n)...)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// Unbind is DeleteBinding that writes audit in the same transaction when it
+// removes the binding.
+func (s *Store) Unbind(medium, address, mxid string, audit db.AuditEntry) (bool, error) {
+	if err := db.CheckAuditEntry(audit); err != nil {
+		return false, err
+	}
+	if !storable(medium, address, mxid) {
+		return false, nil
+	}
+	return s.deleteBinding(medium, address, mxid, audit)
+}
+
+// deleteBinding removes the binding of a 3PID if it belongs to mxid, with
+// its change and the audit entries, in one transaction.
+func (s *Store) deleteBinding(medium, address, mxid string, audit ...db.AuditEntry) (bool, error) {
+	deleted := false
+	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2 AND mxid = $3", medium, address, mxid)
+		if err != nil {
+			return err
+		}
+		if deleted = tag.RowsAffected() > 0; !deleted {
+			return errNoChange
+		}
+		if err := appendAudit(ctx, tx, audit...); err != nil {
+			return err
+		}
+		return appendChanges(ctx, tx, db.ChangeUnbind, db.Binding{Medium: medium, Address: address, MXID: mxid})
+	})
+	return deleted && err == nil, err
+}
+
+// EraseUser removes everything the database holds about mxid, in one
+// transaction, as db.Store.EraseUser does; the removed bindings are in the
+// change log.
+func (s *Store) EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error) {
+	var out db.Erased
+	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		out = db.Erased{}
+		if storable(mxid) {
+			if err := eraseUser(ctx, tx, mxid, &out); err != nil {
+				return err
+			}
+		}
+		if err := appendAudit(ctx, tx, audit(out)...); err != nil {
+			return err
+		}
+		if len(out.Bindings) == 0 {
+			return nil
+		}
+		return appendChanges(ctx, tx, db.ChangeUnbind, out.Bindings...)
+	})
+	if err != nil {
+		return db.Erased{}, err
+	}
+	return out, nil
+}
+
+func eraseUser(ctx context.Context, tx pgx.Tx, mxid string, out *db.Erased) error {
+	bs, err := queryAll(ctx, tx, bindingFields, `SELECT medium, address, mxid, ts, not_before, not_after
+		FROM bindings WHERE mxid = $1 ORDER BY medium, address`, mxid)
+	if err != nil {
+		return err
+	}
+	var media, addresses []string
+	for _, b := range bs {
+		// A bind of the same 3PID waits (or is waited for) here, as
+		// between binds.
+		cur, err := lockBinding(ctx, tx, b.Medium, b.Address)
+		if err != nil {
+			return err
+		}
+		if cur == nil || cur.MXID != mxid {
+			continue
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2", b.Medium, b.Address); err != nil {
+			return err
+		}
+		out.Bindings = append(out.Bindings, *cur)
+		media, addresses = append(media, b.Medium), append(addresses, b.Address)
+	}
+	count := func(n *int, sql string, args ...any) error {
+		tag, err := tx.Exec(ctx, sql, args...)
+		*n = int(tag.RowsAffected())
+		return err
+	}
+	const of3PIDs = "(medium, address) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+	if err := count(&out.InvitesReceived, "DELETE FROM invites WHERE "+of3PIDs, media, addresses); err != nil {
+		return err
+	}
+	if err := count(&out.Sessions, "DELETE FROM sessions WHERE "+of3PIDs, media, addresses); err != nil {
+		return err
+	}
+	if out.InvitesSent, err = withdrawInvites(ctx, tx, mxid); err != nil {
+		return err
+	}
+	if err := count(&out.Tokens, "DELETE FROM accounts WHERE user_id = $1", mxid); err != nil {
+		return err
+	}
+	if err := count(&out.Terms, "DELETE FROM terms WHERE user_id = $1", mxid); err != nil {
+		return err
+	}
+	out.Terms = min(out.Terms, 1) // one row per policy: one acceptance
+	// The deliveries for the user: found by their body's mxid, as the
+	// bbolt store finds them.
+	type row struct {
+		id   int64
+		body []byte
+	}
+	jobs, err := queryAll(ctx, tx, func(r *row) []any { return []any{&r.id, &r.body} }, "SELECT id, body FROM jobs ORDER BY id FOR UPDATE")
+	if err != nil {
+		return err
+	}
+	var ids []int64
+	for _, j := range jobs {
+		if db.JobMXID(j.body) == mxid {
+			ids = append(ids, j.id)
+		}
+	}
+	if len(ids) > 0 {
+		if err := count(&out.Deliveries, "DELETE FROM jobs WHERE id = ANY($1)", ids); err != nil {
+			return err
+		}
+	}
+	return nil
+}
