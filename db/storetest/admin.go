@@ -310,6 +310,7 @@ func eraseUser(t *testing.T, s Store) {
 		if !slices.Equal(unbound, removed) {
 			t.Errorf("unbinds logged %v, want %v", unbound, removed)
 		}
+		forgetChanges(t, s, cl, got.Bindings)
 	}
 
 	// Idempotent: nothing more to remove; the caller still records it.
@@ -507,5 +508,37 @@ func sweepAccounts(t *testing.T, s Store) {
 	}
 	if tokens, terms, err := s.SweepAccounts(200); tokens+terms != 0 || err != nil {
 		t.Errorf("sweep again: %d %d %v", tokens, terms, err)
+	}
+}
+
+// forgetChanges: once forgotten, an erased 3PID is nowhere in the change
+// log; a reader from before the erasure finds the log pruned (and
+// rebuilds), one from after it reads on; a later bind of the 3PID is kept.
+func forgetChanges(t *testing.T, s Store, cl ChangeLog, erased []db.Binding) {
+	before, _ := cl.LatestChange()
+	rebound := db.Binding{Medium: erased[0].Medium, Address: erased[0].Address, MXID: "@next:hs.test", TS: 1}
+	if _, err := s.PutBinding(rebound); err != nil {
+		t.Fatal(err)
+	}
+	var tps [][2]string
+	for _, b := range erased {
+		tps = append(tps, [2]string{b.Medium, b.Address})
+	}
+	n, err := cl.ForgetChanges(tps)
+	if err != nil || n != 2*len(erased) { // each one's bind and unbind
+		t.Fatalf("ForgetChanges: %d %v", n, err)
+	}
+	if _, err := cl.ChangesSince(0, 100); !errors.Is(err, db.ErrChangesPruned) {
+		t.Errorf("a reader from the start: %v", err)
+	}
+	cs, err := cl.ChangesSince(before, 100)
+	if err != nil || len(cs) != 1 || cs[0].MXID != "@next:hs.test" {
+		t.Errorf("a reader from the erasure on: %+v %v", cs, err)
+	}
+	if latest, _ := cl.LatestChange(); latest != cs[0].Seq {
+		t.Errorf("latest %d", latest)
+	}
+	if n, err := cl.ForgetChanges(tps[1:]); n != 0 || err != nil {
+		t.Errorf("forget again: %d %v", n, err)
 	}
 }

@@ -121,4 +121,5 @@ type ChangeLog interface {
 	ChangesSince(seq int64, limit int) ([]db.Change, error)
 	LatestChange() (int64, error)
 	PruneChanges(nowMS int64) (int, error)
+	ForgetChanges(threepids [][2]string) (int, error)
 }
