@@ -23,8 +23,8 @@ type Erased struct {
 	// InvitesSent counts the invites the user had sent that were still
 	// pending (not yet carried to an invitee's homeserver).
 	InvitesSent int `json:"invites_sent"`
-	// InvitesReceived counts the invites addressed to the removed 3PIDs
-	// (delivered, or on their way in a removed delivery).
+	// InvitesReceived counts the invites addressed to the erased 3PIDs
+	// (pending, on their way or delivered).
 	InvitesReceived int `json:"invites_received"`
 	// Deliveries counts the queued onbind deliveries for the user.
 	Deliveries int `json:"deliveries"`
@@ -32,7 +32,7 @@ type Erased struct {
 	// acceptance was removed.
 	Tokens int `json:"tokens"`
 	Terms  int `json:"terms"`
-	// Sessions counts the validation sessions of the removed 3PIDs.
+	// Sessions counts the validation sessions of the erased 3PIDs.
 	Sessions int `json:"sessions"`
 }
 
@@ -85,16 +85,25 @@ func SortInvites(invs []Invite) {
 	})
 }
 
-// JobMXID is the Matrix ID an onbind delivery is for: the "mxid" of its
-// body (the spec's association), "" when it has none.
-func JobMXID(body []byte) string {
+// JobSubject is what an onbind delivery is about: the medium, address and
+// Matrix ID of its body (the spec's association), "" where it has none.
+func JobSubject(body []byte) (medium, address, mxid string) {
 	var b struct {
-		MXID string `json:"mxid"`
+		Medium  string `json:"medium"`
+		Address string `json:"address"`
+		MXID    string `json:"mxid"`
 	}
 	if json.Unmarshal(body, &b) != nil {
-		return ""
+		return "", "", ""
 	}
-	return b.MXID
+	return b.Medium, b.Address, b.MXID
+}
+
+// JobOf reports whether a delivery's body is for mxid (when set) or about
+// the 3PID medium/address (when set).
+func JobOf(body []byte, mxid, medium, address string) bool {
+	m, a, x := JobSubject(body)
+	return mxid != "" && x == mxid || medium != "" && m == medium && a == address
 }
 
 // prefixKeys returns the keys of bucket that start with prefix.
@@ -272,12 +281,12 @@ func (s *Store) Unbind(medium, address, mxid string, audit AuditEntry) (bool, er
 }
 
 // EraseUser removes, in one transaction, everything the store holds about
-// mxid: its bindings, the pending invites it sent, the invites addressed
-// to its 3PIDs, its queued onbind deliveries, its access tokens and terms
-// acceptance, and the validation sessions of its 3PIDs; then it writes the
-// audit entries audit returns for what was removed. Erasing again removes
-// nothing (audit is still called). The LDAP directory snapshot is not
-// touched: it is the directory's copy.
+// mxid: its bindings and, for each of their 3PIDs, what Erase3PID removes;
+// the pending invites it sent; its queued onbind deliveries; its access
+// tokens and terms acceptance. Then it writes the audit entries audit
+// returns for what was removed. Erasing again removes nothing (audit is
+// still called). The LDAP directory snapshot is not touched: it is the
+// directory's copy.
 func (s *Store) EraseUser(mxid string, audit func(Erased) []AuditEntry) (Erased, error) {
 	var out Erased
 	err := s.update(func(tx *bolt.Tx) error {
@@ -287,37 +296,18 @@ func (s *Store) EraseUser(mxid string, audit func(Erased) []AuditEntry) (Erased,
 			return err
 		}
 		for _, b := range bs {
-			if _, err := deleteBinding(tx, b.Medium, b.Address, mxid); err != nil {
+			if err := erase3PID(tx, b.Medium, b.Address, mxid, &out); err != nil {
 				return err
-			}
-			out.Bindings = append(out.Bindings, b)
-			received, err := invites(tx, InviteFilter{Medium: b.Medium, Address: b.Address})
-			if err != nil {
-				return err
-			}
-			for _, inv := range received {
-				if err := deleteInvite(tx, inv); err != nil {
-					return err
-				}
-				out.InvitesReceived++
-			}
-			sessions, err := sessionsOf(tx, b.Medium, b.Address)
-			if err != nil {
-				return err
-			}
-			for _, sess := range sessions {
-				if err := deleteSession(tx, &sess); err != nil {
-					return err
-				}
-				out.Sessions++
 			}
 		}
 		if out.InvitesSent, err = withdrawInvites(tx, mxid); err != nil {
 			return err
 		}
-		if out.Deliveries, err = deleteJobsOf(tx, mxid); err != nil {
+		n, err := deleteJobs(tx, mxid, "", "")
+		if err != nil {
 			return err
 		}
+		out.Deliveries += n
 		if out.Tokens, err = deleteTokensOf(tx, mxid); err != nil {
 			return err
 		}
@@ -335,9 +325,72 @@ func (s *Store) EraseUser(mxid string, audit func(Erased) []AuditEntry) (Erased,
 	return out, nil
 }
 
-// deleteJobsOf deletes the onbind deliveries for mxid (the invites they
-// carry are the user's 3PIDs', removed with them).
-func deleteJobsOf(tx *bolt.Tx, mxid string) (int, error) {
+// Erase3PID removes, in one transaction, everything the store holds about a
+// 3PID (canonical address): its binding, whoever holds it, the invites
+// addressed to it (pending, on their way or delivered), the onbind
+// deliveries about it and its validation sessions; then it writes the
+// audit entries audit returns. It is idempotent as EraseUser is.
+func (s *Store) Erase3PID(medium, address string, audit func(Erased) []AuditEntry) (Erased, error) {
+	var out Erased
+	err := s.update(func(tx *bolt.Tx) error {
+		out = Erased{}
+		if err := erase3PID(tx, medium, address, "", &out); err != nil {
+			return err
+		}
+		return appendAudit(tx, audit(out)...)
+	})
+	if err != nil {
+		return Erased{}, err
+	}
+	return out, nil
+}
+
+// erase3PID removes a 3PID's binding (only mxid's when mxid is set), its
+// invites, the deliveries about it and its sessions, counting into out.
+func erase3PID(tx *bolt.Tx, medium, address, mxid string, out *Erased) error {
+	if v := tx.Bucket(bucketBindings).Get(key(medium, address)); v != nil {
+		var b Binding
+		if err := json.Unmarshal(v, &b); err != nil {
+			return fmt.Errorf("decode binding: %w", err)
+		}
+		if mxid == "" || b.MXID == mxid {
+			if _, err := deleteBinding(tx, medium, address, b.MXID); err != nil {
+				return err
+			}
+			out.Bindings = append(out.Bindings, b)
+		}
+	}
+	received, err := invites(tx, InviteFilter{Medium: medium, Address: address})
+	if err != nil {
+		return err
+	}
+	for _, inv := range received {
+		if err := deleteInvite(tx, inv); err != nil {
+			return err
+		}
+		out.InvitesReceived++
+	}
+	n, err := deleteJobs(tx, "", medium, address)
+	if err != nil {
+		return err
+	}
+	out.Deliveries += n
+	sessions, err := sessionsOf(tx, medium, address)
+	if err != nil {
+		return err
+	}
+	for _, sess := range sessions {
+		if err := deleteSession(tx, &sess); err != nil {
+			return err
+		}
+		out.Sessions++
+	}
+	return nil
+}
+
+// deleteJobs deletes the onbind deliveries for mxid or about a 3PID (see
+// jobOf).
+func deleteJobs(tx *bolt.Tx, mxid, medium, address string) (int, error) {
 	q := tx.Bucket(bucketQueue)
 	var victims [][]byte
 	err := q.ForEach(func(k, v []byte) error {
@@ -345,7 +398,7 @@ func deleteJobsOf(tx *bolt.Tx, mxid string) (int, error) {
 		if err := json.Unmarshal(v, &j); err != nil {
 			return fmt.Errorf("decode queued delivery: %w", err)
 		}
-		if JobMXID(j.Body) == mxid {
+		if JobOf(j.Body, mxid, medium, address) {
 			victims = append(victims, bytes.Clone(k))
 		}
 		return nil

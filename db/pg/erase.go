@@ -115,13 +115,54 @@ func (s *Store) deleteBinding(medium, address, mxid string, audit ...db.AuditEnt
 // transaction, as db.Store.EraseUser does; the removed bindings are in the
 // change log.
 func (s *Store) EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error) {
+	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) error {
+		if !storable(mxid) {
+			return nil
+		}
+		bs, err := queryAll(ctx, tx, bindingFields, `SELECT medium, address, mxid, ts, not_before, not_after
+			FROM bindings WHERE mxid = $1 ORDER BY medium, address`, mxid)
+		if err != nil {
+			return err
+		}
+		for _, b := range bs {
+			if err := erase3PID(ctx, tx, b.Medium, b.Address, mxid, out); err != nil {
+				return err
+			}
+		}
+		if out.InvitesSent, err = withdrawInvites(ctx, tx, mxid); err != nil {
+			return err
+		}
+		if err := deleteJobs(ctx, tx, mxid, "", "", out); err != nil {
+			return err
+		}
+		if out.Tokens, err = affectedIn(ctx, tx, "DELETE FROM accounts WHERE user_id = $1", mxid); err != nil {
+			return err
+		}
+		out.Terms, err = affectedIn(ctx, tx, "DELETE FROM terms WHERE user_id = $1", mxid)
+		out.Terms = min(out.Terms, 1) // one row per policy: one acceptance
+		return err
+	})
+}
+
+// Erase3PID removes everything the database holds about a 3PID, in one
+// transaction, as db.Store.Erase3PID does.
+func (s *Store) Erase3PID(medium, address string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error) {
+	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) error {
+		if !storable(medium, address) {
+			return nil
+		}
+		return erase3PID(ctx, tx, medium, address, "", out)
+	})
+}
+
+// erase runs an erasure, then writes its audit entries and the unbinds of
+// the bindings it removed, in one transaction.
+func (s *Store) erase(audit func(db.Erased) []db.AuditEntry, fn func(ctx context.Context, tx pgx.Tx, out *db.Erased) error) (db.Erased, error) {
 	var out db.Erased
 	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
 		out = db.Erased{}
-		if storable(mxid) {
-			if err := eraseUser(ctx, tx, mxid, &out); err != nil {
-				return err
-			}
+		if err := fn(ctx, tx, &out); err != nil {
+			return err
 		}
 		if err := appendAudit(ctx, tx, audit(out)...); err != nil {
 			return err
@@ -137,53 +178,43 @@ func (s *Store) EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (d
 	return out, nil
 }
 
-func eraseUser(ctx context.Context, tx pgx.Tx, mxid string, out *db.Erased) error {
-	bs, err := queryAll(ctx, tx, bindingFields, `SELECT medium, address, mxid, ts, not_before, not_after
-		FROM bindings WHERE mxid = $1 ORDER BY medium, address`, mxid)
+// affectedIn runs one statement in tx and says how many rows it changed.
+func affectedIn(ctx context.Context, tx pgx.Tx, sql string, args ...any) (int, error) {
+	tag, err := tx.Exec(ctx, sql, args...)
+	return int(tag.RowsAffected()), err
+}
+
+// erase3PID removes a 3PID's binding (only mxid's when mxid is set), its
+// invites, the deliveries about it and its sessions, counting into out.
+func erase3PID(ctx context.Context, tx pgx.Tx, medium, address, mxid string, out *db.Erased) error {
+	// A bind of the same 3PID waits (or is waited for) here, as between
+	// binds.
+	cur, err := lockBinding(ctx, tx, medium, address)
 	if err != nil {
 		return err
 	}
-	var media, addresses []string
-	for _, b := range bs {
-		// A bind of the same 3PID waits (or is waited for) here, as
-		// between binds.
-		cur, err := lockBinding(ctx, tx, b.Medium, b.Address)
-		if err != nil {
-			return err
-		}
-		if cur == nil || cur.MXID != mxid {
-			continue
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2", b.Medium, b.Address); err != nil {
+	if cur != nil && (mxid == "" || cur.MXID == mxid) {
+		if _, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2", medium, address); err != nil {
 			return err
 		}
 		out.Bindings = append(out.Bindings, *cur)
-		media, addresses = append(media, b.Medium), append(addresses, b.Address)
 	}
-	count := func(n *int, sql string, args ...any) error {
-		tag, err := tx.Exec(ctx, sql, args...)
-		*n = int(tag.RowsAffected())
+	n, err := affectedIn(ctx, tx, "DELETE FROM invites WHERE medium = $1 AND address = $2", medium, address)
+	if err != nil {
 		return err
 	}
-	const of3PIDs = "(medium, address) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-	if err := count(&out.InvitesReceived, "DELETE FROM invites WHERE "+of3PIDs, media, addresses); err != nil {
+	out.InvitesReceived += n
+	if err := deleteJobs(ctx, tx, "", medium, address, out); err != nil {
 		return err
 	}
-	if err := count(&out.Sessions, "DELETE FROM sessions WHERE "+of3PIDs, media, addresses); err != nil {
-		return err
-	}
-	if out.InvitesSent, err = withdrawInvites(ctx, tx, mxid); err != nil {
-		return err
-	}
-	if err := count(&out.Tokens, "DELETE FROM accounts WHERE user_id = $1", mxid); err != nil {
-		return err
-	}
-	if err := count(&out.Terms, "DELETE FROM terms WHERE user_id = $1", mxid); err != nil {
-		return err
-	}
-	out.Terms = min(out.Terms, 1) // one row per policy: one acceptance
-	// The deliveries for the user: found by their body's mxid, as the
-	// bbolt store finds them.
+	n, err = affectedIn(ctx, tx, "DELETE FROM sessions WHERE medium = $1 AND address = $2", medium, address)
+	out.Sessions += n
+	return err
+}
+
+// deleteJobs deletes the onbind deliveries for mxid or about a 3PID, found
+// by their body as the bbolt store finds them (db.JobOf).
+func deleteJobs(ctx context.Context, tx pgx.Tx, mxid, medium, address string, out *db.Erased) error {
 	type row struct {
 		id   int64
 		body []byte
@@ -194,14 +225,14 @@ func eraseUser(ctx context.Context, tx pgx.Tx, mxid string, out *db.Erased) erro
 	}
 	var ids []int64
 	for _, j := range jobs {
-		if db.JobMXID(j.body) == mxid {
+		if db.JobOf(j.body, mxid, medium, address) {
 			ids = append(ids, j.id)
 		}
 	}
-	if len(ids) > 0 {
-		if err := count(&out.Deliveries, "DELETE FROM jobs WHERE id = ANY($1)", ids); err != nil {
-			return err
-		}
+	if len(ids) == 0 {
+		return nil
 	}
-	return nil
+	n, err := affectedIn(ctx, tx, "DELETE FROM jobs WHERE id = ANY($1)", ids)
+	out.Deliveries += n
+	return err
 }

@@ -27,6 +27,7 @@ func adminCases() []struct {
 		{"AuditLog", auditLog},
 		{"UnbindAudited", unbindAudited},
 		{"EraseUser", eraseUser},
+		{"Erase3PID", erase3PIDCase},
 		{"WithdrawInvites", withdrawInvitesCase},
 		{"ListInvitesSessionsBindings", listInvitesSessionsBindings},
 		{"AdminQueue", adminQueue},
@@ -284,7 +285,7 @@ func eraseUser(t *testing.T, s Store) {
 	}
 	jobs, _ := s.Jobs()
 	for _, j := range jobs {
-		if db.JobMXID(j.Body) == user {
+		if db.JobOf(j.Body, user, "", "") {
 			t.Errorf("Erin's delivery %d is queued", j.ID)
 		}
 	}
@@ -540,5 +541,74 @@ func forgetChanges(t *testing.T, s Store, cl ChangeLog, erased []db.Binding) {
 	}
 	if n, err := cl.ForgetChanges(tps[1:]); n != 0 || err != nil {
 		t.Errorf("forget again: %d %v", n, err)
+	}
+}
+
+// erase3PIDCase: erasing an address removes its binding whoever holds it,
+// the invites to it, the deliveries about it and its sessions, and nothing
+// of the user's other data; an address already unbound (a homeserver's
+// unbind) still has its leftovers removed.
+func erase3PIDCase(t *testing.T, s Store) {
+	const now = int64(2_000_000)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	inv := func(tok, addr string) db.Invite {
+		return db.Invite{Token: tok, Medium: "email", Address: addr, RoomID: "!r:hs.test", Sender: "@x:hs.test", Ephemeral: "e-" + tok, CreatedTS: now, ExpiresTS: now + 1e9}
+	}
+	must(s.PutInvite(inv("to-a", "a@example.org")))
+	must(s.PutInvite(inv("to-b", "b@example.org")))
+	must(s.PutInvite(inv("to-c", "c@example.org")))
+	for _, addr := range []string{"a@example.org", "b@example.org"} {
+		b := db.Binding{Medium: "email", Address: addr, MXID: "@x:hs.test", TS: now, NotBefore: now, NotAfter: now + 1}
+		_, _, _, err := s.Bind(b, 0, func([]db.Invite) (string, []byte, error) {
+			return "hs.test", fmt.Appendf(nil, `{"medium":"email","address":%q,"mxid":"@x:hs.test"}`, addr), nil
+		})
+		must(err)
+		sess := db.Session{ID: "sid-" + addr, Medium: "email", Address: addr, ClientSecret: "cs", Token: "t", CreatedTS: now, ModifiedTS: now, ValidatedTS: now}
+		_, err = s.RequestSession("email", addr, "cs", func(*db.Session) (db.Session, bool, error) { return sess, true, nil })
+		must(err)
+	}
+	must(s.CreateAccountToken("x-token", "@x:hs.test", time.UnixMilli(now)))
+	// b@example.org: unbound by its homeserver before; the rest stays.
+	if ok, err := s.DeleteBinding("email", "b@example.org", "@x:hs.test"); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	var calls int
+	audit := func(e db.Erased) []db.AuditEntry {
+		calls++
+		return []db.AuditEntry{{TS: now, Actor: "admin", Action: "erase", Medium: "email", AddressHash: "h", Detail: e.String()}}
+	}
+	got, err := s.Erase3PID("email", "a@example.org", audit)
+	if err != nil || len(got.Bindings) != 1 || got.Bindings[0].MXID != "@x:hs.test" || got.InvitesReceived != 1 || got.Deliveries != 1 || got.Sessions != 1 ||
+		got.InvitesSent+got.Tokens+got.Terms != 0 {
+		t.Errorf("erase a@: %+v %v", got, err)
+	}
+	got, err = s.Erase3PID("email", "b@example.org", audit)
+	if err != nil || len(got.Bindings) != 0 || got.InvitesReceived != 1 || got.Deliveries != 1 || got.Sessions != 1 {
+		t.Errorf("erase the unbound b@: %+v %v", got, err)
+	}
+	if got, err = s.Erase3PID("email", "b@example.org", audit); err != nil || !got.Empty() || calls != 3 {
+		t.Errorf("erase b@ again: %+v %v", got, err)
+	}
+	if _, err := s.GetInvite("to-c"); err != nil {
+		t.Errorf("an invite to another address: %v", err)
+	}
+	if _, err := s.AccountByToken("x-token"); err != nil {
+		t.Errorf("the user's token: %v", err)
+	}
+	if jobs, _ := s.Jobs(); len(jobs) != 0 {
+		t.Errorf("deliveries left %+v", jobs)
+	}
+	for _, addr := range []string{"a@example.org", "b@example.org"} {
+		if ss, _ := s.SessionsOf("email", addr); len(ss) != 0 {
+			t.Errorf("sessions of %s: %+v", addr, ss)
+		}
+	}
+	if es, _ := s.AuditEntries(db.AuditQuery{AddressHash: "h"}); len(es) != 3 {
+		t.Errorf("audit %+v", es)
 	}
 }

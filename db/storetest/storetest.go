@@ -96,6 +96,7 @@ type Store interface {
 	Invites(f db.InviteFilter) ([]db.Invite, error)
 	WithdrawInvites(sender string, audit func(n int) []db.AuditEntry) (int, error)
 	EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)
+	Erase3PID(medium, address string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)
 	Jobs() ([]db.Job, error)
 	GetJob(id uint64) (db.Job, error)
 	RescheduleJob(id uint64, dueTS int64, audit db.AuditEntry) (db.Job, error)
