@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -123,14 +122,8 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 // adminGet asks the running server on its admin socket; errNoServer when
 // none answers. A 200 answer's body is the caller's to close.
 func adminGet(ctx context.Context, socket, path string) (*http.Response, error) {
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "unix", socket)
-		},
-		DisableKeepAlives: true,
-	}}
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://mxid-admin"+path, nil)
-	resp, err := client.Do(req)
+	resp, err := adminClient(socket).Do(req)
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 		return nil, errNoServer
 	}

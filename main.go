@@ -74,6 +74,7 @@ func commandsWith(sig opSignals) []command {
 		{"check", "check WHAT [ARGS]", "self-tests with the configured settings, step by step:", cmdCheck},
 		{"backup", "backup [-config PATH] [-force] FILE", "write a checked copy of the database (also while serving)", cmdBackup},
 		{"check-db", "check-db [-config PATH]", "check every page of the database, count what it holds (also while serving)", cmdCheckDB},
+		{"admin", "admin [-config PATH] [-json] COMMAND", "the operator's tools: show, unbind, erase, invites, queue, stats, audit (admin -h)", cmdAdmin},
 		{"migrate-db", "migrate-db [-config PATH] -to URL|DIR", "copy the store into an empty PostgreSQL database (from bbolt), or into a new mxid.db in DIR (from PostgreSQL)", cmdMigrateDB},
 		{"import", "import [-config PATH] [-n] FILE", `load bindings from JSON lines {"medium","address","mxid"[,"ts"]} (FILE - reads stdin)`,
 			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -389,6 +390,7 @@ func cmdServe(ctx context.Context, args []string, sig opSignals, stdout, stderr 
 	// Start-up decisions of the other features (sources enabled, pepper
 	// age) are logged as they are wired, here, before serving.
 	logLookupDecisions(log, cfg, app.lookup)
+	logRetention(log, cfg)
 	if err := tlsm.Start(ctx); err != nil {
 		lns.Close()
 		return err

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"mxid/lookup"
+	"mxid/server"
 )
 
 // logLookupDecisions logs, one line each, what serve decided about
@@ -96,4 +97,15 @@ func schemeHost(raw string) string {
 		return "(unparsable)"
 	}
 	return u.Scheme + "://" + u.Host
+}
+
+// logRetention logs how long mxid keeps what it removes on a schedule: the
+// audit log and access tokens (the README's retention table has the rest).
+func logRetention(log *slog.Logger, cfg Config) {
+	tokens := "until logout"
+	if d := cfg.Accounts.TokenLifetime; d > 0 {
+		tokens = d.String()
+	}
+	log.Info("retention", "audit_log", cfg.Audit.Retention.String(), "audit_addresses", "keyed hashes only",
+		"access_tokens", tokens, "sessions", server.SessionKept.String()+" after their last change", "invites", cfg.Invites.Lifetime.String())
 }

@@ -1,9 +1,12 @@
 package server
 
-// The admin socket: a unix socket in data_dir (mode 0600) for operations a
-// local administrator runs against the live server: `mxid backup` and `mxid
+// The admin socket: a unix socket in data_dir (mode 0600, so only the
+// user mxid runs as, and root, can connect) for operations a local
+// administrator runs against the live server: `mxid backup` and `mxid
 // check-db` (bbolt locks the database file, so no second process can read it
-// while mxid serves). It is never a network listener.
+// while mxid serves) and `mxid admin` (admin_actions.go: JSON in, JSON out).
+// It is never a network listener. Nothing it serves is in the request log:
+// its queries and answers name addresses.
 
 import (
 	"encoding/json"
@@ -37,7 +40,7 @@ func ListenAdmin(dataDir string, log *slog.Logger) (net.Listener, error) {
 		path = abs
 	}
 	if len(path) > maxUnixPath {
-		log.Warn("data_dir path too long for the admin socket: mxid backup needs the server stopped", "path", path)
+		log.Warn("data_dir path too long for the admin socket: mxid admin (on bbolt) and mxid backup need the server stopped", "path", path)
 		return nil, nil
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -51,7 +54,7 @@ func ListenAdmin(dataDir string, log *slog.Logger) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	log.Info("admin socket (mxid backup while serving)", "path", path)
+	log.Info("admin socket (mxid admin, backup and check-db while serving)", "path", path)
 	return ln, nil
 }
 
@@ -111,4 +114,123 @@ func (s *Server) getCheck(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(report)
+}
+
+// adminFunc is an admin action over HTTP: its answer, or an error.
+type adminFunc func(r *http.Request) (any, error)
+
+// adminJSON serves an admin action: 200 with the answer as JSON, or the
+// error as {"errcode", "error"} with its status. The socket is the
+// operator's, so the cause of a 5xx is in the message too.
+func (s *Server) adminJSON(fn adminFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := fn(r)
+		if err != nil {
+			e := asError(err)
+			msg := e.Message
+			if e.Status >= 500 && e.Cause != nil {
+				msg += ": " + e.Cause.Error()
+				s.log.Error("admin action failed", "path", r.URL.Path, "err", e.Cause)
+			}
+			writeJSON(w, e.Status, map[string]string{"errcode": e.Code, "error": msg})
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	})
+}
+
+// adminParam reads a request's one string parameter: from a POST's JSON
+// body, or a GET's query.
+func (s *Server) adminParam(r *http.Request, name string, required bool) (string, error) {
+	if r.Method == http.MethodGet {
+		v := r.URL.Query().Get(name)
+		if v == "" && required {
+			return "", errMissing(name)
+		}
+		return v, nil
+	}
+	body, err := s.readObject(r, false)
+	if err != nil {
+		return "", err
+	}
+	return body.str(name, required)
+}
+
+// adminJobID reads a POST's {"id": N}.
+func (s *Server) adminJobID(r *http.Request) (uint64, error) {
+	body, err := s.readObject(r, false)
+	if err != nil {
+		return 0, err
+	}
+	id, _, err := body.integer("id", true, false)
+	if err != nil {
+		return 0, err
+	}
+	if id <= 0 {
+		return 0, errInvalid("id", "must be a positive integer")
+	}
+	return uint64(id), nil
+}
+
+func (s *Server) adminShow(r *http.Request) (any, error) {
+	address, err := s.adminParam(r, "address", true)
+	if err != nil {
+		return nil, err
+	}
+	return s.admin.Show(address)
+}
+
+func (s *Server) adminUnbind(r *http.Request) (any, error) {
+	address, err := s.adminParam(r, "address", true)
+	if err != nil {
+		return nil, err
+	}
+	return s.admin.Unbind(address)
+}
+
+func (s *Server) adminErase(r *http.Request) (any, error) {
+	subject, err := s.adminParam(r, "subject", true)
+	if err != nil {
+		return nil, err
+	}
+	return s.admin.Erase(r.Context(), subject)
+}
+
+func (s *Server) adminInvites(r *http.Request) (any, error) {
+	address, err := s.adminParam(r, "address", false)
+	if err != nil {
+		return nil, err
+	}
+	return s.admin.Invites(address)
+}
+
+func (s *Server) adminQueue(*http.Request) (any, error) { return s.admin.Queue() }
+
+func (s *Server) adminQueueRetry(r *http.Request) (any, error) {
+	id, err := s.adminJobID(r)
+	if err != nil {
+		return nil, err
+	}
+	return s.admin.RetryJob(id)
+}
+
+func (s *Server) adminQueueDrop(r *http.Request) (any, error) {
+	id, err := s.adminJobID(r)
+	if err != nil {
+		return nil, err
+	}
+	return s.admin.DropJob(id)
+}
+
+func (s *Server) adminStats(*http.Request) (any, error) { return s.admin.Stats() }
+
+func (s *Server) adminAudit(r *http.Request) (any, error) {
+	var since int64
+	if v := r.URL.Query().Get("since"); v != "" {
+		var err error
+		if since, err = strconv.ParseInt(v, 10, 64); err != nil || since < 0 {
+			return nil, errInvalid("since", "must be Unix milliseconds")
+		}
+	}
+	return s.admin.Audit(since, r.URL.Query().Get("address"))
 }

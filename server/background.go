@@ -9,11 +9,12 @@ import (
 // Start runs the server's background work until ctx ends: the onbind
 // delivery queue, the sweeps of expired invites, of expired validation
 // sessions and of full budgets (once at start, then every
-// sessionSweepEvery). The returned wait
-// blocks until all of it has stopped.
+// sessionSweepEvery), and the retention sweep of the audit log and access
+// tokens (once at start, then every retentionSweepEvery). The returned
+// wait blocks until all of it has stopped.
 func (s *Server) Start(ctx context.Context) (wait func()) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.runDelivery, s.runInviteSweep} {
+	for _, loop := range []func(context.Context){s.runDelivery, s.runInviteSweep, s.runRetentionSweep} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -50,4 +51,10 @@ func (s *Server) every(ctx context.Context, d time.Duration, fn func()) {
 		case <-t.C:
 		}
 	}
+}
+
+// runRetentionSweep sweeps the audit log and access tokens now and then
+// every retentionSweepEvery until ctx ends.
+func (s *Server) runRetentionSweep(ctx context.Context) {
+	s.every(ctx, retentionSweepEvery, s.sweepRetention)
 }

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -46,14 +48,38 @@ func (s *Server) bind(ctx context.Context, medium, address, mxid string, validat
 	return stored, nil
 }
 
-// unbind removes medium/address -> mxid if it is bound so; idempotent.
-func (s *Server) unbind(medium, address, mxid string) error {
-	deleted, err := s.store.DeleteBinding(medium, address, mxid)
+// unbind removes medium/address -> mxid if it is bound so, recording actor
+// (the user, or the homeserver that signed the request) in the audit log;
+// idempotent. It reports whether it removed the binding.
+func (s *Server) unbind(medium, address, mxid, actor string) (bool, error) {
+	return s.admin.unbind(medium, address, mxid, actor)
+}
+
+// deactivated is called after a homeserver's signed unbind removed a
+// binding of mxid: when that was the user's last binding here, mxid takes
+// the sequence of unbinds as the homeserver's erasure of the user (Synapse
+// sends one per 3PID when it deactivates an account) and withdraws the
+// invites the user sent that are still pending: they carry other people's
+// addresses and could only ever be exchanged by the user's own account.
+// Delivered invites stay (the invitee's room holds them). Withdrawn
+// invites are one audit entry, by the homeserver.
+func (s *Server) deactivated(r *http.Request, mxid, origin string) error {
+	left, err := s.store.BindingsOf(mxid)
+	if err != nil || len(left) > 0 {
+		return err
+	}
+	n, err := s.store.WithdrawInvites(mxid, func(n int) []db.AuditEntry {
+		if n == 0 {
+			return nil
+		}
+		return []db.AuditEntry{s.admin.audit.entry(origin, actionWithdrawInvites, mxid, fmt.Sprintf("%d pending invites sent, withdrawn with the user's last binding", n))}
+	})
 	if err != nil {
 		return err
 	}
-	if deleted && s.binds != nil {
-		s.binds.Unbound(medium, address)
+	if n > 0 {
+		s.metrics.Erased("homeserver", db.Erased{InvitesSent: n})
+		s.log.Info("the homeserver unbound a user's last 3PID: pending invites the user sent withdrawn", "request_id", requestID(r), "origin", origin, "invites", n)
 	}
 	return nil
 }
@@ -160,6 +186,8 @@ func (s *Server) postUnbind(w http.ResponseWriter, r *http.Request) error {
 	if err := s.limitSubject(r, medium+":"+canonical); err != nil {
 		return err
 	}
+	var actor string // who removes it: the user, or the homeserver that signed
+	signed := false
 	if body.has("sid") || body.has("client_secret") {
 		sid, err := body.str("sid", true)
 		if err != nil {
@@ -176,6 +204,9 @@ func (s *Server) postUnbind(w http.ResponseWriter, r *http.Request) error {
 		if sess.Medium != medium || sess.Address != canonical {
 			return errForbidden("The session is for another 3PID")
 		}
+		// The user who proved control of the 3PID: the account's, or on
+		// v1 (no account) the Matrix ID of the binding.
+		actor = cmp.Or(account(r).UserID, mxid)
 	} else {
 		origin, err := s.verifyXMatrix(r, body)
 		if err != nil {
@@ -184,11 +215,18 @@ func (s *Server) postUnbind(w http.ResponseWriter, r *http.Request) error {
 		if _, server, _ := matrixid.SplitUserID(mxid); server != origin {
 			return errForbidden("%s may not unbind users of another server", origin)
 		}
+		actor, signed = origin, true
 	}
-	if err := s.unbind(medium, canonical, mxid); err != nil {
-		return errInternal(err)
+	deleted, err := s.unbind(medium, canonical, mxid, actor)
+	if err != nil {
+		return err
 	}
-	s.log.Info("3PID unbound", "request_id", requestID(r), "medium", medium)
+	if deleted && signed {
+		if err := s.deactivated(r, mxid, actor); err != nil {
+			return errInternal(err)
+		}
+	}
+	s.log.Info("3PID unbound", "request_id", requestID(r), "medium", medium, "by", unbindBy(actor), "removed", deleted)
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"mxid/db"
+	"mxid/lookup/threepid"
 )
 
 // Budgets keeps the token buckets of the limits that protect other people:
@@ -32,6 +33,42 @@ type Budgets interface {
 	// SweepBudgets forgets the buckets that are full at nowMS (forgetting
 	// a full bucket changes nothing) and says how many.
 	SweepBudgets(nowMS int64) (int, error)
+	// ForgetBudgets forgets the buckets of keys (an erased user's and its
+	// addresses': their keys name them) and says how many there were.
+	ForgetBudgets(keys []string) (int, error)
+}
+
+// The names of the budgets whose keys name a person: an erasure forgets
+// their buckets (erasedBudgetKeys).
+const (
+	budgetRequestToken  = "ratelimit.request_token"
+	budgetEmailAddress  = "ratelimit.email_address"
+	budgetMSISDNNumber  = "ratelimit.msisdn_number"
+	budgetInvites       = "invites.rate_limit"
+	budgetInviteAddress = "invites.address_rate_limit"
+	budgetSenderAccount = "acct:" // requestToken's key for an account (senderKey)
+	budgetSenderInvites = "user:" // store-invite's key for a sender
+)
+
+// budgetKey is the bucket key of key in the budget named name: the
+// setting's name keeps limits apart.
+func budgetKey(name, key string) string { return name + "/" + key }
+
+// erasedBudgetKeys are the bucket keys that name mxid (when set) or one of
+// the 3PIDs of bs.
+func erasedBudgetKeys(mxid string, bs []db.Binding) []string {
+	var keys []string
+	if mxid != "" {
+		keys = append(keys, budgetKey(budgetRequestToken, budgetSenderAccount+mxid), budgetKey(budgetInvites, budgetSenderInvites+mxid))
+	}
+	for _, b := range bs {
+		if b.Medium == threepid.MSISDN {
+			keys = append(keys, budgetKey(budgetMSISDNNumber, b.Address))
+		} else {
+			keys = append(keys, budgetKey(budgetEmailAddress, b.Address), budgetKey(budgetInviteAddress, b.Address))
+		}
+	}
+	return keys
 }
 
 // budget is one limit that protects others: its rate, its setting's name
@@ -60,9 +97,9 @@ func (s *Server) charge(charges ...budgetCharge) error {
 		if c.b.rate.Burst == 0 {
 			continue
 		}
-		// The setting's name keeps limits apart; a changed rate starts
-		// from what was counted (clamped to the new burst).
-		buckets = append(buckets, db.Bucket{Key: c.b.name + "/" + c.key, Burst: c.b.rate.Burst, EveryMS: max(1, c.b.rate.Every.Milliseconds())})
+		// A changed rate starts from what was counted (clamped to the
+		// new burst).
+		buckets = append(buckets, db.Bucket{Key: budgetKey(c.b.name, c.key), Burst: c.b.rate.Burst, EveryMS: max(1, c.b.rate.Every.Milliseconds())})
 		on = append(on, c.b)
 	}
 	if len(buckets) == 0 {
@@ -132,6 +169,19 @@ func (m *memoryBudgets) SweepBudgets(nowMS int64) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.sweep(nowMS), nil
+}
+
+func (m *memoryBudgets) ForgetBudgets(keys []string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, k := range keys {
+		if _, ok := m.buckets[k]; ok {
+			delete(m.buckets, k)
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (m *memoryBudgets) sweep(nowMS int64) int {

@@ -14,7 +14,7 @@ import (
 
 // Config is the part of mxid's configuration the HTTP API owns: the
 // top-level identity keys and the [http], [accounts], [terms], [outbound],
-// [validation] and [ratelimit] sections. main embeds it in the whole configuration.
+// [validation], [ratelimit] and [audit] sections. main embeds it in the whole configuration.
 type Config struct {
 	// ServerName is the name mxid signs associations with.
 	ServerName string `toml:"server_name"`
@@ -34,6 +34,7 @@ type Config struct {
 
 	Validation ValidationConfig `toml:"validation"`
 	RateLimit  RateLimitConfig  `toml:"ratelimit"`
+	Audit      AuditConfig      `toml:"audit"`
 }
 
 // HTTPConfig is the [http] section.
@@ -53,6 +54,9 @@ type AccountsConfig struct {
 	// HomeserverAllowlist, when not empty, is the only homeservers whose
 	// users may register.
 	HomeserverAllowlist []string `toml:"homeserver_allowlist"`
+	// TokenLifetime is how long an access token lasts after registration
+	// (clients register again when it is refused); 0: until logout.
+	TokenLifetime time.Duration `toml:"token_lifetime"`
 }
 
 // TermsConfig is the [terms] section: the policies users must accept.
@@ -88,6 +92,7 @@ func DefaultConfig() Config {
 			IdleTimeout:       120 * time.Second,
 			ShutdownTimeout:   10 * time.Second,
 		},
+		Accounts: AccountsConfig{TokenLifetime: 365 * 24 * time.Hour},
 		Outbound: outbound.DefaultConfig(),
 		Invites:  DefaultInvitesConfig(),
 		TLS:      DefaultTLSConfig(),
@@ -95,6 +100,7 @@ func DefaultConfig() Config {
 
 		Validation: DefaultValidationConfig(),
 		RateLimit:  DefaultRateLimitConfig(),
+		Audit:      DefaultAuditConfig(),
 	}
 }
 
@@ -134,6 +140,9 @@ func (c *Config) Validate() []error {
 			add("accounts.homeserver_allowlist: %q is not a valid server name", hs)
 		}
 	}
+	if d := c.Accounts.TokenLifetime; d != 0 && (d < minTokenLifetime || d > maxAuditRetention) {
+		add("accounts.token_lifetime must be 0 (until logout) or between 1h and 87600h, not %v", d)
+	}
 	seen := map[string]bool{}
 	for i, p := range c.Terms.Policies {
 		where := fmt.Sprintf("terms.policy[%d]", i)
@@ -164,6 +173,7 @@ func (c *Config) Validate() []error {
 	errs = append(errs, c.Metrics.Validate()...)
 	errs = append(errs, c.Validation.validate()...)
 	errs = append(errs, c.RateLimit.validate()...)
+	errs = append(errs, c.Audit.validate()...)
 	return errs
 }
 

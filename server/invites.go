@@ -76,10 +76,10 @@ func (c *InvitesConfig) validate() []error {
 			add("invites.homeserver_blocklist: %q is not a server name", hs)
 		}
 	}
-	if err := c.RateLimit.validate("invites.rate_limit"); err != nil {
+	if err := c.RateLimit.validate(budgetInvites); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.AddressRateLimit.validate("invites.address_rate_limit"); err != nil {
+	if err := c.AddressRateLimit.validate(budgetInviteAddress); err != nil {
 		errs = append(errs, err)
 	}
 	if c.DeliveryMaxAttempts < 1 {
@@ -170,7 +170,7 @@ func (s *Server) postStoreInvite(w http.ResponseWriter, r *http.Request) error {
 	// the client IP, unless a trusted homeserver vouches for its user) and
 	// per invited address, so neither many senders nor cheap accounts can
 	// flood one mailbox.
-	sender := "user:" + req["sender"]
+	sender := budgetSenderInvites + req["sender"]
 	if isV1(r) && !s.forHomeserver(r) {
 		sender = "ip:" + s.clientIP(r).String()
 	}

@@ -7,6 +7,7 @@ package server
 //
 //	lookup:  m.Lookup       func(source, outcome string, d time.Duration) (lookup.Deps.Observe)
 //	mail:    m.Delivery     func(channel, outcome string)
+//	admin:   m.AdminAction, m.Unbind, m.Erased (Admin, in this package)
 //	gauges:  m.SetIndexSize(func() int), m.SetPepperAge(func() time.Duration),
 //	         m.SetQueueDepth(func() int), m.SetDirectoryEntries(func() int)
 //
@@ -26,6 +27,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"mxid/db"
 )
 
 // MetricsConfig is the [metrics] section.
@@ -79,6 +82,10 @@ type Metrics struct {
 	delivery  *prometheus.CounterVec
 	dirSearch *prometheus.CounterVec
 	dirFound  *prometheus.CounterVec
+	admin     *prometheus.CounterVec
+	unbinds   *prometheus.CounterVec
+	erasures  *prometheus.CounterVec
+	erased    *prometheus.CounterVec
 
 	mu     sync.Mutex
 	gauges map[string]*gaugeSlot
@@ -137,10 +144,26 @@ func NewMetrics(store interface {
 			Name: "mxid_directory_results_total",
 			Help: "Entries returned by user directory searches, by source (homeserver, directory).",
 		}, []string{"source"}),
+		admin: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_admin_actions_total",
+			Help: "mxid admin actions (show, unbind, erase, invites, queue, queue_retry, queue_drop, stats, audit), by outcome (ok, refused: bad input or nothing found, error).",
+		}, []string{"action", "outcome"}),
+		unbinds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_unbinds_total",
+			Help: "Bindings removed, by who removed them (user: a validated session; homeserver: a signed request; admin: mxid admin unbind; erase: mxid admin erase).",
+		}, []string{"by"}),
+		erasures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_erasures_total",
+			Help: "Erasures, by who asked (admin: mxid admin erase; homeserver: the signed unbind of a user's last 3PID, which withdraws the user's pending invites).",
+		}, []string{"by"}),
+		erased: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mxid_erased_records_total",
+			Help: "Records removed by erasures, by kind (bindings, invites_sent, invites_received, deliveries, tokens, terms, sessions).",
+		}, []string{"kind"}),
 		gauges: map[string]*gaugeSlot{},
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery, m.dirSearch, m.dirFound)
+		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery, m.dirSearch, m.dirFound, m.admin, m.unbinds, m.erasures, m.erased)
 	if store == nil {
 		return m
 	}
@@ -230,6 +253,37 @@ func outcome(err error) string {
 		return "failed"
 	}
 	return "sent"
+}
+
+// AdminAction records one mxid admin action with its outcome ("ok",
+// "refused", "error").
+func (m *Metrics) AdminAction(action, outcome string) {
+	if m == nil {
+		return
+	}
+	m.admin.WithLabelValues(action, outcome).Inc()
+}
+
+// Unbind records one binding removed, by "user", "homeserver", "admin"
+// or "erase".
+func (m *Metrics) Unbind(by string) {
+	if m == nil {
+		return
+	}
+	m.unbinds.WithLabelValues(by).Inc()
+}
+
+// Erased records one erasure asked by "admin" or "homeserver" and what it
+// removed.
+func (m *Metrics) Erased(by string, e db.Erased) {
+	if m == nil {
+		return
+	}
+	m.erasures.WithLabelValues(by).Inc()
+	for kind, n := range map[string]int{"bindings": len(e.Bindings), "invites_sent": e.InvitesSent, "invites_received": e.InvitesReceived,
+		"deliveries": e.Deliveries, "tokens": e.Tokens, "terms": e.Terms, "sessions": e.Sessions} {
+		m.erased.WithLabelValues(kind).Add(float64(n))
+	}
 }
 
 // SetIndexSize reports the lookup hash index's entry count.

@@ -86,8 +86,19 @@ func (s *Server) routes() {
 }
 
 // adminRoutes are served only on the admin unix socket in data_dir (mode
-// 0600), never on a network listener.
+// 0600), never on a network listener. The /admin/ routes are `mxid admin`
+// (admin_actions.go); addresses travel in them, so they are never logged.
 func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /backup", s.getBackup)
 	mux.HandleFunc("GET /check", s.getCheck)
+
+	mux.Handle("GET /admin/show", s.adminJSON(s.adminShow))               // ?address=
+	mux.Handle("POST /admin/unbind", s.adminJSON(s.adminUnbind))          // {"address"}
+	mux.Handle("POST /admin/erase", s.adminJSON(s.adminErase))            // {"subject": Matrix ID or address}
+	mux.Handle("GET /admin/invites", s.adminJSON(s.adminInvites))         // [?address=]
+	mux.Handle("GET /admin/queue", s.adminJSON(s.adminQueue))             //
+	mux.Handle("POST /admin/queue/retry", s.adminJSON(s.adminQueueRetry)) // {"id"}
+	mux.Handle("POST /admin/queue/drop", s.adminJSON(s.adminQueueDrop))   // {"id"}
+	mux.Handle("GET /admin/stats", s.adminJSON(s.adminStats))             //
+	mux.Handle("GET /admin/audit", s.adminJSON(s.adminAudit))             // [?since=ms][&address=]
 }

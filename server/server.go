@@ -116,6 +116,7 @@ type Server struct {
 	dir             *directoryAPI // nil unless [directory] is enabled
 	ready           func() error
 	authMemory      *authMemory
+	admin           *Admin
 	mux             *http.ServeMux
 	handler         http.Handler
 }
@@ -156,8 +157,8 @@ func New(cfg Config, d Deps) (*Server, error) {
 		binds:  d.Bindings,
 
 		inviteMail:      d.InviteMail,
-		inviteLimit:     budget{cfg.Invites.RateLimit, "invites.rate_limit", "invites from this sender"},
-		inviteAddrLimit: budget{cfg.Invites.AddressRateLimit, "invites.address_rate_limit", "invites to this address"},
+		inviteLimit:     budget{cfg.Invites.RateLimit, budgetInvites, "invites from this sender"},
+		inviteAddrLimit: budget{cfg.Invites.AddressRateLimit, budgetInviteAddress, "invites to this address"},
 		budgets:         d.Budgets,
 		onbind:          delivery{kick: make(chan struct{}, 1)},
 		metrics:         d.Metrics,
@@ -181,6 +182,11 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.binds = listener
 	default: // a local-only index and a caller's listener both follow
 		s.binds = bindingListeners{s.binds, listener}
+	}
+	s.admin = NewAdmin(AdminDeps{Store: d.Store, Now: d.Now, Logger: d.Logger, Metrics: d.Metrics, Bindings: s.binds, Budgets: s.budgets})
+	s.admin.index = func() lookupIndexStats {
+		st := s.lk.svc.Index.Stats()
+		return lookupIndexStats{entries: st.Entries, pepperAge: st.PepperAge}
 	}
 	for _, p := range cfg.HTTP.TrustedProxies {
 		pfx, err := parsePrefixOrAddr(p)

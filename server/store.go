@@ -42,4 +42,23 @@ type Store interface {
 	UpdateSession(sid string, fn func(sess *db.Session) (changed bool, err error)) (db.Session, error)
 	GetSession(sid string) (db.Session, error)
 	SweepSessions(expired func(db.Session) bool) (int, error)
+
+	// The audit log, removals that write it, the retention sweeps and the
+	// reads of mxid admin (admin.go, audit.go).
+	AuditSecret() ([]byte, error)
+	AuditEntries(q db.AuditQuery) ([]db.AuditEntry, error)
+	SweepAudit(beforeMS int64) (int, error)
+	SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error)
+	Unbind(medium, address, mxid string, audit db.AuditEntry) (bool, error)
+	EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)
+	Erase3PID(medium, address string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)
+	WithdrawInvites(sender string, audit func(n int) []db.AuditEntry) (int, error)
+	BindingsOf(mxid string) ([]db.Binding, error)
+	SessionsOf(medium, address string) ([]db.Session, error)
+	Invites(f db.InviteFilter) ([]db.Invite, error)
+	DirectoryMXIDs(threepids [][2]string) ([]string, error)
+	Jobs() ([]db.Job, error)
+	RescheduleJob(id uint64, dueTS int64, audit db.AuditEntry) (db.Job, error)
+	DropJobByID(id uint64, audit db.AuditEntry) (db.Job, error)
+	Counts() (db.Counts, error)
 }

@@ -28,6 +28,10 @@ const (
 	// sessionSweepGrace: expired sessions are kept this much longer so
 	// clients get M_SESSION_EXPIRED rather than M_NO_VALID_SESSION.
 	sessionSweepGrace = 24 * time.Hour
+	// SessionKept is how long a session is stored after its last
+	// modification, validated or not, bound or not: then the sweep
+	// removes it.
+	SessionKept = sessionLifetime + sessionSweepGrace
 	// sessionSweepEvery is how often expired sessions are deleted.
 	sessionSweepEvery = 10 * time.Minute
 	// maxTokenFailures wrong tokens burn a session's token.
@@ -169,7 +173,7 @@ func (s *Server) limitSubject(r *http.Request, subject string) error {
 // by the per-address limits alone.
 func (s *Server) senderKey(r *http.Request) string {
 	if u := account(r).UserID; u != "" {
-		return "acct:" + u
+		return budgetSenderAccount + u
 	}
 	if s.forHomeserver(r) {
 		return ""

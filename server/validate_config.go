@@ -100,9 +100,9 @@ type limits struct {
 // newLimits builds the limiters of a validated [ratelimit] section.
 func newLimits(c RateLimitConfig, now func() time.Time) *limits {
 	l := &limits{
-		requestToken:  budget{c.RequestToken, "ratelimit.request_token", "verification messages requested by this account or IP"},
-		emailAddress:  budget{c.EmailAddress, "ratelimit.email_address", "verification emails to this address"},
-		msisdnNumber:  budget{c.MSISDNNumber, "ratelimit.msisdn_number", "verification SMS to this number"},
+		requestToken:  budget{c.RequestToken, budgetRequestToken, "verification messages requested by this account or IP"},
+		emailAddress:  budget{c.EmailAddress, budgetEmailAddress, "verification emails to this address"},
+		msisdnNumber:  budget{c.MSISDNNumber, budgetMSISDNNumber, "verification SMS to this number"},
 		msisdnCountry: budget{c.MSISDNCountry, "ratelimit.msisdn_country", "verification SMS to this country"},
 		attempts:      newLimiter(c.Attempts, now, "ratelimit.attempts", "validation requests"),
 		register:      newLimiter(c.Register, now, "ratelimit.register", "registrations from this IP"),

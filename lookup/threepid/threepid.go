@@ -252,3 +252,24 @@ var urlDecode = func() (t [256]byte) {
 	}
 	return t
 }()
+
+// Infer reads an address whose medium is not given (an operator typing one
+// on the command line): an email address when it has an "@", otherwise a
+// phone number in international form ("+44 7700 900123", "447700900123",
+// "0044 7700 900123"). It returns the medium and the canonical address.
+func Infer(s string) (medium, address string, err error) {
+	if strings.Contains(s, "@") {
+		if address, err = CanonicalEmail(s); err != nil {
+			return "", "", err
+		}
+		return Email, address, nil
+	}
+	t := strings.TrimSpace(s)
+	if !strings.HasPrefix(t, "+") && !strings.HasPrefix(t, "00") && strings.Trim(t, "0123456789") != "" {
+		return "", "", ErrInvalidPhone // a national number: its country is unknown
+	}
+	if address, err = NormalizePhone(t, ""); err != nil {
+		return "", "", err
+	}
+	return MSISDN, address, nil
+}

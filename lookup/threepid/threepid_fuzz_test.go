@@ -111,3 +111,24 @@ func FuzzDecodeHash(f *testing.F) {
 		}
 	})
 }
+
+// FuzzInfer: whatever an operator types, an accepted address is canonical
+// for the medium inferred, and reading it again gives the same.
+func FuzzInfer(f *testing.F) {
+	for _, s := range []string{"alice@example.org", "Alice@Example.ORG", "+44 7700 900123", "447700900123", "0044 7700 900123",
+		"07700 900123", "07700900123", "+1 (201) 555-0123", "", "@", "+", "abc", "a@b", "+44 7700 900123 ext 1", "１２３"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		medium, address, err := Infer(s)
+		if err != nil {
+			return
+		}
+		if c, err := Canonical(medium, address); err != nil || c != address {
+			t.Fatalf("Infer(%q) = %s %q, whose canonical form is %q, %v", s, medium, address, c, err)
+		}
+		if m2, a2, err := Infer(address); err != nil || m2 != medium || a2 != address {
+			t.Fatalf("Infer(%q) = %s %q, then %s %q, %v", s, medium, address, m2, a2, err)
+		}
+	})
+}

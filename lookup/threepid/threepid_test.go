@@ -173,3 +173,22 @@ func TestPhoneForms(t *testing.T) {
 		}
 	}
 }
+
+func TestInfer(t *testing.T) {
+	for _, c := range []struct{ in, medium, address string }{
+		{"Alice@Example.ORG", Email, "alice@example.org"},
+		{"+44 7700 900123", MSISDN, "447700900123"},
+		{"447700900123", MSISDN, "447700900123"},
+		{"+1 (201) 555-0123", MSISDN, "12015550123"},
+		{"07700 900123", "", ""}, // national: which country?
+		{"07700900123", "", ""},
+		{"alice", "", ""},
+		{"a@b@c", "", ""},
+		{"", "", ""},
+	} {
+		medium, address, err := Infer(c.in)
+		if (err != nil) != (c.medium == "") || medium != c.medium || address != c.address {
+			t.Errorf("Infer(%q) = %q %q %v, want %q %q", c.in, medium, address, err, c.medium, c.address)
+		}
+	}
+}
