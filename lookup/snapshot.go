@@ -84,6 +84,32 @@ func (l *LDAP) useStore(st DirectoryStore, now func() time.Time) error {
 	return nil
 }
 
+// reloadSummary reads the stored snapshot's summary again (another replica
+// may have replaced the snapshot) and reports whether it differs from the
+// one in memory. Taking syncMu waits for a save of this replica's under
+// way, which updates the summary itself.
+func (l *LDAP) reloadSummary() (changed bool, err error) {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	raw, ok, err := l.store.DirectorySummary()
+	if err != nil {
+		return false, fmt.Errorf("reading the directory snapshot: %w", err)
+	}
+	var sum snapshotSummary
+	if ok {
+		if err := json.Unmarshal(raw, &sum); err != nil {
+			return false, fmt.Errorf("reading the directory snapshot: %w", err)
+		}
+	}
+	l.sumMu.Lock()
+	defer l.sumMu.Unlock()
+	if sum == l.summary {
+		return false, nil
+	}
+	l.summary = sum
+	return true, nil
+}
+
 // dropSnapshot removes a stored snapshot.
 func dropSnapshot(st DirectoryStore) error {
 	if err := st.ReplaceDirectory(nil, nil); err != nil {
