@@ -61,6 +61,13 @@ type Deps struct {
 	// Ready, when set, is asked by GET /health/ready besides the store: an
 	// error (saying why) makes this replica not ready.
 	Ready func() error
+	// RunOnce, when set (several replicas share the store), is handed the
+	// background jobs only one replica may run, the sweeps of expired
+	// sessions and invites, by Start, which then runs only the onbind
+	// deliveries (every replica delivers; the store's claims give each job
+	// to one). The caller runs each job while this replica leads and waits
+	// for them before closing the store. nil: Start runs them itself.
+	RunOnce func(name string, job func(ctx context.Context))
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -107,6 +114,7 @@ type Server struct {
 	keys            *federation.KeyCache
 	lk              *lookupAPI
 	ready           func() error
+	runOnce         func(name string, job func(ctx context.Context))
 	authMemory      *authMemory
 	mux             *http.ServeMux
 	handler         http.Handler
@@ -149,6 +157,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		mail:            d.Mail,
 		limits:          newLimits(cfg.RateLimit, d.Now),
 		ready:           d.Ready,
+		runOnce:         d.RunOnce,
 		authMemory:      newAuthMemory(d.Now),
 	}
 	s.keys = federation.NewKeyCache(s.fed, d.Now)
