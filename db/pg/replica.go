@@ -2,7 +2,6 @@ package pg
 
 import (
 	"context"
-	"errors"
 	"net"
 	"sync"
 	"time"
@@ -60,7 +59,7 @@ const feedRetry = time.Second
 // FollowChanges starts the feed; it stops when ctx ends (Done is closed
 // then).
 func (s *Store) FollowChanges(ctx context.Context) *ChangeFeed {
-	f := &ChangeFeed{c: make(chan struct{}, 1), done: make(chan struct{}), err: errors.New("not connected yet")}
+	f := &ChangeFeed{c: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
 		for ctx.Err() == nil {
@@ -117,7 +116,8 @@ func (f *ChangeFeed) setErr(err error) {
 // C is signalled when the log may have grown.
 func (f *ChangeFeed) C() <-chan struct{} { return f.c }
 
-// Err is nil while the feed is listening, and otherwise says why not.
+// Err is nil while the feed is listening (or connecting for the first
+// time), and otherwise says why it is not.
 func (f *ChangeFeed) Err() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
