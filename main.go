@@ -81,6 +81,7 @@ func commandsWith(sig opSignals) []command {
 			}},
 		{"install", "install --domain NAME ...", "install as a systemd service (user, config, unit); --dry-run shows the plan", cmdInstall},
 		{"bench-lookup", "bench-lookup [flags]", "load benchmark of POST /v2/lookup (-h lists its flags)", cmdBenchLookup},
+		{"bench-replicas", "bench-replicas -urls URLS [flags]", "binds/s, propagation between replicas, leader failover, of running servers (-h)", cmdBenchReplicas},
 		{"version", "version", "print the version", cmdVersion},
 		{"help", "help [COMMAND]", "print this help, or a command's", cmdHelp},
 	}

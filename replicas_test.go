@@ -37,8 +37,14 @@ type cluster struct {
 	dir   string
 	store *pg.Store // the test's own handle: fixtures and checks
 	hs    *hsStandIn
-	extra string // appended to every replica's configuration
+	opts  clusterOpts
 	nodes []*node
+}
+
+// clusterOpts add to every replica's configuration.
+type clusterOpts struct {
+	pins  string // lines of [outbound.pins]
+	extra string // sections appended
 }
 
 // node is one replica.
@@ -56,7 +62,7 @@ const userToken = "replicatoken0123456789abcdefghijklmnop"
 
 // startCluster starts n replicas on the database at url, waiting until each
 // is ready.
-func startCluster(t *testing.T, url string, n int, extra string) *cluster {
+func startCluster(t *testing.T, url string, n int, opts clusterOpts) *cluster {
 	t.Helper()
 	store, err := pg.Open(context.Background(), url, pg.Options{})
 	if err != nil {
@@ -66,7 +72,7 @@ func startCluster(t *testing.T, url string, n int, extra string) *cluster {
 	if err := store.CreateAccountToken(userToken, "@user:hs.test", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, url: url, dir: t.TempDir(), store: store, extra: extra}
+	c := &cluster{t: t, url: url, dir: t.TempDir(), store: store, opts: opts}
 	c.hs = startHSStandIn(t, n)
 	for i := range n {
 		c.nodes = append(c.nodes, c.configure(i))
@@ -102,13 +108,23 @@ claim_lease = "3s"
 timeout = "1s"
 [outbound.pins]
 "hs.test" = %q
+%s
 [invites.rate_limit]
 burst = 0
 [invites.address_rate_limit]
 burst = 0
 [ratelimit]
 attempts = { burst = 0, every = "1s" }
-`, filepath.Join(c.dir, nd.name), api, metrics, c.url, nd.name, c.hs.urls[i]) + c.extra
+request_token = { burst = 0, every = "1s" }
+email_address = { burst = 0, every = "1s" }
+register = { burst = 0, every = "1s" }
+[lookup.rate_per_account]
+burst = 0
+[lookup.rate_per_ip]
+burst = 0
+[lookup.rate_per_homeserver]
+burst = 0
+`, filepath.Join(c.dir, nd.name), api, metrics, c.url, nd.name, c.hs.urls[i], c.opts.pins) + c.opts.extra
 	if err := os.WriteFile(nd.config, []byte(cfg), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
@@ -360,7 +376,7 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 //     another delivers it once its claim lapses; when it was the leader,
 //     another takes the lead (measured) and rotates.
 func TestReplicas(t *testing.T) {
-	c := startCluster(t, pgtest.New(t), 3, "")
+	c := startCluster(t, pgtest.New(t), 3, clusterOpts{})
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
 	pepper := pepperOf(t, a)
 	for _, nd := range c.nodes[1:] {
@@ -529,7 +545,7 @@ func TestReplicas(t *testing.T) {
 // started again. Every bind that was acknowledged is in the database and
 // found by hashed lookups on every running replica.
 func TestReplicasKilledUnderBindLoad(t *testing.T) {
-	c := startCluster(t, pgtest.New(t), 3, "")
+	c := startCluster(t, pgtest.New(t), 3, clusterOpts{})
 	const clients, perClient = 6, 40
 	var mu sync.Mutex
 	var done []string
@@ -598,7 +614,7 @@ func TestReplicasKilledUnderBindLoad(t *testing.T) {
 // works, and the other replica finds it.
 func TestReplicasDatabaseOutage(t *testing.T) {
 	srv := pgtest.Start(t)
-	c := startCluster(t, srv.NewDatabase(t), 2, "")
+	c := startCluster(t, srv.NewDatabase(t), 2, clusterOpts{})
 	a, b := c.nodes[0], c.nodes[1]
 	sid, secret := c.session("email", "before@example.org")
 	if st, body, err := bindOn(a, sid, secret); err != nil || st != 200 {
