@@ -501,7 +501,7 @@ func (s *smtpSink) serve(conn net.Conn) {
 			reply("250 OK")
 		case strings.HasPrefix(cmd, "RCPT TO:"):
 			addr := strings.TrimSpace(line[len("RCPT TO:"):])
-			rcpt = append(rcpt, strings.ToLower(strings.Trim(strings.Fields(addr+" ")[0], "<>")))
+			rcpt = append(rcpt, strings.ToLower(strings.Trim(strings.Fields(addr + " ")[0], "<>")))
 			reply("250 OK")
 		case cmd == "DATA":
 			reply("354 end with .")
