@@ -421,18 +421,23 @@ func pctMS(ds []time.Duration, p float64) string {
 	return fmt.Sprintf("%.1f ms", float64(ds[min(len(ds)-1, int(p*float64(len(ds))))].Microseconds())/1000)
 }
 
-// startBenchHomeserver answers OpenID userinfo for the bench's user.
+// startBenchHomeserver is the bench user's homeserver: it vouches for the
+// user's OpenID token and takes the onbind notices of its binds.
 func startBenchHomeserver(addr string) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/_matrix/federation/v1/openid/userinfo" {
+		switch r.URL.Path {
+		case "/_matrix/federation/v1/openid/userinfo":
+			fmt.Fprintf(w, `{"sub":"@bench:%s"}`, benchServerName)
+		case "/_matrix/federation/v1/3pid/onbind":
+			io.Copy(io.Discard, r.Body)
+			io.WriteString(w, "{}")
+		default:
 			http.NotFound(w, r)
-			return
 		}
-		fmt.Fprintf(w, `{"sub":"@bench:%s"}`, benchServerName)
 	})}
 	go srv.Serve(ln)
 	return func() { srv.Close() }, nil
