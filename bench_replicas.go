@@ -32,15 +32,9 @@ import (
 // it to the bench's stand-in, which vouches for the user's OpenID token.
 const benchServerName = "bench.invalid"
 
-// benchReplicasConfig is what the replicas' configuration needs for
-// bench-replicas (printed by -h).
-const benchReplicasConfig = `[email]
-mode = "plain"
-host = "127.0.0.1"
-port = 2525                                   # -smtp
-[outbound.pins]
-"bench.invalid" = "http://127.0.0.1:8448"     # -homeserver
-[ratelimit]
+// benchUnlimited turns off the rate limits a bench runs into: many
+// validations and binds, and lookups of one account, from one address.
+const benchUnlimited = `[ratelimit]
 request_token = { burst = 0, every = "1s" }
 email_address = { burst = 0, every = "1s" }
 attempts = { burst = 0, every = "1s" }
@@ -51,6 +45,16 @@ burst = 0
 burst = 0
 [lookup.rate_per_homeserver]
 burst = 0`
+
+// benchReplicasConfig is what the replicas' configuration needs for
+// bench-replicas (printed by -h).
+const benchReplicasConfig = `[email]
+mode = "plain"
+host = "127.0.0.1"
+port = 2525                                   # -smtp
+[outbound.pins]
+"bench.invalid" = "http://127.0.0.1:8448"     # -homeserver
+` + benchUnlimited
 
 // cmdBenchReplicas implements `mxid bench-replicas`: binds per second,
 // propagation of a bind from one replica to another under bind load, and

@@ -113,18 +113,7 @@ timeout = "1s"
 burst = 0
 [invites.address_rate_limit]
 burst = 0
-[ratelimit]
-attempts = { burst = 0, every = "1s" }
-request_token = { burst = 0, every = "1s" }
-email_address = { burst = 0, every = "1s" }
-register = { burst = 0, every = "1s" }
-[lookup.rate_per_account]
-burst = 0
-[lookup.rate_per_ip]
-burst = 0
-[lookup.rate_per_homeserver]
-burst = 0
-`, filepath.Join(c.dir, nd.name), api, metrics, c.url, nd.name, c.hs.urls[i], c.opts.pins) + c.opts.extra
+`, filepath.Join(c.dir, nd.name), api, metrics, c.url, nd.name, c.hs.urls[i], c.opts.pins) + benchUnlimited + "\n" + c.opts.extra
 	if err := os.WriteFile(nd.config, []byte(cfg), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
