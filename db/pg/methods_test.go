@@ -17,7 +17,8 @@ import (
 func TestSameMethodsAsBbolt(t *testing.T) {
 	bboltOnly := []string{"WriteBackup", "ReleaseMapped", // pg_dump; no file mapped
 		"Opened", "RewroteMeta"} // the file's checks at open
-	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", // the replicas' change log
+	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", "FollowChanges", // the replicas' change log
+		"Leadership",                    // the leader's lock
 		"Ping",                          // readiness
 		"SigningKey",                    // bbolt: the signing.key file beside it
 		"ChargeBudgets", "SweepBudgets", // bbolt: one process, budgets in its memory
