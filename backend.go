@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -28,16 +29,29 @@ type DatabaseConfig struct {
 	// password may come from url_file instead: the whole URL is read from
 	// that file).
 	URL string `toml:"url"`
+	// URLFile names a file holding the URL (a password kept out of the
+	// configuration).
+	URLFile string `toml:"url_file"`
 	// MaxConns bounds each replica's connection pool.
 	MaxConns int32 `toml:"max_conns"`
 	// StatementTimeout bounds every database call: a write that cannot
 	// complete within it answers 503 instead of hanging.
 	StatementTimeout time.Duration `toml:"statement_timeout"`
+	// ReplicaName names this replica in logs, metrics and
+	// pg_stat_activity; "" is the host name and process id.
+	ReplicaName string `toml:"replica_name"`
+	// MaxLag: a replica whose lookup index has not read the change log to
+	// its end for longer than this answers /health/ready with 503.
+	MaxLag time.Duration `toml:"max_lag"`
+	// ClaimLease is how long an onbind delivery claimed by one replica is
+	// left to it; a replica that dies mid-delivery leaves the job to another
+	// after it.
+	ClaimLease time.Duration `toml:"claim_lease"`
 }
 
 // DefaultDatabaseConfig is bbolt, with PostgreSQL's settings ready.
 func DefaultDatabaseConfig() DatabaseConfig {
-	return DatabaseConfig{MaxConns: 10, StatementTimeout: 5 * time.Second}
+	return DatabaseConfig{MaxConns: 10, StatementTimeout: 5 * time.Second, MaxLag: 10 * time.Second, ClaimLease: 2 * time.Minute}
 }
 
 // Postgres reports whether the state lives in PostgreSQL.
@@ -57,6 +71,15 @@ func (c *DatabaseConfig) Validate() []error {
 	if c.StatementTimeout < 100*time.Millisecond || c.StatementTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("database.statement_timeout must be between 100ms and 10m, not %v", c.StatementTimeout))
 	}
+	if !replicaNameRE.MatchString(c.ReplicaName) {
+		errs = append(errs, fmt.Errorf("database.replica_name: %q must be 1 to 64 letters, digits, '.', '_' or '-' (or \"\" for host-pid)", c.ReplicaName))
+	}
+	if c.MaxLag < 2*time.Second || c.MaxLag > time.Hour {
+		errs = append(errs, fmt.Errorf("database.max_lag must be between 2s and 1h (replicas read the change log at least every second), not %v", c.MaxLag))
+	}
+	if c.ClaimLease < time.Second || c.ClaimLease > time.Hour {
+		errs = append(errs, fmt.Errorf("database.claim_lease must be between 1s and 1h, not %v", c.ClaimLease))
+	}
 	return errs
 }
 
@@ -68,6 +91,9 @@ func checkPostgresURL(raw string) error {
 	}
 	return nil
 }
+
+// replicaNameRE is what [database] replica_name may be.
+var replicaNameRE = regexp.MustCompile(`^([A-Za-z0-9._-]{1,64})?$`)
 
 // redactedURL is a database URL fit for a log line: no password.
 func redactedURL(raw string) string {
@@ -124,6 +150,7 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	defer cancel()
 	store, err := pg.Open(octx, cfg.Database.URL, pg.Options{
 		MaxConns: cfg.Database.MaxConns, StatementTimeout: cfg.Database.StatementTimeout, Logger: log,
+		ClaimLease: cfg.Database.ClaimLease, ApplicationName: "mxid " + replicaName(cfg.Database),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
@@ -141,7 +168,8 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	v, _ := store.SchemaVersion()
 	log.Info("database", "backend", "postgres", "url", redactedURL(cfg.Database.URL), "schema", v,
 		"max_conns", cfg.Database.MaxConns, "statement_timeout", cfg.Database.StatementTimeout.String(),
-		"rate_limits", "mail, SMS and invite budgets counted in the database (shared); per-IP limits per replica")
+		"rate_limits", "mail, SMS and invite budgets counted in the database (shared); per-IP limits per replica",
+		"replica", replicaName(cfg.Database), "max_lag", cfg.Database.MaxLag.String(), "claim_lease", cfg.Database.ClaimLease.String())
 	if created {
 		log.Info("created a new long-term signing key in the database", "key_id", key.ID)
 	} else {

@@ -79,6 +79,12 @@ func (c *Config) Validate() []error {
 	errs = append(errs, lookup.ValidateForwarders(c.Forwarders)...)
 	errs = append(errs, c.Directory.Validate(&c.LDAP, c.Outbound)...)
 	errs = append(errs, c.Database.Validate()...)
+	if c.Database.Postgres() && c.Database.ClaimLease < 2*c.Outbound.Timeout {
+		// An onbind delivery is up to two requests (POST, then PUT): a
+		// claim that lapses before they are answered lets a second replica
+		// deliver the same invites again.
+		errs = append(errs, fmt.Errorf("database.claim_lease (%v) must be at least twice outbound.timeout (%v): a delivery is up to two requests", c.Database.ClaimLease, c.Outbound.Timeout))
+	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir must not be empty"))
 	}

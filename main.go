@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"mxid/db/pg"
 	"mxid/lookup"
 	"mxid/mail"
 	"mxid/server"
@@ -82,6 +83,7 @@ func commandsWith(sig opSignals) []command {
 			}},
 		{"install", "install --domain NAME ...", "install as a systemd service (user, config, unit); --dry-run shows the plan", cmdInstall},
 		{"bench-lookup", "bench-lookup [flags]", "load benchmark of POST /v2/lookup (-h lists its flags)", cmdBenchLookup},
+		{"bench-replicas", "bench-replicas -urls URLS [flags]", "binds/s, propagation between replicas, leader failover, of running servers (-h)", cmdBenchReplicas},
 		{"version", "version", "print the version", cmdVersion},
 		{"help", "help [COMMAND]", "print this help, or a command's", cmdHelp},
 	}
@@ -359,6 +361,10 @@ func cmdServe(ctx context.Context, args []string, sig opSignals, stdout, stderr 
 	defer func() { stopBackground(); waitBackground() }()
 
 	signals.ready(rotatePepper, func(ctx context.Context) {
+		if app.replica != nil && !app.replica.leader.leading.Load() {
+			log.Info("SIGUSR1: this replica does not lead, so it does not rotate the pepper; send SIGUSR1 to the leader (mxid_replica_leader 1, or its log line \"replica: this replica leads\")")
+			return
+		}
 		log.Info("SIGUSR1: rotating the lookup pepper")
 		if err := app.lookup.Index.Rotate(ctx); err != nil {
 			log.Error("pepper rotation failed", "err", err)
@@ -410,7 +416,8 @@ type app struct {
 	log     *slog.Logger
 	metrics *server.Metrics
 	lookup  *lookup.Service
-	stop    context.CancelFunc // ends the lookup service's background work
+	replica *replica           // nil with bbolt (one process)
+	stop    context.CancelFunc // ends the lookup service's and the replica's background work
 }
 
 // newApp opens the store, loads (or creates) the signing key and builds the
@@ -456,7 +463,21 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		log.Warn("SMS are not delivered: they are written to this log, codes included (set [sms] provider to deliver them)")
 	}
 	metrics.SetQueueDepth(func() int { n, _ := store.QueueDepth(); return n })
-	lk, err := newLookup(cfg, store, policy, log, metrics.Lookup)
+	// With PostgreSQL this process is one of several replicas: the jobs
+	// that run once go to the leader's runner, and the index follows the
+	// change log from the last change before it is built.
+	var rep *replica
+	var runOnce func(name string, job func(context.Context))
+	var from int64
+	if ps, ok := store.(*pg.Store); ok {
+		rep = newReplica(cfg.Database, ps, log)
+		runOnce = rep.leader.runOnce
+		if from, err = ps.LatestChange(); err != nil {
+			store.Close()
+			return nil, fmt.Errorf("database: reading the change log: %w", err)
+		}
+	}
+	lk, err := newLookup(cfg, store, policy, log, metrics.Lookup, runOnce)
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -466,8 +487,16 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 		metrics.SetDirectoryEntries(lk.Search.Len)
 	}
 	metrics.SetPepperAge(func() time.Duration { return lk.Index.Stats().PepperAge })
-	srv, err := server.New(cfg.Config, server.Deps{Store: store, Key: key, Policy: policy, Logger: log,
-		Mail: sender, InviteMail: sender, Metrics: metrics, Lookup: lk, Bindings: lk.Index})
+	deps := server.Deps{Store: store, Key: key, Policy: policy, Logger: log,
+		Mail: sender, InviteMail: sender, Metrics: metrics, Lookup: lk, Bindings: lk.Index}
+	if rep != nil {
+		f := rep.follow(lk, from)
+		deps.Bindings, deps.Ready, deps.RunOnce = f, f.ready(cfg.Database.MaxLag), runOnce
+		metrics.SetReplica(rep.name, os.Getpid())
+		metrics.SetLeader(rep.leader.leading.Load)
+		metrics.SetChangeLag(f.lagChanges, f.lagSeconds)
+	}
+	srv, err := server.New(cfg.Config, deps)
 	if err != nil {
 		lk.Close()
 		store.Close()
@@ -475,13 +504,16 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	lk.Start(ctx)
+	if rep != nil {
+		rep.start(ctx)
+	}
 	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())
-	return &app{store: store, srv: srv, log: log, metrics: metrics, lookup: lk, stop: stop}, nil
+	return &app{store: store, srv: srv, log: log, metrics: metrics, lookup: lk, replica: rep, stop: stop}, nil
 }
 
 // newLookup builds the lookup service: the hash index over the local
 // bindings (built here, before serving), the cascade and its sources.
-func newLookup(cfg Config, store lookup.Store, policy *outbound.Policy, log *slog.Logger, observe func(source, outcome string, d time.Duration)) (*lookup.Service, error) {
+func newLookup(cfg Config, store lookup.Store, policy *outbound.Policy, log *slog.Logger, observe func(source, outcome string, d time.Duration), runOnce func(string, func(context.Context))) (*lookup.Service, error) {
 	start := time.Now()
 	lk, err := lookup.New(cfg.Lookup, cfg.LDAP, cfg.DNS, cfg.Forwarders, lookup.Deps{
 		Store:      store,
@@ -491,6 +523,7 @@ func newLookup(cfg Config, store lookup.Store, policy *outbound.Policy, log *slo
 		Logger:     log,
 		Observe:    observe, // metrics.Lookup: nil-safe when metrics are off
 		Directory:  cfg.Directory,
+		RunOnce:    runOnce, // the leader's runner with several replicas; nil: one process
 	})
 	if err != nil {
 		return nil, fmt.Errorf("lookup: %w", err)
@@ -513,6 +546,9 @@ func (a *app) close() {
 	if a.stop != nil {
 		a.stop()
 		a.lookup.Wait()
+		if a.replica != nil {
+			a.replica.wait() // the leader's jobs among it
+		}
 		a.lookup.Close()
 	}
 	if err := a.store.Close(); err != nil {

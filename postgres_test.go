@@ -44,3 +44,14 @@ func TestCommandsOnPostgres(t *testing.T) {
 		t.Errorf("backup on PostgreSQL left files: %v", matches)
 	}
 }
+
+// [database] url_file: the URL (with its password) read from a file.
+func TestDatabaseURLFile(t *testing.T) {
+	dir := t.TempDir()
+	urlFile := writeFile(t, dir, "db-url", pgtest.New(t)+"\n")
+	cfg := writeFile(t, dir, "mxid.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl_file = %q\n", filepath.Join(dir, "data"), urlFile))
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"check-db", "-config", cfg}, &out, &errOut); err != nil || !strings.Contains(out.String(), "postgres://") {
+		t.Errorf("check-db with url_file: %v\n%s%s", err, out.String(), errOut.String())
+	}
+}

@@ -16,7 +16,7 @@ type Change struct {
 	Kind ChangeKind
 	// Medium and Address name the 3PID (canonical address); MXID is the
 	// Matrix ID it is now bound to (ChangeBind) or was bound to until the
-	// change (ChangeUnbind).
+	// change (ChangeUnbind). For ChangeMeta, Address is the meta key.
 	Medium  string
 	Address string
 	MXID    string
@@ -36,6 +36,10 @@ const (
 	// ChangeDirectory: the directory snapshot was replaced (no 3PID):
 	// readers reload it.
 	ChangeDirectory ChangeKind = "directory"
+	// ChangeMeta: the meta document named by Address was written (the
+	// lookup pepper after a rotation, ...): readers that keep it in memory
+	// read it again.
+	ChangeMeta ChangeKind = "meta"
 )
 
 // ErrChangesPruned is returned when the changes after the sequence number a

@@ -32,6 +32,11 @@ import (
 // tables in use hang off an atomic pointer, so a rebuild never blocks a
 // lookup; binds and unbinds made while a rebuild runs are logged and replayed
 // onto the new table before it is swapped in, so none is lost.
+//
+// With several replicas (DESIGN.md §6) the pepper state in the store is the
+// leader's: only the leader runs Run (rotation); the others run Expire and
+// call Reload when the state changes, taking the leader's new pepper with
+// the grace period it recorded.
 
 // MetaKey is the meta key holding the pepper state.
 const MetaKey = "lookup_pepper"
@@ -285,7 +290,9 @@ type Index struct {
 
 	hits, misses, rotations atomic.Int64
 	lastBuild               atomic.Int64 // nanoseconds
-	wake                    chan struct{}
+
+	wakeMu sync.Mutex
+	wake   chan struct{} // closed (and replaced) when the pepper state changes
 }
 
 // pepperState is the persisted pepper (meta key MetaKey).
@@ -319,18 +326,11 @@ func NewIndex(opt IndexOptions) (*Index, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	x := &Index{opt: opt, wake: make(chan struct{}, 1)}
+	x := &Index{opt: opt, wake: make(chan struct{})}
 	now := opt.Now()
-	var ps pepperState
-	raw, ok, err := opt.Store.GetMeta(MetaKey)
+	ps, _, err := x.loadPepper()
 	if err != nil {
 		return nil, err
-	}
-	if ok {
-		if err := json.Unmarshal(raw, &ps); err != nil || !pepperRE.MatchString(ps.Current) {
-			opt.Logger.Warn("lookup: the stored pepper is unreadable; starting with a new one")
-			ps = pepperState{}
-		}
 	}
 	dirty := false
 	switch {
@@ -366,6 +366,20 @@ func NewIndex(opt IndexOptions) (*Index, error) {
 	x.lastBuild.Store(int64(time.Since(start)))
 	releaseMemory()
 	return x, nil
+}
+
+// loadPepper reads the stored pepper state; ok is false when there is none
+// or it is unreadable (logged).
+func (x *Index) loadPepper() (ps pepperState, ok bool, err error) {
+	raw, ok, err := x.opt.Store.GetMeta(MetaKey)
+	if err != nil || !ok {
+		return pepperState{}, false, err
+	}
+	if err := json.Unmarshal(raw, &ps); err != nil || !pepperRE.MatchString(ps.Current) {
+		x.opt.Logger.Warn("lookup: the stored pepper is unreadable; starting with a new one")
+		return pepperState{}, false, nil
+	}
+	return ps, true, nil
 }
 
 func (x *Index) savePepper(ps pepperState) error {
@@ -418,18 +432,17 @@ func (x *Index) scan(ctx context.Context, peppers []string, created time.Time) (
 // size is what operators of small machines watch.
 func releaseMemory() { debug.FreeOSMemory() }
 
-// rebuild builds new tables in the background for peppers[0] (and keeps the
-// rest of the state as finish decides), replaying concurrent changes.
-func (x *Index) rebuild(ctx context.Context, pepper string, created time.Time, finish func(old *indexState, t *table) (*indexState, error)) error {
-	x.buildMu.Lock()
-	defer x.buildMu.Unlock()
+// rebuild builds new tables in the background, one per pepper, and swaps
+// in the state finish makes of them, replaying the changes made meanwhile
+// onto them. The caller holds buildMu.
+func (x *Index) rebuild(ctx context.Context, peppers []string, created time.Time, finish func(old *indexState, ts []*table) (*indexState, error)) error {
 	start := time.Now()
 	x.mu.Lock()
 	log := []event{}
 	x.pending = &log
 	x.mu.Unlock()
 	releaseMemory() // start the build from a compact heap: the peak is old + new table
-	tables, err := x.scan(ctx, []string{pepper}, created)
+	tables, err := x.scan(ctx, peppers, created)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	events := *x.pending
@@ -437,13 +450,14 @@ func (x *Index) rebuild(ctx context.Context, pepper string, created time.Time, f
 	if err != nil {
 		return err
 	}
-	t := tables[0]
-	t.mu.Lock()
-	for _, e := range events {
-		t.apply(e.medium, e.address, e.mxid)
+	for _, t := range tables {
+		t.mu.Lock()
+		for _, e := range events {
+			t.apply(e.medium, e.address, e.mxid)
+		}
+		t.mu.Unlock()
 	}
-	t.mu.Unlock()
-	next, err := finish(x.state.Load(), t)
+	next, err := finish(x.state.Load(), tables)
 	if err != nil {
 		return err
 	}
@@ -460,9 +474,12 @@ func (x *Index) Rotate(ctx context.Context) error {
 	if x.opt.Fixed != "" {
 		return nil
 	}
+	x.buildMu.Lock()
+	defer x.buildMu.Unlock()
 	pepper := NewPepper()
 	start := time.Now()
-	err := x.rebuild(ctx, pepper, x.opt.Now(), func(old *indexState, t *table) (*indexState, error) {
+	err := x.rebuild(ctx, []string{pepper}, x.opt.Now(), func(old *indexState, ts []*table) (*indexState, error) {
+		t := ts[0]
 		now := x.opt.Now()
 		t.created = now
 		next := &indexState{current: t, previous: old.current, prevExpires: now.Add(x.opt.Grace)}
@@ -490,13 +507,12 @@ func (x *Index) Rotate(ctx context.Context) error {
 // Refresh rebuilds the current table with the same pepper (after a
 // directory sync changed what the index should hold).
 func (x *Index) Refresh(ctx context.Context) error {
+	x.buildMu.Lock()
+	defer x.buildMu.Unlock()
 	cur := x.state.Load().current
 	start := time.Now()
-	err := x.rebuild(ctx, cur.pepper, cur.created, func(old *indexState, t *table) (*indexState, error) {
-		if old.current.pepper != t.pepper { // rotated meanwhile: build again next time
-			return old, nil
-		}
-		return &indexState{current: t, previous: old.previous, prevExpires: old.prevExpires}, nil
+	err := x.rebuild(ctx, []string{cur.pepper}, cur.created, func(old *indexState, ts []*table) (*indexState, error) {
+		return &indexState{current: ts[0], previous: old.previous, prevExpires: old.prevExpires}, nil
 	})
 	if err == nil {
 		x.opt.Logger.Info("lookup index rebuilt", "entries", x.Size(), "duration_ms", time.Since(start).Milliseconds())
@@ -504,17 +520,80 @@ func (x *Index) Refresh(ctx context.Context) error {
 	return err
 }
 
-func (x *Index) poke() {
-	select {
-	case x.wake <- struct{}{}:
-	default:
+// Reload takes in the pepper state another replica stored (the leader
+// rotated, or a replica starting on an empty database created it): when
+// its current pepper is not this index's, the index is rebuilt for it in
+// the background and swapped in, and this index's table goes on answering
+// the previous pepper until the grace period the state records ends. It
+// reports whether the pepper changed. With a fixed pepper it does nothing.
+func (x *Index) Reload(ctx context.Context) (bool, error) {
+	if x.opt.Fixed != "" {
+		return false, nil
 	}
+	x.buildMu.Lock() // after a Rotate of this index: the state it stored is its own
+	defer x.buildMu.Unlock()
+	ps, ok, err := x.loadPepper()
+	if err != nil || !ok || ps.Current == x.state.Load().current.pepper {
+		return false, err
+	}
+	start := time.Now()
+	prevExpires := time.UnixMilli(ps.PreviousExpires)
+	withPrev := ps.Previous != "" && x.opt.Now().Before(prevExpires)
+	keepOld := withPrev && ps.Previous == x.state.Load().current.pepper // usually: the one rotation since
+	peppers := []string{ps.Current}
+	if withPrev && !keepOld {
+		peppers = append(peppers, ps.Previous)
+	}
+	err = x.rebuild(ctx, peppers, time.UnixMilli(ps.CreatedMS), func(old *indexState, ts []*table) (*indexState, error) {
+		next := &indexState{current: ts[0]}
+		switch {
+		case keepOld:
+			next.previous, next.prevExpires = old.current, prevExpires
+		case withPrev:
+			next.previous, next.prevExpires = ts[1], prevExpires
+		}
+		return next, nil
+	})
+	if err != nil {
+		return false, err
+	}
+	until := "not accepted"
+	if withPrev {
+		until = prevExpires.UTC().Format(time.RFC3339)
+	}
+	x.opt.Logger.Info("lookup pepper changed by another replica", "entries", x.Size(), "duration_ms", time.Since(start).Milliseconds(),
+		"previous_pepper_until", until)
+	x.poke()
+	return true, nil
+}
+
+// poke wakes the loops (Run, Expire): the pepper state changed.
+func (x *Index) poke() {
+	x.wakeMu.Lock()
+	close(x.wake)
+	x.wake = make(chan struct{})
+	x.wakeMu.Unlock()
+}
+
+func (x *Index) woken() <-chan struct{} {
+	x.wakeMu.Lock()
+	defer x.wakeMu.Unlock()
+	return x.wake
 }
 
 // Run rotates the pepper on schedule and forgets the previous pepper when
-// its grace period ends, until ctx ends.
-func (x *Index) Run(ctx context.Context) {
+// its grace period ends, until ctx ends. With several replicas only the
+// leader runs it; the others run Expire.
+func (x *Index) Run(ctx context.Context) { x.run(ctx, true) }
+
+// Expire forgets the previous pepper when its grace period ends, until ctx
+// ends, and never rotates: what a replica that is not the leader runs (it
+// learns of rotations through Reload).
+func (x *Index) Expire(ctx context.Context) { x.run(ctx, false) }
+
+func (x *Index) run(ctx context.Context, rotate bool) {
 	for {
+		woken := x.woken()
 		st := x.state.Load()
 		now := x.opt.Now()
 		wait := 24 * time.Hour
@@ -530,7 +609,7 @@ func (x *Index) Run(ctx context.Context) {
 			}
 			wait = min(wait, st.prevExpires.Sub(now))
 		}
-		if x.opt.Fixed == "" {
+		if rotate && x.opt.Fixed == "" {
 			due := st.current.created.Add(x.opt.Rotation)
 			if !now.Before(due) {
 				if err := x.Rotate(ctx); err != nil {
@@ -552,7 +631,7 @@ func (x *Index) Run(ctx context.Context) {
 			timer.Stop()
 			return
 		case <-timer.C:
-		case <-x.wake:
+		case <-woken:
 			timer.Stop()
 		}
 	}

@@ -259,3 +259,51 @@ func TestIndexFixedPepper(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+// TestIndexReloadFollowsLeader: two indexes on one store, as two replicas:
+// the leader rotates; the other, told the state changed, takes the new
+// pepper and goes on answering the old one for the grace period the leader
+// recorded, and not after.
+func TestIndexReloadFollowsLeader(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	bind(t, s, nil, "email", "alice@example.org", "@alice:example.org")
+	opts := lookup.IndexOptions{Store: s, Rotation: time.Hour, Grace: 10 * time.Minute, Now: clk.Now}
+	leader, err := lookup.NewIndex(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower, err := lookup.NewIndex(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := leader.Pepper()
+	if follower.Pepper() != old {
+		t.Fatalf("the second index made its own pepper: %q, %q", follower.Pepper(), old)
+	}
+	if changed, err := follower.Reload(context.Background()); changed || err != nil {
+		t.Fatalf("Reload with nothing new: %v %v", changed, err)
+	}
+	if err := leader.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	bind(t, s, follower, "email", "bob@example.org", "@bob:example.org") // a bind the follower applied
+	if changed, err := follower.Reload(context.Background()); !changed || err != nil {
+		t.Fatalf("Reload after the leader rotated: %v %v", changed, err)
+	}
+	cur := leader.Pepper()
+	if follower.Pepper() != cur {
+		t.Fatalf("follower's pepper %q, leader's %q", follower.Pepper(), cur)
+	}
+	for _, p := range []string{old, cur} {
+		for a, m := range map[string]string{"alice@example.org": "@alice:example.org", "bob@example.org": "@bob:example.org"} {
+			if got, err := find(t, follower, p, "email", a); err != nil || got != m {
+				t.Errorf("follower, pepper %s, %s: %q %v", p[:4], a, got, err)
+			}
+		}
+	}
+	clk.Add(10*time.Minute + time.Second)
+	if follower.PepperAccepted(old) {
+		t.Error("the old pepper is accepted after the grace the leader recorded")
+	}
+}

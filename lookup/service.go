@@ -40,6 +40,14 @@ type Deps struct {
 	// Directory is the [directory] section: when enabled, the sync reads
 	// display names and Search answers the user directory search.
 	Directory DirectoryConfig
+	// RunOnce, when set (several replicas share the store), is handed the
+	// background jobs that only one replica may run, the pepper rotation
+	// and the directory sync, by Start, which then runs only what every
+	// replica runs (forgetting the previous pepper after its grace period).
+	// The caller runs each job while this replica leads, with a context
+	// that ends when it stops leading, and waits for them before closing
+	// the store. nil: Start runs them itself.
+	RunOnce func(name string, job func(ctx context.Context))
 }
 
 // Service is everything lookups need, wired: the hash index, the cascade
@@ -59,6 +67,7 @@ type Service struct {
 	cidrs    []netip.Prefix
 	log      *slog.Logger
 	syncDone func(error)
+	runOnce  func(name string, job func(ctx context.Context))
 	wg       sync.WaitGroup
 }
 
@@ -72,7 +81,7 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Service{cfg: cfg, ldapCfg: ldapCfg, dirCfg: d.Directory, store: d.Store, log: d.Logger, syncDone: d.SyncDone}
+	s := &Service{cfg: cfg, ldapCfg: ldapCfg, dirCfg: d.Directory, store: d.Store, log: d.Logger, syncDone: d.SyncDone, runOnce: d.RunOnce}
 	for _, c := range cfg.RecursionCIDRs {
 		p, err := ParsePrefix(c)
 		if err != nil {
@@ -168,7 +177,7 @@ func (s *Service) loadSearch(atStart bool) error {
 // meanwhile with the previous ones.
 func (s *Service) ReloadDirectory(ctx context.Context) error {
 	if s.LDAP != nil && s.ldapCfg.SyncInterval > 0 {
-		if err := s.LDAP.reloadSummary(); err != nil {
+		if _, err := s.LDAP.reloadSummary(); err != nil {
 			return err
 		}
 	}
@@ -194,14 +203,49 @@ func (s *Service) MayRecurse(ip netip.Addr) bool {
 }
 
 // Start runs the background work (pepper rotation, directory sync) until
-// ctx ends; Wait waits for it to stop.
+// ctx ends; Wait waits for it to stop. With Deps.RunOnce, rotation and sync
+// are handed to it, and Start runs only the expiry of the previous pepper.
 func (s *Service) Start(ctx context.Context) {
+	syncing := s.LDAP != nil && s.ldapCfg.SyncInterval > 0
+	if s.runOnce != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.Index.Expire(ctx) }()
+		s.runOnce("pepper rotation", s.Index.Run)
+		if syncing {
+			s.runOnce("directory sync", s.syncLoop)
+		}
+		return
+	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.Index.Run(ctx) }()
-	if s.LDAP != nil && s.ldapCfg.SyncInterval > 0 {
+	if syncing {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.syncLoop(ctx) }()
 	}
+}
+
+// DirectoryChanged takes in a directory snapshot another replica stored
+// (the leader's sync): the snapshot's summary is read again and the index
+// rebuilt over it. A snapshot this replica stored itself (its own Sync
+// rebuilt the index already) changes nothing.
+func (s *Service) DirectoryChanged(ctx context.Context) error {
+	if s.LDAP == nil || s.LDAP.store == nil {
+		return nil // no directory here: the index holds none
+	}
+	changed, err := s.LDAP.reloadSummary()
+	if err != nil || !changed {
+		return err
+	}
+	start := time.Now()
+	if err := s.Index.Refresh(ctx); err != nil {
+		return err
+	}
+	if err := s.loadSearch(false); err != nil {
+		return err
+	}
+	sum := s.LDAP.stored()
+	s.log.Info("ldap: took in the directory snapshot another replica stored", "threepids", sum.Count, "stored", s.LDAP.storedAt(sum), "duration_ms", time.Since(start).Milliseconds())
+	return nil
 }
 
 // Wait waits for the background work started by Start to end.

@@ -84,3 +84,47 @@ func TestServiceWithDirectory(t *testing.T) {
 		t.Errorf("cascade: %v", res)
 	}
 }
+
+// With several replicas: Start hands the rotation and the directory sync
+// to RunOnce (the leader's runner); a replica that did not sync takes in
+// the snapshot the leader stored when told (DirectoryChanged), and the
+// leader's own service finds nothing new to take.
+func TestServiceReplicas(t *testing.T) {
+	d := startSlapd(t, seedDirectory())
+	s := openStore(t, t.TempDir())
+	var mu sync.Mutex
+	var jobs []string
+	runOnce := func(name string, job func(context.Context)) {
+		mu.Lock()
+		defer mu.Unlock()
+		jobs = append(jobs, name)
+	}
+	leader := newService(t, s, ldapConfig(d.URL), &lookup.Deps{RunOnce: runOnce})
+	follower := newService(t, s, ldapConfig(d.URL), &lookup.Deps{RunOnce: runOnce})
+	ctx, cancel := context.WithCancel(context.Background())
+	leader.Start(ctx)
+	follower.Start(ctx)
+	defer func() { cancel(); leader.Wait(); follower.Wait() }()
+	mu.Lock()
+	if got := strings.Join(jobs, ", "); got != "pepper rotation, directory sync, pepper rotation, directory sync" {
+		t.Errorf("jobs handed to RunOnce: %s", got)
+	}
+	mu.Unlock()
+	if err := leader.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := follower.Index.Pepper()
+	if got, _ := find(t, follower.Index, p, "email", "user0042@example.org"); got != "" {
+		t.Fatalf("the follower found a directory user before taking in the snapshot: %q", got)
+	}
+	if err := follower.DirectoryChanged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := find(t, follower.Index, p, "email", "user0042@example.org"); got != "@user0042:example.org" {
+		t.Errorf("directory user on the follower after taking in the snapshot: %q", got)
+	}
+	before := leader.Index.Stats().LastBuild
+	if err := leader.DirectoryChanged(ctx); err != nil || leader.Index.Stats().LastBuild != before {
+		t.Errorf("the leader rebuilt for its own snapshot: %v", err)
+	}
+}

@@ -103,19 +103,28 @@ func (l *LDAP) readSummary() (sum snapshotSummary, ok bool, err error) {
 	return sum, ok, nil
 }
 
-// reloadSummary takes the stored summary as the current one: another
-// replica stored a snapshot. One read with other settings (a replica
-// configured differently) counts as none.
-func (l *LDAP) reloadSummary() error {
+// reloadSummary reads the stored snapshot's summary again (another replica
+// may have replaced the snapshot) and reports whether it differs from the
+// one in memory. Taking syncMu waits for a save of this replica's under
+// way, which updates the summary itself. A summary stored with other
+// settings (a replica configured differently) counts as none.
+func (l *LDAP) reloadSummary() (changed bool, err error) {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
 	sum, ok, err := l.readSummary()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if !ok || sum.Settings != l.settings {
 		sum = snapshotSummary{}
 	}
-	l.setStored(sum)
-	return nil
+	l.sumMu.Lock()
+	defer l.sumMu.Unlock()
+	if sum == l.summary {
+		return false, nil
+	}
+	l.summary = sum
+	return true, nil
 }
 
 func (l *LDAP) setStored(sum snapshotSummary) {

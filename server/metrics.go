@@ -10,6 +10,8 @@ package server
 //	admin:   m.AdminAction, m.Unbind, m.Erased (Admin, in this package)
 //	gauges:  m.SetIndexSize(func() int), m.SetPepperAge(func() time.Duration),
 //	         m.SetQueueDepth(func() int), m.SetDirectoryEntries(func() int)
+//	replica: m.SetReplica(name string, pid int), m.SetLeader(func() bool),
+//	         m.SetChangeLag(changes func() int64, seconds func() float64)
 //
 // Every method is safe on a nil *Metrics (metrics off), so callers never
 // check.
@@ -82,6 +84,7 @@ type Metrics struct {
 	delivery  *prometheus.CounterVec
 	dirSearch *prometheus.CounterVec
 	dirFound  *prometheus.CounterVec
+	claims    prometheus.Counter
 	admin     *prometheus.CounterVec
 	unbinds   *prometheus.CounterVec
 	erasures  *prometheus.CounterVec
@@ -144,6 +147,10 @@ func NewMetrics(store interface {
 			Name: "mxid_directory_results_total",
 			Help: "Entries returned by user directory searches, by source (homeserver, directory).",
 		}, []string{"source"}),
+		claims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mxid_onbind_claims_total",
+			Help: "Onbind deliveries this replica claimed from the queue (each claimed job is delivered by this replica alone until it is done or its claim lapses).",
+		}),
 		admin: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mxid_admin_actions_total",
 			Help: "mxid admin actions (show, unbind, erase, invites, queue, queue_retry, queue_drop, stats, audit), by outcome (ok, refused: bad input or nothing found, error).",
@@ -163,7 +170,7 @@ func NewMetrics(store interface {
 		gauges: map[string]*gaugeSlot{},
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery, m.dirSearch, m.dirFound, m.admin, m.unbinds, m.erasures, m.erased)
+		m.requests, m.latency, m.lookups, m.lookupDur, m.delivery, m.dirSearch, m.dirFound, m.claims, m.admin, m.unbinds, m.erasures, m.erased)
 	if store == nil {
 		return m
 	}
@@ -328,6 +335,53 @@ func (m *Metrics) SetQueueDepth(fn func() int) {
 		return
 	}
 	m.setGauge("mxid_onbind_queue_depth", "Onbind deliveries to homeservers waiting (including retries).", func() float64 { return float64(fn()) })
+}
+
+// claimed counts onbind jobs claimed from the queue.
+func (m *Metrics) claimed(n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.claims.Add(float64(n))
+}
+
+// SetReplica names this replica: mxid_replica_info{replica, pid} 1, so
+// that every series of a replica can be told apart and joined to it. Call
+// it once.
+func (m *Metrics) SetReplica(name string, pid int) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "mxid_replica_info",
+		Help:        "This replica's name ([database] replica_name, or host-pid) and process id; always 1.",
+		ConstLabels: prometheus.Labels{"replica": name, "pid": fmt.Sprint(pid)},
+	}, func() float64 { return 1 }))
+}
+
+// SetLeader reports whether this replica leads (runs the jobs that run
+// once: pepper rotation, directory sync, sweeps, change-log pruning).
+func (m *Metrics) SetLeader(fn func() bool) {
+	if m == nil {
+		return
+	}
+	m.setGauge("mxid_replica_leader", "1 while this replica leads (runs pepper rotation, directory sync, sweeps), else 0.", func() float64 {
+		if fn() {
+			return 1
+		}
+		return 0
+	})
+}
+
+// SetChangeLag reports how far this replica's lookup index is behind the
+// change log: in changes, and in seconds since it last read the log to its
+// end.
+func (m *Metrics) SetChangeLag(changes func() int64, seconds func() float64) {
+	if m == nil {
+		return
+	}
+	m.setGauge("mxid_replica_lag_changes", "Changes in the log (binds, unbinds, ...) this replica's index has not applied yet.", func() float64 { return float64(changes()) })
+	m.setGauge("mxid_replica_lag_seconds", "Seconds since this replica's index last applied the change log to its end.", seconds)
 }
 
 // observe counts every request by route pattern and status and times it.

@@ -65,6 +65,10 @@ func TestMetricsScrape(t *testing.T) {
 	m.SetQueueDepth(func() int { return 1 })
 	m.SetQueueDepth(func() int { return 7 }) // set again: replaced, not registered twice
 	m.SetPepperAge(func() time.Duration { return 90 * time.Minute })
+	m.SetReplica("db1-4242", 4242)
+	m.SetLeader(func() bool { return true })
+	m.SetChangeLag(func() int64 { return 3 }, func() float64 { return 0.25 })
+	m.claimed(2)
 
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -85,6 +89,11 @@ func TestMetricsScrape(t *testing.T) {
 		`mxid_lookup_index_entries 42`,
 		`mxid_onbind_queue_depth 7`,
 		`mxid_lookup_pepper_age_seconds 5400`,
+		`mxid_replica_info{pid="4242",replica="db1-4242"} 1`,
+		`mxid_replica_leader 1`,
+		`mxid_replica_lag_changes 3`,
+		`mxid_replica_lag_seconds 0.25`,
+		`mxid_onbind_claims_total 2`,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(body, want) {
@@ -107,6 +116,10 @@ func TestMetricsNil(t *testing.T) {
 	m.SetIndexSize(func() int { return 1 })
 	m.SetPepperAge(func() time.Duration { return 0 })
 	m.SetQueueDepth(func() int { return 1 })
+	m.SetReplica("r", 1)
+	m.SetLeader(func() bool { return true })
+	m.SetChangeLag(func() int64 { return 0 }, func() float64 { return 0 })
+	m.claimed(1)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if rec.Code != 404 {

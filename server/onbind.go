@@ -83,6 +83,7 @@ func (s *Server) deliverDue(ctx context.Context) {
 		s.log.Error("reading the onbind queue", "err", err)
 		return
 	}
+	s.metrics.claimed(len(jobs))
 	var wg sync.WaitGroup
 	for _, j := range jobs {
 		wg.Add(1)

@@ -67,6 +67,13 @@ type Deps struct {
 	// invites). nil: the Store's when it keeps them (PostgreSQL, shared
 	// by the replicas), else this process's memory.
 	Budgets Budgets
+	// RunOnce, when set (several replicas share the store), is handed the
+	// background jobs only one replica may run, the sweeps of expired
+	// sessions and invites, by Start, which then runs only the onbind
+	// deliveries (every replica delivers; the store's claims give each job
+	// to one). The caller runs each job while this replica leads and waits
+	// for them before closing the store. nil: Start runs them itself.
+	RunOnce func(name string, job func(ctx context.Context))
 }
 
 // BindingListener follows changes to the local bindings. Addresses are
@@ -115,6 +122,7 @@ type Server struct {
 	lk              *lookupAPI
 	dir             *directoryAPI // nil unless [directory] is enabled
 	ready           func() error
+	runOnce         func(name string, job func(ctx context.Context))
 	authMemory      *authMemory
 	admin           *Admin
 	mux             *http.ServeMux
@@ -165,6 +173,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		mail:            d.Mail,
 		limits:          newLimits(cfg.RateLimit, d.Now),
 		ready:           d.Ready,
+		runOnce:         d.RunOnce,
 		authMemory:      newAuthMemory(d.Now),
 	}
 	s.keys = federation.NewKeyCache(s.fed, d.Now)

@@ -36,7 +36,8 @@ func (s *Store) GetMeta(key string) (value []byte, ok bool, err error) {
 	return value, true, nil
 }
 
-// PutMeta writes a small document.
+// PutMeta writes a small document, logged as a db.ChangeMeta so that other
+// replicas holding it in memory (the lookup pepper) read it again.
 func (s *Store) PutMeta(key string, value []byte) error {
 	if key == metaSchema {
 		return errors.New("reserved meta key")
@@ -47,8 +48,13 @@ func (s *Store) PutMeta(key string, value []byte) error {
 	if value == nil {
 		value = []byte{}
 	}
-	return s.exec(`INSERT INTO meta (key, value) VALUES ($1, $2)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	return s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value); err != nil {
+			return err
+		}
+		return appendChanges(ctx, tx, db.ChangeMeta, db.Binding{Address: key})
+	})
 }
 
 // exec runs one statement under the call's deadline.

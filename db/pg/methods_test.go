@@ -18,7 +18,8 @@ func TestSameMethodsAsBbolt(t *testing.T) {
 	bboltOnly := []string{"WriteBackup", "ReleaseMapped", // pg_dump; no file mapped
 		"Opened", "RewroteMeta", // the file's checks at open
 		"ScrubFreePages"} // PostgreSQL: ForgetChanges; its files are its own
-	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", "ForgetChanges", // the replicas' change log
+	pgOnly := []string{"ChangesSince", "LatestChange", "PruneChanges", "FollowChanges", "ForgetChanges", // the replicas' change log
+		"Leadership",                                     // the leader's lock
 		"Ping",                                           // readiness
 		"SigningKey",                                     // bbolt: the signing.key file beside it
 		"ChargeBudgets", "SweepBudgets", "ForgetBudgets", // bbolt: one process, budgets in its memory

@@ -4,9 +4,11 @@
 // (db.ErrNotFound, db.ErrExists, ...), so a caller cannot tell the backends
 // apart; one behavioural suite (db/storetest) runs against both. It adds
 // what replicas need: a change log (ChangesSince, LatestChange,
-// PruneChanges), claims on queued jobs (DueJobs) and the rate-limit budgets
-// that protect other people (ChargeBudgets, SweepBudgets: budgets.go), and
-// the TLS storage of tls.mode = "acme" with its locks (Cert*: certs.go).
+// PruneChanges) with a feed of its notifications (FollowChanges), claims on
+// queued jobs (DueJobs), the leader's lock (Leadership, replica.go), the
+// rate-limit budgets that protect other people (ChargeBudgets, SweepBudgets:
+// budgets.go), and the TLS storage of tls.mode = "acme" with its locks
+// (Cert*: certs.go).
 //
 // It imports package db and github.com/jackc/pgx/v5 (pgxpool, pure Go), and
 // is the only package that imports pgx. The schema is in migrations/*.sql
@@ -31,12 +33,21 @@
 // # Change log
 //
 // Every write that changes what lookups see (Bind, PutBinding, PutBindings,
-// DeleteBinding) appends to the changes table in its own transaction and
-// calls pg_notify('mxid_changes', seq) there, so the notification is sent at
+// DeleteBinding, ReplaceDirectory, and PutMeta: the lookup pepper) appends
+// to the changes table in its own transaction and calls
+// pg_notify('mxid_changes', seq) there, so the notification is sent at
 // commit. Appends take one advisory lock held to commit, so sequence
 // numbers are assigned in commit order and a reader that has seen seq N has
 // seen every change before it. (PostgreSQL already serializes the commits
 // of notifying transactions, so this costs little more.)
+//
+// # Replicas
+//
+// FollowChanges LISTENs for those notifications on a connection of its
+// own, reconnecting after a loss. Leadership is a session advisory lock held
+// on another connection of its own: the replica holding it runs the jobs
+// that must run once. Both connections send TCP keepalives both ways, so a
+// peer that vanished without closing is noticed within seconds.
 //
 // # Queue claims
 //
@@ -81,6 +92,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -102,6 +114,9 @@ type Options struct {
 	ChangeRetention time.Duration
 	// Logger receives the migration log (default: discarded).
 	Logger *slog.Logger
+	// ApplicationName names this replica's connections in
+	// pg_stat_activity (default "mxid").
+	ApplicationName string
 }
 
 func (o Options) withDefaults() Options {
@@ -120,6 +135,9 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.ApplicationName == "" {
+		o.ApplicationName = "mxid"
+	}
 	return o
 }
 
@@ -132,6 +150,7 @@ type Store struct {
 	certLocks  certLocks     // TLS storage locks held (certs.go)
 	opts       Options
 	path       string
+	conn       *pgx.ConnConfig // for the connections of its own a replica keeps (replica.go)
 }
 
 // Open connects to the database at url (postgres://…, or key=value pairs),
@@ -147,8 +166,8 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		cfg.ConnConfig.ConnectTimeout = opts.StatementTimeout
 	}
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
-	cfg.ConnConfig.RuntimeParams["application_name"] = "mxid"
-	s := &Store{opts: opts, path: redacted(cfg.ConnConfig.Config)}
+	cfg.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
+	s := &Store{opts: opts, path: redacted(cfg.ConnConfig.Config), conn: cfg.ConnConfig.Copy()}
 	if err := migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger); err != nil {
 		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
 	}

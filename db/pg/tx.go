@@ -80,6 +80,7 @@ const (
 	lockClass   = 0x6d786964
 	lockMigrate = 1
 	lockChanges = 2
+	lockLeader  = 3 // a session lock: see Leadership
 )
 
 // storable reports whether PostgreSQL text can hold every part: valid UTF-8

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"QueueClaims", queueClaims},
 		{"ChangeLog", changeLog},
 		{"ChangeLogOrderUnderConcurrentWrites", changeLogOrder},
+		{"ChangeLogMeta", changeLogMeta},
 		{"DirectorySnapshot", directorySnapshot},
 		{"DirectoryNames", directoryNames},
 		{"CheckCounts", checkCounts},
@@ -808,6 +809,30 @@ func changeLog(t *testing.T, s Store) {
 	s.PutBinding(b)
 	if rest, err := cl.ChangesSince(latest, 10); len(rest) != 1 || rest[0].Seq <= latest || err != nil {
 		t.Errorf("a change after pruning: %v %v", rest, err)
+	}
+}
+
+// changeLogMeta: a meta write (the lookup pepper a leader rotated) is
+// logged with its key, after the changes before it, so other replicas read
+// the document again; the directory snapshot's own summary is logged as the
+// directory change, not as a meta write.
+func changeLogMeta(t *testing.T, s Store) {
+	cl := changeLogOf(t, s)
+	s.PutBinding(db.Binding{Medium: "email", Address: "a@example.org", MXID: "@a:hs"})
+	if err := s.PutMeta("lookup_pepper", []byte(`{"current":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	s.ReplaceDirectory([]byte(`{}`), PutAll([][3]string{{"email", "d@example.org", "@d:hs"}}))
+	cs, err := cl.ChangesSince(0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range cs {
+		got = append(got, string(c.Kind)+" "+c.Address)
+	}
+	if want := []string{"bind a@example.org", "meta lookup_pepper", "directory "}; !slices.Equal(got, want) {
+		t.Errorf("changes %q, want %q", got, want)
 	}
 }
 
