@@ -409,9 +409,9 @@ func printAdmin(w io.Writer, req adminRequest, out any) {
 				fmt.Fprintf(w, "  bound to %s in the LDAP directory\n", b.MXID)
 			}
 		}
-		fmt.Fprintf(w, "  invites: %d\n", len(v.Invites))
+		fmt.Fprintf(w, "  %s\n", plural(len(v.Invites), "invite", "invites"))
 		printInvites(w, v.Invites, false)
-		fmt.Fprintf(w, "  validation sessions: %d\n", len(v.Sessions))
+		fmt.Fprintf(w, "  %s\n", plural(len(v.Sessions), "validation session", "validation sessions"))
 		for _, s := range v.Sessions {
 			state := "not validated"
 			if s.ValidatedTS != 0 {
@@ -431,12 +431,13 @@ func printAdmin(w io.Writer, req adminRequest, out any) {
 			fmt.Fprintf(w, "  traces in the store: %s\n", v.Traces)
 		}
 	case []server.InviteView:
-		fmt.Fprintf(w, "%d invites\n", len(v))
+		fmt.Fprintf(w, "%s\n", plural(len(v), "invite", "invites"))
 		printInvites(w, v, true)
 	case []server.JobView:
-		fmt.Fprintf(w, "%d onbind deliveries waiting\n", len(v))
+		fmt.Fprintf(w, "%s waiting\n", plural(len(v), "onbind delivery", "onbind deliveries"))
 		for _, j := range v {
-			fmt.Fprintf(w, "  %d: to %s for %s, %d invites, %d attempts, due %s, queued %s", j.ID, j.Destination, j.MXID, j.Invites, j.Attempts, when(j.DueTS), when(j.CreatedTS))
+			fmt.Fprintf(w, "  %d: to %s for %s, %s, %s, due %s, queued %s", j.ID, j.Destination, j.MXID, plural(j.Invites, "invite", "invites"),
+				plural(j.Attempts, "attempt", "attempts"), when(j.DueTS), when(j.CreatedTS))
 			if j.LastError != "" {
 				fmt.Fprintf(w, ", last error: %s", j.LastError)
 			}
@@ -466,7 +467,7 @@ func printAdmin(w io.Writer, req adminRequest, out any) {
 			fmt.Fprintln(w, "  (no server running: no lookup index)")
 		}
 	case []db.AuditEntry:
-		fmt.Fprintf(w, "%d audit entries\n", len(v))
+		fmt.Fprintf(w, "%s\n", plural(len(v), "audit entry", "audit entries"))
 		for _, e := range v {
 			fmt.Fprintf(w, "  %s %s by %s", when(e.TS), e.Action, e.Actor)
 			if e.MXID != "" {
@@ -495,4 +496,12 @@ func printInvites(w io.Writer, invs []server.InviteView, address bool) {
 		}
 		fmt.Fprintf(w, "    %s%s from %s, %s, stored %s, expires %s\n", inv.RoomID, to, inv.Sender, state, when(inv.CreatedTS), when(inv.ExpiresTS))
 	}
+}
+
+// plural is "1 invite", "2 invites".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

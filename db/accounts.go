@@ -13,7 +13,14 @@ import (
 type Account struct {
 	UserID    string `json:"user_id"`
 	CreatedTS int64  `json:"created_ts"`
+	// UsedTS is when the token was last used, recorded at most once a
+	// day (TouchAccountToken); 0 until then. Idle tokens are swept.
+	UsedTS int64 `json:"used_ts,omitempty"`
 }
+
+// LastActive is when the token was last known in use: its last recorded
+// use, or its creation.
+func (a Account) LastActive() int64 { return max(a.CreatedTS, a.UsedTS) }
 
 // Tokens are stored only as their SHA-256, so a copy of the database does not
 // hand out working tokens, and a lookup by hash needs no constant-time
@@ -48,6 +55,28 @@ func (s *Store) AccountByToken(token string) (Account, error) {
 		return json.Unmarshal(v, &a)
 	})
 	return a, err
+}
+
+// TouchAccountToken records that the token was used at nowMS. Touching an
+// unknown token is not an error.
+func (s *Store) TouchAccountToken(token string, nowMS int64) error {
+	return s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAccounts)
+		v := b.Get(tokenKey(token))
+		if v == nil {
+			return nil
+		}
+		var a Account
+		if err := json.Unmarshal(v, &a); err != nil {
+			return err
+		}
+		a.UsedTS = max(a.UsedTS, nowMS)
+		nv, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		return b.Put(tokenKey(token), nv)
+	})
 }
 
 // DeleteAccountToken ends one token (logout). Deleting an unknown token is
@@ -108,11 +137,11 @@ func (s *Store) AcceptTerms(userID string, accepted map[string]string) error {
 	})
 }
 
-// SweepAccounts deletes the access tokens created before createdBeforeMS
-// (none when it is 0: tokens that never expire), then the terms
-// acceptances of users left with no token, and says how many of each.
-// A user who registers again accepts the terms again.
-func (s *Store) SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error) {
+// SweepAccounts deletes the access tokens last active (Account.LastActive)
+// before idleBeforeMS (none when it is 0: tokens that never expire), then
+// the terms acceptances of users left with no token, and says how many of
+// each. A user who registers again accepts the terms again.
+func (s *Store) SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error) {
 	err = s.update(func(tx *bolt.Tx) error {
 		tokens, terms = 0, 0
 		accts := tx.Bucket(bucketAccounts)
@@ -123,7 +152,7 @@ func (s *Store) SweepAccounts(createdBeforeMS int64) (tokens, terms int, err err
 			if err := json.Unmarshal(v, &a); err != nil {
 				return err
 			}
-			if a.CreatedTS < createdBeforeMS {
+			if a.LastActive() < idleBeforeMS {
 				expired = append(expired, append([]byte(nil), k...))
 			} else {
 				holders[a.UserID] = true

@@ -35,6 +35,9 @@ type Admin struct {
 	index       func() lookupIndexStats
 	forgetAfter time.Duration
 	owed        atomic.Bool // an erasure's free pages still to scrub
+	// forgetUser drops what this process remembers of an erased user
+	// (the running server's tokens kept for a database outage).
+	forgetUser func(mxid string)
 }
 
 // AdminDeps are an Admin's collaborators. Only Store is required.
@@ -382,6 +385,9 @@ func (a *Admin) erase(ctx context.Context, subject string) (EraseResult, error) 
 		a.metrics.Unbind("erase")
 	}
 	a.metrics.Erased("admin", removed)
+	if mxid != "" && a.forgetUser != nil {
+		a.forgetUser(mxid)
+	}
 	// The 3PIDs erased: the user's bindings, or the address (whose
 	// binding may have gone before, leaving changes behind).
 	tps := [][2]string{}

@@ -8,7 +8,7 @@ package server
 // keeps (created once, shared by replicas, moved by migrate-db), so the
 // operator can find an address's entries by asking with the address while
 // the log alone reveals none. The retention sweep removes audit entries
-// after [audit] retention and access tokens after [accounts]
+// after [audit] retention and access tokens unused for [accounts]
 // token_lifetime.
 
 import (
@@ -108,7 +108,7 @@ func (a *auditor) entryFor(actor, action, medium, address, mxid, detail string) 
 const retentionSweepEvery = 10 * time.Minute
 
 // sweepRetention removes audit entries older than [audit] retention,
-// access tokens older than [accounts] token_lifetime (when set) and the
+// access tokens unused for [accounts] token_lifetime (when set) and the
 // terms acceptances of users left with no token, and scrubs the free pages
 // of a store an erasure could not scrub at once.
 func (s *Server) sweepRetention() {
@@ -125,7 +125,7 @@ func (s *Server) sweepRetention() {
 	if tokens, terms, err := s.store.SweepAccounts(before); err != nil {
 		s.log.Error("sweeping access tokens", "err", err)
 	} else if tokens+terms > 0 {
-		s.log.Info("swept access tokens past their lifetime and terms acceptances of users with no token", "tokens", tokens, "terms", terms)
+		s.log.Info("swept access tokens unused for their lifetime and terms acceptances of users with no token", "tokens", tokens, "terms", terms)
 	}
 	s.admin.scrubOwed()
 }

@@ -300,7 +300,7 @@ func TestRetentionSweeps(t *testing.T) {
 		t0 := e.clock.Now()
 		ms := t0.UnixMilli()
 		st := e.store
-		e.register("@old:hs.test")
+		tok := e.register("@old:hs.test")
 		if err := st.AcceptTerms("@old:hs.test", map[string]string{"privacy": "1"}); err != nil {
 			t.Fatal(err)
 		}
@@ -356,8 +356,18 @@ func TestRetentionSweeps(t *testing.T) {
 		if terms, _ := st.AcceptedTerms("@old:hs.test"); len(terms) != 1 {
 			t.Errorf("terms of a user holding a token: %v", terms)
 		}
-		at(90*24*time.Hour, kept{0, 0, 0, 1})
-		at(90*24*time.Hour+time.Millisecond, kept{0, 0, 0, 0}) // tokens: [accounts] token_lifetime
+		// The token is used at t0+60d (an authenticated request records it,
+		// once a day): it is kept 90 days from then.
+		at(60*24*time.Hour, kept{0, 0, 0, 1})
+		e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "account", 200, "")
+		e.clock.Advance(time.Hour)
+		e.request("GET", "/_matrix/identity/v2/account", nil, tok).expect(t, "account again", 200, "")
+		if a, _ := st.AccountByToken(tok); a.UsedTS != t0.Add(60*24*time.Hour).UnixMilli() {
+			t.Errorf("the token's use: %+v (recorded once a day)", a)
+		}
+		at(90*24*time.Hour+time.Millisecond, kept{0, 0, 0, 1})
+		at(150*24*time.Hour, kept{0, 0, 0, 1})
+		at(150*24*time.Hour+time.Millisecond, kept{0, 0, 0, 0}) // tokens: [accounts] token_lifetime without use
 		if terms, _ := st.AcceptedTerms("@old:hs.test"); len(terms) != 0 {
 			t.Errorf("terms of a user with no token left: %v", terms)
 		}

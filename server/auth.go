@@ -51,6 +51,7 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 	if err != nil {
 		return db.Account{}, errInternal(err)
 	}
+	s.touch(r, tok, acct)
 	if checkTerms && len(s.cfg.Terms.Policies) > 0 {
 		ok, err := s.termsAccepted(acct.UserID)
 		if err != nil {
@@ -64,6 +65,23 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 		s.authMemory.remember(tok, acct)
 	}
 	return acct, nil
+}
+
+// tokenTouchEvery is how often a token's use is recorded: idle tokens are
+// swept ([accounts] token_lifetime), and a day is precise enough for that.
+const tokenTouchEvery = 24 * time.Hour
+
+// touch records the token's use when its last recorded use (or creation)
+// is more than tokenTouchEvery ago. A failure is logged, not fatal: the
+// request needs no write.
+func (s *Server) touch(r *http.Request, tok string, acct db.Account) {
+	now := s.now()
+	if now.UnixMilli()-acct.LastActive() < tokenTouchEvery.Milliseconds() {
+		return
+	}
+	if err := s.store.TouchAccountToken(tok, now.UnixMilli()); err != nil {
+		s.log.Warn("recording an access token's use", "request_id", requestID(r), "err", err)
+	}
 }
 
 // authMemoryTTL is how long a token that passed authentication (and the
@@ -112,6 +130,17 @@ func (m *authMemory) forget(tok string) {
 	m.mu.Lock()
 	delete(m.byHash, sha256.Sum256([]byte(tok)))
 	m.mu.Unlock()
+}
+
+// forgetUser forgets every token of userID (an erased user).
+func (m *authMemory) forgetUser(userID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, r := range m.byHash {
+		if r.acct.UserID == userID {
+			delete(m.byHash, k)
+		}
+	}
 }
 
 func (m *authMemory) recall(tok string) (db.Account, bool) {

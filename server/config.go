@@ -54,7 +54,7 @@ type AccountsConfig struct {
 	// HomeserverAllowlist, when not empty, is the only homeservers whose
 	// users may register.
 	HomeserverAllowlist []string `toml:"homeserver_allowlist"`
-	// TokenLifetime is how long an access token lasts after registration
+	// TokenLifetime is how long an access token lasts without being used
 	// (clients register again when it is refused); 0: until logout.
 	TokenLifetime time.Duration `toml:"token_lifetime"`
 }

@@ -193,6 +193,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.binds = bindingListeners{s.binds, listener}
 	}
 	s.admin = NewAdmin(AdminDeps{Store: d.Store, Now: d.Now, Logger: d.Logger, Metrics: d.Metrics, Bindings: s.binds, Budgets: s.budgets})
+	s.admin.forgetUser = s.authMemory.forgetUser
 	s.admin.index = func() lookupIndexStats {
 		st := s.lk.svc.Index.Stats()
 		return lookupIndexStats{entries: st.Entries, pepperAge: st.PepperAge}

@@ -48,7 +48,8 @@ type Store interface {
 	AuditSecret() ([]byte, error)
 	AuditEntries(q db.AuditQuery) ([]db.AuditEntry, error)
 	SweepAudit(beforeMS int64) (int, error)
-	SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error)
+	SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error)
+	TouchAccountToken(token string, nowMS int64) error
 	Unbind(medium, address, mxid string, audit db.AuditEntry) (bool, error)
 	EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)
 	Erase3PID(medium, address string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error)

@@ -83,7 +83,7 @@ func (s *Store) AccountByToken(token string) (db.Account, error) {
 	ctx, cancel := s.call()
 	defer cancel()
 	var a db.Account
-	err := s.pool.QueryRow(ctx, "SELECT user_id, created_ts FROM accounts WHERE token_hash = $1", db.TokenHash(token)).Scan(&a.UserID, &a.CreatedTS)
+	err := s.pool.QueryRow(ctx, "SELECT user_id, created_ts, used_ts FROM accounts WHERE token_hash = $1", db.TokenHash(token)).Scan(&a.UserID, &a.CreatedTS, &a.UsedTS)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return db.Account{}, db.ErrNotFound
 	}
@@ -134,12 +134,17 @@ func (s *Store) AcceptTerms(userID string, accepted map[string]string) error {
 		ON CONFLICT (user_id, policy) DO UPDATE SET version = excluded.version`, userID, policies, versions)
 }
 
-// SweepAccounts deletes the access tokens created before createdBeforeMS
+// TouchAccountToken records that the token was used at nowMS.
+func (s *Store) TouchAccountToken(token string, nowMS int64) error {
+	return s.exec("UPDATE accounts SET used_ts = greatest(used_ts, $2) WHERE token_hash = $1", db.TokenHash(token), nowMS)
+}
+
+// SweepAccounts deletes the access tokens last active before idleBeforeMS
 // (none when it is 0), then the terms acceptances of users left with no
 // token, in one transaction, and says how many of each (terms: users).
-func (s *Store) SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error) {
+func (s *Store) SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error) {
 	err = s.inTx(func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, "DELETE FROM accounts WHERE created_ts < $1", createdBeforeMS)
+		tag, err := tx.Exec(ctx, "DELETE FROM accounts WHERE greatest(created_ts, used_ts) < $1", idleBeforeMS)
 		if err != nil {
 			return err
 		}

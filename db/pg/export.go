@@ -70,9 +70,9 @@ var exports = []struct {
 		}
 		return e, err
 	}},
-	{"SELECT token_hash, user_id, created_ts FROM accounts ORDER BY token_hash", func(rows pgx.Rows) (db.Record, error) {
+	{"SELECT token_hash, user_id, created_ts, used_ts FROM accounts ORDER BY token_hash", func(rows pgx.Rows) (db.Record, error) {
 		var e db.AccountEntry
-		return e, rows.Scan(&e.TokenHash, &e.Account.UserID, &e.Account.CreatedTS)
+		return e, rows.Scan(&e.TokenHash, &e.Account.UserID, &e.Account.CreatedTS, &e.Account.UsedTS)
 	}},
 	{"SELECT user_id, policy, version FROM terms ORDER BY user_id, policy", func(rows pgx.Rows) (db.Record, error) {
 		// One row per policy: Export merges a user's rows.
@@ -318,7 +318,7 @@ var imports = map[db.Kind]struct {
 }{
 	db.KindSigningKey: {"signing_key", []string{"seed"}},
 	db.KindMeta:       {"meta", []string{"key", "value"}},
-	db.KindAccounts:   {"accounts", []string{"token_hash", "user_id", "created_ts"}},
+	db.KindAccounts:   {"accounts", []string{"token_hash", "user_id", "created_ts", "used_ts"}},
 	db.KindTerms:      {"terms", []string{"user_id", "policy", "version"}},
 	db.KindBindings:   {"bindings", []string{"medium", "address", "mxid", "ts", "not_before", "not_after"}},
 	db.KindSessions: {"sessions", []string{"sid", "medium", "address", "client_secret", "token", "failures", "attempted", "send_attempt",
@@ -346,7 +346,7 @@ func (im *pgImport) add(r db.Record) error {
 		rows = [][]any{{r.Key, r.Value}}
 	case db.AccountEntry:
 		err = checkStorable("account", r.Account.UserID)
-		rows = [][]any{{r.TokenHash, r.Account.UserID, r.Account.CreatedTS}}
+		rows = [][]any{{r.TokenHash, r.Account.UserID, r.Account.CreatedTS, r.Account.UsedTS}}
 	case db.TermsEntry:
 		for p, v := range r.Accepted {
 			if err = checkStorable("terms acceptance", r.UserID, p, v); err != nil {

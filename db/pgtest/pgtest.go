@@ -295,6 +295,18 @@ func Exec(t testing.TB, url, sql string) {
 	}
 }
 
+// Dump is every row of every table of the database at url as text: what
+// pg_dump --data-only writes (COPY blocks; bytea columns in hex). A test
+// that must prove a value is nowhere in the database searches it.
+func Dump(t testing.TB, url string) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir(t), "pg_dump"), "--data-only", "--no-owner", "--no-privileges", "-d", url).Output()
+	if err != nil {
+		t.Fatalf("pg_dump: %v", err)
+	}
+	return string(out)
+}
+
 func psql(bin, url, sql string) error {
 	cmd := exec.Command(filepath.Join(bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql)
 	if out, err := cmd.CombinedOutput(); err != nil {

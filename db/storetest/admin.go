@@ -475,18 +475,32 @@ func adminQueue(t *testing.T, s Store) {
 	}
 }
 
-// sweepAccounts: tokens older than the cutoff go, and then the terms of
-// users who hold no token; a cutoff of 0 removes no token.
+// sweepAccounts: tokens idle since before the cutoff go (their last use,
+// else their creation), and then the terms of users who hold no token; a
+// cutoff of 0 removes no token.
 func sweepAccounts(t *testing.T, s Store) {
 	for _, a := range []struct {
 		token, user string
 		created     int64
-	}{{"old", "@old:hs.test", 100}, {"new", "@new:hs.test", 300}, {"mixed-old", "@mixed:hs.test", 100}, {"mixed-new", "@mixed:hs.test", 300}} {
+	}{{"old", "@old:hs.test", 100}, {"new", "@new:hs.test", 300}, {"mixed-old", "@mixed:hs.test", 100}, {"mixed-new", "@mixed:hs.test", 300},
+		{"old-but-used", "@used:hs.test", 100}} {
 		if err := s.CreateAccountToken(a.token, a.user, time.UnixMilli(a.created)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, u := range []string{"@old:hs.test", "@new:hs.test", "@mixed:hs.test", "@loggedout:hs.test"} {
+	if err := s.TouchAccountToken("old-but-used", 250); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TouchAccountToken("old-but-used", 240); err != nil { // an older use changes nothing
+		t.Fatal(err)
+	}
+	if err := s.TouchAccountToken("nobody's", 250); err != nil {
+		t.Errorf("touching an unknown token: %v", err)
+	}
+	if a, err := s.AccountByToken("old-but-used"); err != nil || a.UsedTS != 250 || a.CreatedTS != 100 || a.LastActive() != 250 {
+		t.Errorf("a used token: %+v %v", a, err)
+	}
+	for _, u := range []string{"@old:hs.test", "@new:hs.test", "@mixed:hs.test", "@loggedout:hs.test", "@used:hs.test"} {
 		if err := s.AcceptTerms(u, map[string]string{"privacy": "1", "tos": "2"}); err != nil {
 			t.Fatal(err)
 		}
@@ -497,18 +511,21 @@ func sweepAccounts(t *testing.T, s Store) {
 	if tokens, terms, err := s.SweepAccounts(200); tokens != 2 || terms != 1 || err != nil {
 		t.Errorf("sweep before 200: %d tokens, %d terms, %v", tokens, terms, err)
 	}
-	for tok, ok := range map[string]bool{"old": false, "mixed-old": false, "new": true, "mixed-new": true} {
+	for tok, ok := range map[string]bool{"old": false, "mixed-old": false, "new": true, "mixed-new": true, "old-but-used": true} {
 		if _, err := s.AccountByToken(tok); (err == nil) != ok {
 			t.Errorf("token %s: %v", tok, err)
 		}
 	}
-	for u, n := range map[string]int{"@old:hs.test": 0, "@loggedout:hs.test": 0, "@new:hs.test": 2, "@mixed:hs.test": 2} {
+	for u, n := range map[string]int{"@old:hs.test": 0, "@loggedout:hs.test": 0, "@new:hs.test": 2, "@mixed:hs.test": 2, "@used:hs.test": 2} {
 		if got, _ := s.AcceptedTerms(u); len(got) != n {
 			t.Errorf("terms of %s: %v", u, got)
 		}
 	}
 	if tokens, terms, err := s.SweepAccounts(200); tokens+terms != 0 || err != nil {
 		t.Errorf("sweep again: %d %d %v", tokens, terms, err)
+	}
+	if tokens, _, err := s.SweepAccounts(251); tokens != 1 || err != nil {
+		t.Errorf("sweep after the use: %d %v", tokens, err)
 	}
 }
 

@@ -70,6 +70,7 @@ func fillEveryKind(t *testing.T, s Store, now int64) copyFacts {
 	must(s.PutMeta("empty", []byte{}))
 	must(s.CreateAccountToken("tok-a", "@a:hs.test", time.UnixMilli(now)))
 	must(s.CreateAccountToken("tok-b", "@b:hs.test", time.UnixMilli(now+1)))
+	must(s.TouchAccountToken("tok-b", now+5))
 	must(s.AcceptTerms("@a:hs.test", map[string]string{"privacy": "1", "tos": "2"}))
 	must(s.AcceptTerms("@b:hs.test", map[string]string{"privacy": "1"}))
 	// More than one read (PostgreSQL: 10,000 rows per fetch) and write batch.
@@ -165,6 +166,9 @@ func exportImport(t *testing.T, from Store, openTo func(t *testing.T) Store) {
 	// terms, meta, sessions by 3PID, invites by 3PID and key, the queue.
 	if a, err := to.AccountByToken("tok-a"); err != nil || a.UserID != "@a:hs.test" {
 		t.Errorf("token in the copy: %+v %v", a, err)
+	}
+	if a, err := to.AccountByToken("tok-b"); err != nil || a.UsedTS != 1_700_000_000_005 {
+		t.Errorf("a token's last use in the copy: %+v %v", a, err)
 	}
 	if terms, _ := to.AcceptedTerms("@a:hs.test"); len(terms) != 2 || terms["tos"] != "2" {
 		t.Errorf("terms in the copy: %v", terms)

@@ -81,9 +81,10 @@ type Store interface {
 	CountSessions() (int, error)
 	SweepSessions(expired func(db.Session) bool) (int, error)
 
-	// The sweep of tokens past their lifetime and of terms acceptances of
-	// users with no token.
-	SweepAccounts(createdBeforeMS int64) (tokens, terms int, err error)
+	// Idle tokens: their last use, and the sweep of tokens idle past their
+	// lifetime and of terms acceptances of users with no token.
+	TouchAccountToken(token string, nowMS int64) error
+	SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error)
 
 	// The operator's tools (mxid admin) and the audit log.
 	AuditSecret() ([]byte, error)

@@ -175,3 +175,8 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_ts ON audit (ts, id);
 CREATE INDEX audit_address ON audit (address_hash) WHERE address_hash <> '';
+
+-- When each access token was last used (Unix ms, recorded at most once a
+-- day; 0: not since it was made): tokens idle for [accounts]
+-- token_lifetime are swept.
+ALTER TABLE accounts ADD COLUMN used_ts bigint NOT NULL DEFAULT 0;
