@@ -104,7 +104,7 @@ func schemeHost(raw string) string {
 func logRetention(log *slog.Logger, cfg Config) {
 	tokens := "until logout"
 	if d := cfg.Accounts.TokenLifetime; d > 0 {
-		tokens = d.String()
+		tokens = d.String() + " without use"
 	}
 	log.Info("retention", "audit_log", cfg.Audit.Retention.String(), "audit_addresses", "keyed hashes only",
 		"access_tokens", tokens, "sessions", server.SessionKept.String()+" after their last change", "invites", cfg.Invites.Lifetime.String())

@@ -143,45 +143,22 @@ func (s *Store) AcceptTerms(userID string, accepted map[string]string) error {
 // each. A user who registers again accepts the terms again.
 func (s *Store) SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error) {
 	err = s.update(func(tx *bolt.Tx) error {
-		tokens, terms = 0, 0
-		accts := tx.Bucket(bucketAccounts)
-		holders := map[string]bool{}
-		var expired [][]byte
-		err := accts.ForEach(func(k, v []byte) error {
-			var a Account
-			if err := json.Unmarshal(v, &a); err != nil {
-				return err
-			}
+		holders := map[string]bool{} // users left with a token
+		var err error
+		tokens, err = deleteWhere(tx.Bucket(bucketAccounts), "account", func(_ []byte, a Account) bool {
 			if a.LastActive() < idleBeforeMS {
-				expired = append(expired, append([]byte(nil), k...))
-			} else {
-				holders[a.UserID] = true
+				return true
 			}
-			return nil
+			holders[a.UserID] = true
+			return false
 		})
 		if err != nil {
 			return err
 		}
-		for _, k := range expired {
-			if err := accts.Delete(k); err != nil {
-				return err
-			}
+		terms, err = deleteWhere(tx.Bucket(bucketTerms), "terms acceptance", func(user []byte, _ termsAcceptance) bool { return !holders[string(user)] })
+		if err != nil {
+			return err
 		}
-		tokens = len(expired)
-		var orphans [][]byte
-		tb := tx.Bucket(bucketTerms)
-		tb.ForEach(func(k, _ []byte) error {
-			if !holders[string(k)] {
-				orphans = append(orphans, append([]byte(nil), k...))
-			}
-			return nil
-		})
-		for _, k := range orphans {
-			if err := tb.Delete(k); err != nil {
-				return err
-			}
-		}
-		terms = len(orphans)
 		if tokens+terms == 0 {
 			return errNoChange
 		}

@@ -389,16 +389,22 @@ func erase3PID(tx *bolt.Tx, medium, address, mxid string, out *Erased) error {
 }
 
 // deleteJobs deletes the onbind deliveries for mxid or about a 3PID (see
-// jobOf).
+// JobOf).
 func deleteJobs(tx *bolt.Tx, mxid, medium, address string) (int, error) {
-	q := tx.Bucket(bucketQueue)
+	return deleteWhere(tx.Bucket(bucketQueue), "queued delivery", func(_ []byte, j Job) bool { return JobOf(j.Body, mxid, medium, address) })
+}
+
+// deleteWhere deletes the records of bucket b (JSON values of type T) that
+// match, collected first (deleting under a cursor skips keys), and says how
+// many. match sees every record, key and value, in key order.
+func deleteWhere[T any](b *bolt.Bucket, what string, match func(k []byte, v T) bool) (int, error) {
 	var victims [][]byte
-	err := q.ForEach(func(k, v []byte) error {
-		var j Job
-		if err := json.Unmarshal(v, &j); err != nil {
-			return fmt.Errorf("decode queued delivery: %w", err)
+	err := b.ForEach(func(k, v []byte) error {
+		var x T
+		if err := json.Unmarshal(v, &x); err != nil {
+			return fmt.Errorf("decode %s: %w", what, err)
 		}
-		if JobOf(j.Body, mxid, medium, address) {
+		if match(k, x) {
 			victims = append(victims, bytes.Clone(k))
 		}
 		return nil
@@ -407,7 +413,7 @@ func deleteJobs(tx *bolt.Tx, mxid, medium, address string) (int, error) {
 		return 0, err
 	}
 	for _, k := range victims {
-		if err := q.Delete(k); err != nil {
+		if err := b.Delete(k); err != nil {
 			return 0, err
 		}
 	}
@@ -416,25 +422,5 @@ func deleteJobs(tx *bolt.Tx, mxid, medium, address string) (int, error) {
 
 // deleteTokensOf deletes every access token of userID.
 func deleteTokensOf(tx *bolt.Tx, userID string) (int, error) {
-	accts := tx.Bucket(bucketAccounts)
-	var victims [][]byte
-	err := accts.ForEach(func(k, v []byte) error {
-		var a Account
-		if err := json.Unmarshal(v, &a); err != nil {
-			return fmt.Errorf("decode account: %w", err)
-		}
-		if a.UserID == userID {
-			victims = append(victims, bytes.Clone(k))
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	for _, k := range victims {
-		if err := accts.Delete(k); err != nil {
-			return 0, err
-		}
-	}
-	return len(victims), nil
+	return deleteWhere(tx.Bucket(bucketAccounts), "account", func(_ []byte, a Account) bool { return a.UserID == userID })
 }

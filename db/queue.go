@@ -3,6 +3,7 @@ package db
 import (
 	"encoding/binary"
 	"encoding/json"
+	"math"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -168,20 +169,7 @@ func findJob(tx *bolt.Tx, id uint64) (*Job, []byte, error) {
 }
 
 // Jobs returns every queued job, due first.
-func (s *Store) Jobs() ([]Job, error) {
-	var out []Job
-	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketQueue).ForEach(func(_, v []byte) error {
-			var j Job
-			if err := json.Unmarshal(v, &j); err != nil {
-				return err
-			}
-			out = append(out, j)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Store) Jobs() ([]Job, error) { return s.DueJobs(math.MaxInt64, math.MaxInt) }
 
 // GetJob returns the queued job id, or ErrNotFound.
 func (s *Store) GetJob(id uint64) (Job, error) {

@@ -3,7 +3,9 @@
 // authentication and terms, CORS, rate limits and the request log, TLS
 // termination (tls.go, the only user of certmagic), Prometheus metrics
 // (metrics.go, the only user of prometheus), the admin socket (admin.go)
-// and the client-server API's user directory search (directory.go), which
+// with the operator's tools behind it (admin_actions.go: mxid admin), the
+// audit log and the retention sweeps (audit.go), and the client-server
+// API's user directory search (directory.go), which
 // the homeserver's reverse proxy routes to mxid.
 // Its sub-packages hold the signing keys and canonical JSON (signing), the
 // outbound request policy (outbound) and the client side of federation
