@@ -239,6 +239,7 @@ access_token = "forwarder-secret-token"
 		`msg="v1 API" enabled=false trusted_callers="[203.0.113.5 10.1.0.0/16]"`,
 		`msg="outbound policy" timeout=15s allow_cidrs=[10.2.0.0/16] pins=map[hs.example:https://10.2.0.5:8448] ca_file=false insecure_skip_verify=false`,
 		"msg=\"metrics off\"",
+		`msg=retention audit_log=8760h0m0s audit_addresses="keyed hashes only" access_tokens="8760h0m0s without use" sessions="48h0m0s after their last change" invites=720h0m0s`,
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)

@@ -201,7 +201,10 @@ func adminCall(t *testing.T, e *testEnv, method, path string, body any) *respons
 func TestAdminActions(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, be backend) {
 		hs := newOnbindHS(t, 500, 500, 500, 500, 500)
-		e := newTestEnvOn(t, be, func(c *Config) { c.Outbound.Pins = map[string]string{"hs.test": hs.URL} })
+		cfg := DefaultConfig()
+		cfg.Outbound.Pins = map[string]string{"hs.test": hs.URL}
+		m := NewMetrics(nil)
+		e := startTestEnv(t, cfg, be.open(t), func(d *Deps) { d.Metrics = m })
 		ctx := context.Background()
 		storeTestInvite(t, e, "tok", "ann@example.org")
 		if _, err := e.srv.bind(ctx, "email", "ann@example.org", "@ann:hs.test", 0); err != nil {
@@ -283,6 +286,15 @@ func TestAdminActions(t *testing.T) {
 		adminCall(t, e, "GET", "/admin/audit?since=x", nil).expect(t, "audit since x", 400, "M_INVALID_PARAM")
 		if logged := e.logs(); strings.Contains(logged, "ann@") || strings.Contains(logged, "900123") {
 			t.Errorf("the log names an address:\n%s", logged)
+		}
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		for _, want := range []string{`mxid_admin_actions_total{action="show",outcome="ok"} 2`, `mxid_admin_actions_total{action="show",outcome="refused"} 2`,
+			`mxid_admin_actions_total{action="erase",outcome="ok"} 2`, `mxid_admin_actions_total{action="queue_drop",outcome="refused"} 1`,
+			`mxid_unbinds_total{by="admin"} 1`, `mxid_unbinds_total{by="erase"} 1`, `mxid_erasures_total{by="admin"} 2`, `mxid_erased_records_total{kind="bindings"} 1`} {
+			if !strings.Contains(rec.Body.String(), want) {
+				t.Errorf("metrics lack %s", want)
+			}
 		}
 	})
 }
