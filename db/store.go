@@ -1,6 +1,8 @@
 // Package db owns mxid's persistent state: one bbolt file (mxid.db) in the
 // data directory holding accounts, terms acceptance, 3PID bindings, validation
-// sessions, invites, the onbind queue and lookup metadata.
+// sessions, invites, the onbind queue, lookup metadata and the audit log
+// (audit.go), with the erasure of a user or an address (erase.go) and the
+// scrub of the file's free pages after one (scrub.go).
 //
 // It imports no other mxid package; callers see plain Go types. bbolt is used
 // only here.

@@ -113,7 +113,9 @@ func (s *Store) deleteBinding(medium, address, mxid string, audit ...db.AuditEnt
 
 // EraseUser removes everything the database holds about mxid, in one
 // transaction, as db.Store.EraseUser does; the removed bindings are in the
-// change log.
+// change log. It takes the key locks of the user's 3PIDs in key order (the
+// one writer that takes several), then the queue's rows before the invites'
+// (as completing or dropping a delivery does), so writers do not deadlock.
 func (s *Store) EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error) {
 	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) error {
 		if !storable(mxid) {
@@ -124,15 +126,23 @@ func (s *Store) EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (d
 		if err != nil {
 			return err
 		}
+		var tps [][2]string
 		for _, b := range bs {
-			if err := erase3PID(ctx, tx, b.Medium, b.Address, mxid, out); err != nil {
+			if removed, err := unbindLocked(ctx, tx, b.Medium, b.Address, mxid, out); err != nil {
+				return err
+			} else if removed {
+				tps = append(tps, [2]string{b.Medium, b.Address})
+			}
+		}
+		if err := deleteJobs(ctx, tx, mxid, tps, out); err != nil {
+			return err
+		}
+		for _, tp := range tps {
+			if err := eraseRows(ctx, tx, tp, out); err != nil {
 				return err
 			}
 		}
 		if out.InvitesSent, err = withdrawInvites(ctx, tx, mxid); err != nil {
-			return err
-		}
-		if err := deleteJobs(ctx, tx, mxid, "", "", out); err != nil {
 			return err
 		}
 		if out.Tokens, err = affectedIn(ctx, tx, "DELETE FROM accounts WHERE user_id = $1", mxid); err != nil {
@@ -151,7 +161,14 @@ func (s *Store) Erase3PID(medium, address string, audit func(db.Erased) []db.Aud
 		if !storable(medium, address) {
 			return nil
 		}
-		return erase3PID(ctx, tx, medium, address, "", out)
+		if _, err := unbindLocked(ctx, tx, medium, address, "", out); err != nil {
+			return err
+		}
+		tp := [][2]string{{medium, address}}
+		if err := deleteJobs(ctx, tx, "", tp, out); err != nil {
+			return err
+		}
+		return eraseRows(ctx, tx, tp[0], out)
 	})
 }
 
@@ -184,37 +201,38 @@ func affectedIn(ctx context.Context, tx pgx.Tx, sql string, args ...any) (int, e
 	return int(tag.RowsAffected()), err
 }
 
-// erase3PID removes a 3PID's binding (only mxid's when mxid is set), its
-// invites, the deliveries about it and its sessions, counting into out.
-func erase3PID(ctx context.Context, tx pgx.Tx, medium, address, mxid string, out *db.Erased) error {
-	// A bind of the same 3PID waits (or is waited for) here, as between
-	// binds.
+// unbindLocked takes the 3PID's key lock (a bind of it waits, or is waited
+// for, as between binds) and removes its binding if mxid holds it (anyone,
+// when mxid is ""), counting it into out. It reports whether it did.
+func unbindLocked(ctx context.Context, tx pgx.Tx, medium, address, mxid string, out *db.Erased) (bool, error) {
 	cur, err := lockBinding(ctx, tx, medium, address)
-	if err != nil {
-		return err
+	if err != nil || cur == nil || (mxid != "" && cur.MXID != mxid) {
+		return false, err
 	}
-	if cur != nil && (mxid == "" || cur.MXID == mxid) {
-		if _, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2", medium, address); err != nil {
-			return err
-		}
-		out.Bindings = append(out.Bindings, *cur)
+	if _, err := tx.Exec(ctx, "DELETE FROM bindings WHERE medium = $1 AND address = $2", medium, address); err != nil {
+		return false, err
 	}
-	n, err := affectedIn(ctx, tx, "DELETE FROM invites WHERE medium = $1 AND address = $2", medium, address)
+	out.Bindings = append(out.Bindings, *cur)
+	return true, nil
+}
+
+// eraseRows removes the invites addressed to a 3PID and its sessions,
+// counting them into out.
+func eraseRows(ctx context.Context, tx pgx.Tx, tp [2]string, out *db.Erased) error {
+	n, err := affectedIn(ctx, tx, "DELETE FROM invites WHERE medium = $1 AND address = $2", tp[0], tp[1])
 	if err != nil {
 		return err
 	}
 	out.InvitesReceived += n
-	if err := deleteJobs(ctx, tx, "", medium, address, out); err != nil {
-		return err
-	}
-	n, err = affectedIn(ctx, tx, "DELETE FROM sessions WHERE medium = $1 AND address = $2", medium, address)
+	n, err = affectedIn(ctx, tx, "DELETE FROM sessions WHERE medium = $1 AND address = $2", tp[0], tp[1])
 	out.Sessions += n
 	return err
 }
 
-// deleteJobs deletes the onbind deliveries for mxid or about a 3PID, found
-// by their body as the bbolt store finds them (db.JobOf).
-func deleteJobs(ctx context.Context, tx pgx.Tx, mxid, medium, address string, out *db.Erased) error {
+// deleteJobs deletes the onbind deliveries for mxid (when set) or about one
+// of the 3PIDs, found by their body as the bbolt store finds them
+// (db.JobOf).
+func deleteJobs(ctx context.Context, tx pgx.Tx, mxid string, tps [][2]string, out *db.Erased) error {
 	type row struct {
 		id   int64
 		body []byte
@@ -225,7 +243,11 @@ func deleteJobs(ctx context.Context, tx pgx.Tx, mxid, medium, address string, ou
 	}
 	var ids []int64
 	for _, j := range jobs {
-		if db.JobOf(j.body, mxid, medium, address) {
+		match := db.JobOf(j.body, mxid, "", "")
+		for _, tp := range tps {
+			match = match || db.JobOf(j.body, "", tp[0], tp[1])
+		}
+		if match {
 			ids = append(ids, j.id)
 		}
 	}

@@ -28,7 +28,8 @@
 // reads what the first committed. SERIALIZABLE with retry on 40001 was the
 // alternative; it would re-run the callbacks. Every transaction takes at
 // most one such key lock and then row locks in key order, so writers do not
-// deadlock.
+// deadlock; the one exception, an erasure (erase.go), takes the key locks of
+// a user's 3PIDs in key order before anything else.
 //
 // # Change log
 //
