@@ -337,8 +337,7 @@ func (a *Admin) erase(ctx context.Context, subject string) (EraseResult, error) 
 			return EraseResult{}, err
 		}
 	}
-	// The key is read before the transaction, which must only compute.
-	if _, err := a.audit.hash("", ""); err != nil {
+	if err := a.audit.ready(); err != nil { // the transaction's callback hashes
 		return EraseResult{}, errInternal(err)
 	}
 	var hashErr error

@@ -68,17 +68,34 @@ type auditor struct {
 	secret []byte
 }
 
+// ready reads the key (creating it the first time) unless it has been
+// read already: before a store transaction whose callback hashes, which
+// must not call the store.
+func (a *auditor) ready() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.load()
+}
+
+func (a *auditor) load() error {
+	if a.secret != nil {
+		return nil
+	}
+	k, err := a.store.AuditSecret()
+	if err != nil {
+		return fmt.Errorf("the audit log's key: %w", err)
+	}
+	a.secret = k
+	return nil
+}
+
 // hash is the keyed hash of a 3PID: hex HMAC-SHA256 of medium, NUL and the
 // canonical address.
 func (a *auditor) hash(medium, address string) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.secret == nil {
-		k, err := a.store.AuditSecret()
-		if err != nil {
-			return "", fmt.Errorf("the audit log's key: %w", err)
-		}
-		a.secret = k
+	if err := a.load(); err != nil {
+		return "", err
 	}
 	m := hmac.New(sha256.New, a.secret)
 	m.Write([]byte(medium))
