@@ -472,7 +472,12 @@ func TestAdminOnReplicas(t *testing.T) {
 		t.Errorf("r1 lost another binding: %q", got)
 	}
 
-	// Erase on r1's socket: r0's index forgets the user's other addresses.
+	// Erase on r1's socket: r0's index forgets the user's other addresses,
+	// and r0, which accepted the user's token a moment ago (it answers such
+	// tokens from memory for a while), refuses it.
+	if st, body, err := call("GET", r0.api+"/_matrix/identity/v2/account", userToken, nil); err != nil || st != 200 {
+		t.Fatalf("the user's token on r0: %d %v %v", st, body, err)
+	}
 	out := admin(r1, "erase", "@user:hs.test")
 	if !strings.Contains(out, "erased @user:hs.test: 2 bindings") || !strings.Contains(out, "change log forgotten") {
 		t.Errorf("erase:\n%s", out)
@@ -482,6 +487,10 @@ func TestAdminOnReplicas(t *testing.T) {
 			waitFor(t, nd.name+" to forget "+a, func() bool { return lookupVia(t, nd.api, looker, a) == "" })
 		}
 	}
+	waitFor(t, "r0 to refuse the erased user's token", func() bool {
+		st, _, err := call("GET", r0.api+"/_matrix/identity/v2/account", userToken, nil)
+		return err == nil && st == 401
+	})
 	dump := pgtest.Dump(t, url)
 	for _, a := range addrs[1:] {
 		if strings.Contains(dump, a) {

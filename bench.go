@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -20,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"mxid/db"
 	"mxid/lookup/threepid"
 )
 
@@ -44,6 +44,7 @@ func cmdBenchLookup(ctx context.Context, args []string, stdout, stderr io.Writer
 	gen := fs.String("gen", "", "only write the generated bindings to this JSON-lines file and exit")
 	genSydent := fs.String("gen-sydent", "", "only write the generated bindings as SQL for sydent's database and exit")
 	logLevel := fs.String("log-level", "warn", "log level of the started server (info logs every request)")
+	database := fs.String("database", "", "run the started server on this PostgreSQL database (an empty one, or one this benchmark filled) instead of a bbolt file")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
@@ -56,7 +57,7 @@ func cmdBenchLookup(ctx context.Context, args []string, stdout, stderr io.Writer
 	if *genSydent != "" {
 		return writeSydentSQL(*genSydent, *n)
 	}
-	b := &bench{n: *n, out: stdout}
+	b := &bench{n: *n, out: stdout, database: *database}
 	if *target != "" {
 		if *token == "" {
 			return usageError{errors.New("-url needs -token")}
@@ -139,6 +140,8 @@ type bench struct {
 	client *http.Client
 	out    io.Writer
 	cmd    *exec.Cmd
+	// database is the PostgreSQL URL of the started server ("": bbolt).
+	database string
 
 	mu     sync.Mutex
 	pepper string
@@ -164,7 +167,10 @@ func (b *bench) startServer(ctx context.Context, dir, logLevel string, stderr io
 	}
 	fail := func(err error) (func(), error) { cleanup(); return nil, err }
 	jsonl := filepath.Join(dir, "bindings.jsonl")
-	store, err := db.Open(filepath.Join(dir, "data"))
+	dbCfg := DefaultConfig()
+	dbCfg.DataDir = filepath.Join(dir, "data")
+	dbCfg.Database.URL = b.database
+	store, _, err := openBackend(ctx, dbCfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return fail(err)
 	}
@@ -212,7 +218,9 @@ format = "json"
 rate_per_account = { burst = 0, every = "1s" }
 rate_per_ip = { burst = 0, every = "1s" }
 rate_per_homeserver = { burst = 0, every = "1s" }
-`, filepath.Join(dir, "data"), addr, addr, logLevel)
+[database]
+url = %q
+`, filepath.Join(dir, "data"), addr, addr, logLevel, b.database)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return fail(err)
 	}
@@ -247,7 +255,11 @@ rate_per_homeserver = { burst = 0, every = "1s" }
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	fmt.Fprintf(b.out, "start-up to serving: %d ms with %d bindings; RSS %s\n", time.Since(start).Milliseconds(), b.n, b.rss())
+	backend := "bbolt"
+	if b.database != "" {
+		backend = "PostgreSQL " + redactedURL(b.database)
+	}
+	fmt.Fprintf(b.out, "start-up to serving: %d ms with %d bindings on %s; RSS %s\n", time.Since(start).Milliseconds(), b.n, backend, b.rss())
 	return stop, nil
 }
 

@@ -505,6 +505,7 @@ func newApp(cfg Config, log *slog.Logger) (*app, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	lk.Start(ctx)
 	if rep != nil {
+		rep.follower.tokens = srv
 		rep.start(ctx)
 	}
 	log.Info("ready", "data_dir", cfg.DataDir, "key_id", key.ID, "startup_ms", time.Since(started).Milliseconds())

@@ -86,6 +86,16 @@ type follower struct {
 
 	rebuild                   chan struct{}
 	pepperDirty, directoryDir atomic.Bool
+
+	// tokens is told of removed access tokens (the server's memory of
+	// tokens that passed); set before run.
+	tokens tokenForgetter
+}
+
+// tokenForgetter forgets access tokens it remembers (*server.Server).
+type tokenForgetter interface {
+	ForgetToken(hashHex string)
+	ForgetAllTokens()
 }
 
 func newFollower(store changeLog, lk *lookup.Service, from int64, log *slog.Logger) *follower {
@@ -177,6 +187,10 @@ func (f *follower) apply(c db.Change) {
 		if c.Address == lookup.MetaKey {
 			f.want(&f.pepperDirty)
 		}
+	case db.ChangeToken:
+		if f.tokens != nil {
+			f.tokens.ForgetToken(c.Address)
+		}
 	default: // written by a newer mxid: nothing this one keeps
 	}
 }
@@ -195,6 +209,9 @@ func (f *follower) rebuildAll(ctx context.Context) error {
 	}
 	f.want(&f.pepperDirty)
 	f.want(&f.directoryDir)
+	if f.tokens != nil {
+		f.tokens.ForgetAllTokens() // which were removed meanwhile is unknown
+	}
 	f.seq.Store(latest)
 	return nil
 }

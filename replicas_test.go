@@ -417,6 +417,29 @@ func TestReplicas(t *testing.T) {
 		}
 	})
 
+	// Replicas answer a token that passed a moment ago from memory (lookups
+	// never wait for the database); a logout on one is forgotten by all.
+	t.Run("logout", func(t *testing.T) {
+		const tok = "logouttoken0123456789abcdefghijklmnopqrs"
+		if err := c.store.CreateAccountToken(tok, "@leaving:hs.test", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for _, nd := range c.nodes {
+			if st, body, err := call("GET", nd.api+"/_matrix/identity/v2/hash_details", tok, nil); err != nil || st != 200 {
+				t.Fatalf("hash_details on %s: %d %v %v", nd.name, st, body, err)
+			}
+		}
+		if st, body, err := call("POST", a.api+"/_matrix/identity/v2/account/logout", tok, map[string]any{}); err != nil || st != 200 {
+			t.Fatalf("logout on %s: %d %v %v", a.name, st, body, err)
+		}
+		for _, nd := range c.nodes {
+			waitFor(t, nd.name+" to forget the token", func() bool {
+				st, _, err := call("GET", nd.api+"/_matrix/identity/v2/hash_details", tok, nil)
+				return err == nil && st == 401
+			})
+		}
+	})
+
 	t.Run("rotation", func(t *testing.T) {
 		var l *node
 		waitFor(t, "a leader", func() bool { l = c.leader(); return l != nil })

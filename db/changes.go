@@ -36,6 +36,9 @@ const (
 	// ChangeDirectory: the directory snapshot was replaced (no 3PID):
 	// readers reload it.
 	ChangeDirectory ChangeKind = "directory"
+	// ChangeToken: an access token was removed (logout, erasure); Address
+	// holds its TokenHash in hex: replicas forget it if they remember it.
+	ChangeToken ChangeKind = "token"
 	// ChangeMeta: the meta document named by Address was written (the
 	// lookup pepper after a rotation, ...): readers that keep it in memory
 	// read it again.

@@ -36,7 +36,7 @@ func DefaultAuditConfig() AuditConfig {
 const (
 	minAuditRetention = 24 * time.Hour
 	maxAuditRetention = 10 * 365 * 24 * time.Hour
-	minTokenLifetime  = time.Hour
+	minTokenLifetime  = 2 * tokenTouchEvery // a token in use is seen used within a day
 )
 
 func (c *AuditConfig) validate() []error {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
@@ -37,6 +38,12 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 	if len(tok) > maxTokenLen {
 		return db.Account{}, errUnauthorized("Unrecognised access token")
 	}
+	// A token that passed a moment ago passes without the database: the
+	// hot path (lookups) never touches it. A removed token is forgotten
+	// by every replica (logout here; ForgetToken from the change log).
+	if acct, ok := s.authMemory.recall(tok, authCacheTTL); ok {
+		return acct, nil
+	}
 	acct, err := s.store.AccountByToken(tok)
 	if errors.Is(err, db.ErrNotFound) {
 		return db.Account{}, errUnauthorized("Unrecognised access token")
@@ -44,7 +51,7 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 	if errors.Is(err, db.ErrUnavailable) {
 		// The database is down: a token that passed (with the terms) a
 		// little while ago still does, for what needs no database.
-		if acct, ok := s.authMemory.recall(tok); ok {
+		if acct, ok := s.authMemory.recall(tok, authMemoryTTL); ok {
 			return acct, nil
 		}
 	}
@@ -84,19 +91,25 @@ func (s *Server) touch(r *http.Request, tok string, acct db.Account) {
 	}
 }
 
-// authMemoryTTL is how long a token that passed authentication (and the
-// terms) keeps passing while the database is unavailable.
-const authMemoryTTL = time.Hour
+// authCacheTTL is how long a token that passed authentication (and the
+// terms) passes again without asking the database; authMemoryTTL, how long
+// it keeps passing while the database is unavailable.
+const (
+	authCacheTTL  = 5 * time.Minute
+	authMemoryTTL = time.Hour
+)
 
 // maxRemembered bounds authMemory.
 const maxRemembered = 100000
 
 // authMemory remembers the accounts of tokens that recently passed
-// authentication with the terms, by the token's hash. It is consulted only
-// when the database does not answer, so that during an outage a replica
-// goes on answering what it can from memory (hashed lookups, hash_details)
-// for users active in the last hour; anything that writes fails with 503
-// anyway.
+// authentication with the terms, by the token's hash (db.TokenHash). For
+// authCacheTTL it answers instead of the database, so that lookups never
+// wait for it; when the database does not answer, for authMemoryTTL, so
+// that during an outage a replica goes on answering what it can from memory
+// (hashed lookups, hash_details) for users active in the last hour
+// (anything that writes fails with 503 anyway). Removed tokens are
+// forgotten: by logout here, through the change log on other replicas.
 type authMemory struct {
 	now    func() time.Time
 	mu     sync.Mutex
@@ -126,9 +139,11 @@ func (m *authMemory) remember(tok string, acct db.Account) {
 	m.byHash[sha256.Sum256([]byte(tok))] = remembered{acct, now}
 }
 
-func (m *authMemory) forget(tok string) {
+func (m *authMemory) forget(tok string) { m.forgetHash(sha256.Sum256([]byte(tok))) }
+
+func (m *authMemory) forgetHash(h [32]byte) {
 	m.mu.Lock()
-	delete(m.byHash, sha256.Sum256([]byte(tok)))
+	delete(m.byHash, h)
 	m.mu.Unlock()
 }
 
@@ -143,12 +158,33 @@ func (m *authMemory) forgetUser(userID string) {
 	}
 }
 
-func (m *authMemory) recall(tok string) (db.Account, bool) {
+func (m *authMemory) forgetAll() {
+	m.mu.Lock()
+	clear(m.byHash)
+	m.mu.Unlock()
+}
+
+// recall returns the account of a token remembered less than maxAge ago.
+func (m *authMemory) recall(tok string, maxAge time.Duration) (db.Account, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.byHash[sha256.Sum256([]byte(tok))]
-	if !ok || m.now().Sub(r.at) >= authMemoryTTL {
+	if !ok || m.now().Sub(r.at) >= maxAge {
 		return db.Account{}, false
 	}
 	return r.acct, true
 }
+
+// ForgetToken makes this server forget a removed access token it may
+// remember (hash: db.TokenHash in hex, as a ChangeToken carries it).
+func (s *Server) ForgetToken(hashHex string) {
+	var h [32]byte
+	if b, err := hex.DecodeString(hashHex); err == nil && len(b) == len(h) {
+		copy(h[:], b)
+		s.authMemory.forgetHash(h)
+	}
+}
+
+// ForgetAllTokens makes this server ask the database about every token
+// again (a replica that missed part of the change log).
+func (s *Server) ForgetAllTokens() { s.authMemory.forgetAll() }

@@ -141,7 +141,7 @@ func (c *Config) Validate() []error {
 		}
 	}
 	if d := c.Accounts.TokenLifetime; d != 0 && (d < minTokenLifetime || d > maxAuditRetention) {
-		add("accounts.token_lifetime must be 0 (until logout) or between 1h and 87600h, not %v", d)
+		add("accounts.token_lifetime must be 0 (until logout) or between 48h and 87600h (uses are recorded once a day), not %v", d)
 	}
 	seen := map[string]bool{}
 	for i, p := range c.Terms.Policies {

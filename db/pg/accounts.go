@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"time"
 
@@ -92,8 +93,17 @@ func (s *Store) AccountByToken(token string) (db.Account, error) {
 
 // DeleteAccountToken ends one token (logout). Deleting an unknown token is
 // not an error.
+// The removal is a ChangeToken in the change log, so that every replica
+// forgets the token if it remembers it.
 func (s *Store) DeleteAccountToken(token string) error {
-	return s.exec("DELETE FROM accounts WHERE token_hash = $1", db.TokenHash(token))
+	hash := db.TokenHash(token)
+	return s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "DELETE FROM accounts WHERE token_hash = $1", hash)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		return appendChanges(ctx, tx, db.ChangeToken, db.Binding{Address: hex.EncodeToString(hash)})
+	})
 }
 
 // AcceptedTerms returns, for userID, the version of each policy it accepted.

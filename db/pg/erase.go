@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"encoding/hex"
 
 	"github.com/jackc/pgx/v5"
 
@@ -117,72 +118,86 @@ func (s *Store) deleteBinding(medium, address, mxid string, audit ...db.AuditEnt
 // one writer that takes several), then the queue's rows before the invites'
 // (as completing or dropping a delivery does), so writers do not deadlock.
 func (s *Store) EraseUser(mxid string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error) {
-	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) error {
+	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) (gone []db.Binding, err error) {
 		if !storable(mxid) {
-			return nil
+			return nil, nil
 		}
 		bs, err := queryAll(ctx, tx, bindingFields, `SELECT medium, address, mxid, ts, not_before, not_after
 			FROM bindings WHERE mxid = $1 ORDER BY medium, address`, mxid)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		var tps [][2]string
 		for _, b := range bs {
 			if removed, err := unbindLocked(ctx, tx, b.Medium, b.Address, mxid, out); err != nil {
-				return err
+				return nil, err
 			} else if removed {
 				tps = append(tps, [2]string{b.Medium, b.Address})
 			}
 		}
 		if err := deleteJobs(ctx, tx, mxid, tps, out); err != nil {
-			return err
+			return nil, err
 		}
 		for _, tp := range tps {
 			if err := eraseRows(ctx, tx, tp, out); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if out.InvitesSent, err = withdrawInvites(ctx, tx, mxid); err != nil {
-			return err
+			return nil, err
 		}
-		if out.Tokens, err = affectedIn(ctx, tx, "DELETE FROM accounts WHERE user_id = $1", mxid); err != nil {
-			return err
+		// Each removed token is a change: every replica forgets it if it
+		// remembers it.
+		hashes, err := queryAll(ctx, tx, func(h *[]byte) []any { return []any{h} }, "DELETE FROM accounts WHERE user_id = $1 RETURNING token_hash", mxid)
+		if err != nil {
+			return nil, err
+		}
+		out.Tokens = len(hashes)
+		for _, h := range hashes {
+			gone = append(gone, db.Binding{Address: hex.EncodeToString(h)})
 		}
 		out.Terms, err = affectedIn(ctx, tx, "DELETE FROM terms WHERE user_id = $1", mxid)
 		out.Terms = min(out.Terms, 1) // one row per policy: one acceptance
-		return err
+		return gone, err
 	})
 }
 
 // Erase3PID removes everything the database holds about a 3PID, in one
 // transaction, as db.Store.Erase3PID does.
 func (s *Store) Erase3PID(medium, address string, audit func(db.Erased) []db.AuditEntry) (db.Erased, error) {
-	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) error {
+	return s.erase(audit, func(ctx context.Context, tx pgx.Tx, out *db.Erased) ([]db.Binding, error) {
 		if !storable(medium, address) {
-			return nil
+			return nil, nil
 		}
 		if _, err := unbindLocked(ctx, tx, medium, address, "", out); err != nil {
-			return err
+			return nil, err
 		}
 		tp := [][2]string{{medium, address}}
 		if err := deleteJobs(ctx, tx, "", tp, out); err != nil {
-			return err
+			return nil, err
 		}
-		return eraseRows(ctx, tx, tp[0], out)
+		return nil, eraseRows(ctx, tx, tp[0], out)
 	})
 }
 
-// erase runs an erasure, then writes its audit entries and the unbinds of
-// the bindings it removed, in one transaction.
-func (s *Store) erase(audit func(db.Erased) []db.AuditEntry, fn func(ctx context.Context, tx pgx.Tx, out *db.Erased) error) (db.Erased, error) {
+// erase runs an erasure, then writes its audit entries and the changes of
+// the bindings and tokens it removed (fn returns the tokens as
+// db.ChangeToken entries), in one transaction.
+func (s *Store) erase(audit func(db.Erased) []db.AuditEntry, fn func(ctx context.Context, tx pgx.Tx, out *db.Erased) (tokens []db.Binding, err error)) (db.Erased, error) {
 	var out db.Erased
 	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
 		out = db.Erased{}
-		if err := fn(ctx, tx, &out); err != nil {
+		tokens, err := fn(ctx, tx, &out)
+		if err != nil {
 			return err
 		}
 		if err := appendAudit(ctx, tx, audit(out)...); err != nil {
 			return err
+		}
+		if len(tokens) > 0 {
+			if err := appendChanges(ctx, tx, db.ChangeToken, tokens...); err != nil {
+				return err
+			}
 		}
 		if len(out.Bindings) == 0 {
 			return nil

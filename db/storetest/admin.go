@@ -302,10 +302,17 @@ func eraseUser(t *testing.T, s Store) {
 	if cl, ok := s.(ChangeLog); ok {
 		cs, _ := cl.ChangesSince(0, 100)
 		var unbound []string
+		tokensGone := 0
 		for _, c := range cs {
-			if c.Kind == db.ChangeUnbind {
+			switch c.Kind {
+			case db.ChangeUnbind:
 				unbound = append(unbound, c.Medium+" "+c.Address)
+			case db.ChangeToken:
+				tokensGone++
 			}
+		}
+		if tokensGone != 2 {
+			t.Errorf("%d removed tokens logged, want Erin's 2: %+v", tokensGone, cs)
 		}
 		slices.Sort(unbound)
 		if !slices.Equal(unbound, removed) {
