@@ -228,5 +228,11 @@ func (l *Leadership) Release() {
 	}
 	cancel()
 	<-done
+	// Unlock first: closing the connection alone frees the lock only once
+	// the server's backend has exited, a moment later, and another
+	// replica bidding meanwhile would lose for nothing.
+	ctx, stop := context.WithTimeout(context.Background(), 2*time.Second)
+	conn.Exec(ctx, "SELECT pg_advisory_unlock($1, $2)", lockClass, lockLeader)
+	stop()
 	closeConn(conn)
 }
