@@ -137,7 +137,7 @@ func (s *Server) FailNextRcpt(n int) {
 // Wait waits for the n-th message (1-based) and returns it.
 func (s *Server) Wait(t testing.TB, n int) Message {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(time.Minute) // a hang, not a slow machine
 	for {
 		if m := s.Messages(); len(m) >= n {
 			return m[n-1]
@@ -145,7 +145,7 @@ func (s *Server) Wait(t testing.TB, n int) Message {
 		select {
 		case <-s.arrived:
 		case <-deadline:
-			t.Fatalf("smtptest: message %d did not arrive (have %d)", n, len(s.Messages()))
+			t.Fatalf("smtptest: message %d did not arrive within a minute (have %d)", n, len(s.Messages()))
 		}
 	}
 }
