@@ -78,9 +78,14 @@ func (s *syncBuffer) close() {
 // waitFor blocks until the log holds text, woken by each write (no
 // polling), or until it is closed; it reports whether text came.
 func (s *syncBuffer) waitFor(text string) bool {
+	return s.waitUntil(func(log string) bool { return strings.Contains(log, text) })
+}
+
+// waitUntil is waitFor for any condition on the log.
+func (s *syncBuffer) waitUntil(cond func(log string) bool) bool {
 	for {
 		s.mu.Lock()
-		found, closed := strings.Contains(s.b.String(), text), s.closed
+		found, closed := cond(s.b.String()), s.closed
 		if found || closed {
 			s.mu.Unlock()
 			return found
