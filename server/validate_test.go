@@ -175,6 +175,7 @@ func TestEmailUntrustedSMTPServer(t *testing.T) {
 			h := newIDHarness(t, idHarnessOpts{email: &email})
 			tok := h.account("@alice:hs.test")
 			wantReply(t, "requestToken", h.requestEmail(tok, "a@example.org", "s", 1, nil), 500, "M_EMAIL_SEND_ERROR")
+			smtp.WaitIdle(t)
 			if smtp.SawCommand("DATA") || smtp.SawCommand("MAIL") || len(smtp.Messages()) != 0 {
 				t.Errorf("the untrusted server got the envelope or data: %v", smtp.Commands())
 			}
