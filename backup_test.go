@@ -12,7 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"mxid/db"
 	"mxid/server"
@@ -52,8 +51,11 @@ func TestBackupWhileServing(t *testing.T) {
 	addr := func(i int64) string { return fmt.Sprintf("user%d@example.org", i) }
 	var acked atomic.Int64
 	stop := make(chan struct{})
+	inSwing := make(chan struct{}) // closed once the writer has committed 300 (or has failed)
+	var swing sync.Once
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		defer swing.Do(func() { close(inSwing) })
 		for i := int64(0); ; i++ {
 			select {
 			case <-stop:
@@ -65,11 +67,12 @@ func TestBackupWhileServing(t *testing.T) {
 				return
 			}
 			acked.Store(i + 1)
+			if i+1 == 300 {
+				swing.Do(func() { close(inSwing) })
+			}
 		}
 	})
-	for acked.Load() < 300 {
-		time.Sleep(time.Millisecond)
-	}
+	<-inSwing
 	before := acked.Load()
 	dest := filepath.Join(dir, "live.db")
 	var out, errOut bytes.Buffer

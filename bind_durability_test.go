@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -62,12 +61,7 @@ func TestBindDurabilityAfterKill(t *testing.T) {
 	}
 	store.Close()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	base := "http://" + addr
 	config := fmt.Sprintf(`server_name = "id.example.test"
 public_base_url = %q
@@ -105,8 +99,10 @@ attempts = { burst = 100000, every = "1ms" }
 		cmd.Process.Kill()
 		<-exited
 	})
-	client := &http.Client{Timeout: 10 * time.Second}
-	deadline := time.Now().Add(30 * time.Second)
+	client := &http.Client{Timeout: 30 * time.Second}
+	// The child logs at warn (no "serving" line): poll until it answers,
+	// failing at once if it exits; the deadline only catches a hang.
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		resp, err := client.Get(base + "/_matrix/identity/v2")
 		if err == nil {
@@ -115,9 +111,15 @@ attempts = { burst = 100000, every = "1ms" }
 		}
 		if time.Now().After(deadline) {
 			logMu.Lock()
-			t.Fatalf("the server did not start: %v\n%s", err, logs.String())
+			t.Fatalf("the server did not start within 2 minutes: %v\n%s", err, logs.String())
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			logMu.Lock()
+			t.Fatalf("the server exited while starting: %v\n%s", err, logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 
 	post := func(path, token string, body any) (int, []byte, error) {
@@ -200,8 +202,8 @@ attempts = { burst = 100000, every = "1ms" }
 	<-killed
 	select {
 	case <-exited:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the server did not die")
+	case <-time.After(time.Minute): // a hang, not a slow machine
+		t.Fatal("the server did not die within a minute of SIGKILL")
 	}
 	exited <- nil // for the cleanup
 

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -346,10 +345,7 @@ listen = "127.0.0.1:%d"
 	}
 
 	s := startServe(t, config)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(s.log.String(), "msg=serving") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.ready(t)
 	s.stop(t)
 	var line string
 	for l := range strings.Lines(s.log.String()) {

@@ -366,8 +366,8 @@ func execMxid(t *testing.T, args ...string) *running {
 	}
 	r.Process = p
 	copied := make(chan struct{}, 2)
-	go func() { io.Copy(r.stdout, stdoutR); copied <- struct{}{} }()
-	go func() { io.Copy(r.stderr, stderrR); copied <- struct{}{} }()
+	go func() { io.Copy(r.stdout, stdoutR); r.stdout.close(); copied <- struct{}{} }()
+	go func() { io.Copy(r.stderr, stderrR); r.stderr.close(); copied <- struct{}{} }()
 	go func() {
 		r.state, _ = p.Wait()
 		<-copied

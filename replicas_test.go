@@ -178,7 +178,7 @@ func (c *cluster) leader() *node {
 
 // gauge reads one unlabelled sample from nd's metrics (-1 if absent).
 func gauge(nd *node, name string) float64 {
-	_, body, err := get(nd.metrics)
+	_, body, err := fetch(nd.metrics)
 	if err != nil {
 		return -1
 	}
@@ -262,7 +262,8 @@ func call(method, url, token string, body any) (int, map[string]any, error) {
 	return resp.StatusCode, out, nil
 }
 
-func get(url string) (int, string, error) {
+// fetch GETs url and returns the status and body, or the error.
+func fetch(url string) (int, string, error) {
 	resp, err := testClient.Get(url)
 	if err != nil {
 		return 0, "", err

@@ -18,23 +18,16 @@ import (
 	"time"
 )
 
-// getRetry GETs url until it answers (the server starts asynchronously).
-func getRetry(t *testing.T, url string) (int, string) {
+// get GETs url and returns the status and body.
+func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			return resp.StatusCode, string(body)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: %v", url, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
 	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(body)
 }
 
 // postJSON POSTs body to url with a bearer token ("" for none) and decodes
@@ -60,7 +53,7 @@ func requestJSON(t *testing.T, method, url, token string, body io.Reader) (int, 
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -105,21 +98,22 @@ enabled = true
 		t.Fatalf("import: %v\n%s%s", err, out.String(), errb.String())
 	}
 	s := startServe(t, config)
+	s.ready(t)
 	api := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
 	for range 3 {
-		if code, _ := getRetry(t, api+"/_matrix/identity/versions"); code != 200 {
+		if code, _ := get(t, api+"/_matrix/identity/versions"); code != 200 {
 			t.Fatalf("versions: %d", code)
 		}
 	}
-	getRetry(t, api+"/nowhere")
+	get(t, api+"/nowhere")
 
 	// Lookups through the cascade (v1: no account needed): one found
 	// locally; one found nowhere, with DNS skipped (no recursion_cidrs).
 	v1 := api + "/_matrix/identity/api/v1/lookup?medium=email&address="
-	if _, body := getRetry(t, v1+url.QueryEscape("alice@example.org")); !strings.Contains(body, `"mxid":"@alice:hs.test"`) {
+	if _, body := get(t, v1+url.QueryEscape("alice@example.org")); !strings.Contains(body, `"mxid":"@alice:hs.test"`) {
 		t.Errorf("v1 lookup of a bound address: %s", body)
 	}
-	if _, body := getRetry(t, v1+url.QueryEscape("nobody@example.org")); body != "{}" {
+	if _, body := get(t, v1+url.QueryEscape("nobody@example.org")); body != "{}" {
 		t.Errorf("v1 lookup of an unbound address: %s", body)
 	}
 	// A hashed lookup through the index, as a registered user.
@@ -145,7 +139,7 @@ enabled = true
 		t.Errorf("sha256 lookup: %d %v", st, body)
 	}
 
-	code, body := getRetry(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	code, body := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
 	if code != 200 {
 		t.Fatalf("scrape: %d", code)
 	}
@@ -169,7 +163,7 @@ enabled = true
 		t.Error("a skipped source is in the duration histogram")
 	}
 	// The API is not served on the metrics listener, nor metrics on the API.
-	if code, _ := getRetry(t, api+"/metrics"); code != 404 {
+	if code, _ := get(t, api+"/metrics"); code != 404 {
 		t.Errorf("/metrics on the API listener: %d, want 404", code)
 	}
 	s.stop(t)
@@ -223,10 +217,7 @@ pins = { "hs.example" = "https://10.2.0.5:8448" }
 url = "https://matrix.example.net/"
 access_token = "forwarder-secret-token"
 `, dir, freePort(t), ldapPort))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(s.log.String(), "msg=serving") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.ready(t)
 	s.stop(t)
 	log := s.log.String()
 	for _, want := range []string{

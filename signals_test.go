@@ -51,7 +51,7 @@ func TestSignalsDuringStartUp(t *testing.T) {
 	// on, SIGHUP every millisecond until mxid answers. (Before main runs,
 	// the Go runtime and package initialisation, no program can handle a
 	// signal; see the README.)
-	waitFor(t, "the first log line", func() bool { return mxid.stderr.String() != "" || exitedNow(mxid) })
+	mxid.stderr.waitFor("\n")
 	mxid.Signal(syscall.SIGUSR1)
 	stop, stopped := make(chan struct{}), make(chan int)
 	go func() {
@@ -87,15 +87,19 @@ func TestSignalsDuringStartUp(t *testing.T) {
 	sent := <-stopped
 	t.Logf("mxid answered %v after it started with %d bindings; %d SIGHUPs sent meanwhile", ready.Round(time.Millisecond), bindings, sent)
 
-	waitFor(t, "the pepper rotation asked for during start-up", func() bool {
-		return strings.Contains(mxid.stderr.String(), "lookup pepper rotated") || exitedNow(mxid)
-	})
+	if !mxid.stderr.waitFor("lookup pepper rotated") {
+		<-mxid.exited
+		t.Fatalf("mxid ended before it rotated the pepper asked for during start-up: %v", mxid.result())
+	}
 	// Ready, a SIGHUP reloads (tls mode off: there is nothing to reload).
 	before := strings.Count(mxid.stderr.String(), "SIGHUP: reloading the TLS certificate")
 	mxid.Signal(syscall.SIGHUP)
-	waitFor(t, "the reload", func() bool {
-		return strings.Count(mxid.stderr.String(), "SIGHUP: reloading the TLS certificate") > before || exitedNow(mxid)
-	})
+	if !mxid.stderr.waitUntil(func(log string) bool {
+		return strings.Count(log, "SIGHUP: reloading the TLS certificate") > before
+	}) {
+		<-mxid.exited
+		t.Fatalf("mxid ended before it reloaded: %v", mxid.result())
+	}
 	mxid.Signal(syscall.SIGTERM)
 	<-mxid.exited
 	e := mxid.result()
@@ -136,7 +140,7 @@ func TestSignalLoopActsOnceReady(t *testing.T) {
 	loop := startSignalLoop(t.Context(), opSignals{hup: hup, usr1: usr1}, slog.New(slog.NewTextHandler(&logs, nil)))
 	defer loop.stop()
 	hup <- syscall.SIGHUP
-	waitFor(t, "the start-up log line", func() bool { return strings.Contains(logs.String(), "SIGHUP during start-up") })
+	logs.waitFor("SIGHUP during start-up")
 	reloads := make(chan struct{}, 4)
 	loop.ready(reloadTLS, func(context.Context) { reloads <- struct{}{} })
 	<-reloads // the one that waited

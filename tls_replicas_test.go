@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"mxid/db/pg"
 	"mxid/db/pgtest"
@@ -116,7 +115,7 @@ func TestACMEReplicas(t *testing.T) {
 
 			serials := map[string]bool{}
 			for i, r := range rs {
-				resp, _ := httpsGet(t, fmt.Sprintf("127.0.0.1:%d", r.https), domain, "/_matrix/identity/v2", p.IssuingRoot, 60*time.Second)
+				resp, _ := httpsGet(t, nil, fmt.Sprintf("127.0.0.1:%d", r.https), domain, "/_matrix/identity/v2", p.IssuingRoot)
 				if resp.StatusCode != 200 {
 					t.Errorf("replica %d over HTTPS: %d", i, resp.StatusCode)
 				}

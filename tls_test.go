@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -22,6 +23,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mxid/lookup/slapdtest"
 )
 
 // needBinary skips (locally) or fails (CI=true) when a test component is
@@ -38,16 +41,9 @@ func needBinary(t *testing.T, names ...string) {
 	}
 }
 
-// freePort returns a 127.0.0.1 TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// freePort returns a 127.0.0.1 port that was free a moment ago, outside
+// the range the kernel hands to outgoing connections (slapdtest.FreePort).
+func freePort(t *testing.T) int { t.Helper(); return slapdtest.FreePort(t) }
 
 // syncBuffer collects a server's log from several goroutines.
 type syncBuffer struct {
@@ -82,9 +78,14 @@ func (s *syncBuffer) close() {
 // waitFor blocks until the log holds text, woken by each write (no
 // polling), or until it is closed; it reports whether text came.
 func (s *syncBuffer) waitFor(text string) bool {
+	return s.waitUntil(func(log string) bool { return strings.Contains(log, text) })
+}
+
+// waitUntil is waitFor for any condition on the log.
+func (s *syncBuffer) waitUntil(cond func(log string) bool) bool {
 	for {
 		s.mu.Lock()
-		found, closed := strings.Contains(s.b.String(), text), s.closed
+		found, closed := cond(s.b.String()), s.closed
 		if found || closed {
 			s.mu.Unlock()
 			return found
@@ -113,6 +114,7 @@ type pebble struct {
 	ListenerCA  string // PEM file: trust it for the ACME API connection
 	IssuingRoot *x509.CertPool
 	procs       []*exec.Cmd
+	exited      []chan struct{} // closed once procs[i] has exited
 	log         *syncBuffer
 }
 
@@ -123,12 +125,32 @@ func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
 	needBinary(t, "pebble", "pebble-challtestsrv")
 	dir := t.TempDir()
 	caPEM, certPEM, keyPEM := mintListenerCert(t)
-	p := &pebble{ListenerCA: filepath.Join(dir, "listener-ca.pem"), log: &syncBuffer{}}
 	for name, data := range map[string][]byte{"listener-ca.pem": caPEM, "listener.pem": certPEM, "listener.key": keyPEM} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	// Its four ports can be taken between freePort and pebble's bind: try
+	// again with others.
+	for attempt := 1; ; attempt++ {
+		p := &pebble{ListenerCA: filepath.Join(dir, "listener-ca.pem"), log: &syncBuffer{}}
+		t.Cleanup(p.stop)
+		err := p.start(t, dir, pool, httpPort, tlsPort)
+		if err == nil {
+			return p
+		}
+		p.stop()
+		if attempt == 5 || !strings.Contains(p.log.String(), "address already in use") {
+			t.Fatalf("%v\n%s", err, p.log.String())
+		}
+	}
+}
+
+// start runs challtestsrv and pebble on new free ports and returns once
+// pebble answers, with its issuing root; or an error once one has exited.
+func (p *pebble) start(t *testing.T, dir string, pool *x509.CertPool, httpPort, tlsPort int) error {
 	acme, mgmt, dns, cmgmt := freePort(t), freePort(t), freePort(t), freePort(t)
 	conf := fmt.Sprintf(`{"pebble": {
   "listenAddress": "127.0.0.1:%d", "managementListenAddress": "127.0.0.1:%d",
@@ -136,29 +158,37 @@ func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
   "httpPort": %d, "tlsPort": %d, "ocspResponderURL": "", "externalAccountBindingRequired": false}}`,
 		acme, mgmt, filepath.Join(dir, "listener.pem"), filepath.Join(dir, "listener.key"), httpPort, tlsPort)
 	if err := os.WriteFile(filepath.Join(dir, "pebble.json"), []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	start := func(env []string, name string, args ...string) {
+	exited := make(chan string, 2) // the name of each process that exits
+	start := func(env []string, name string, args ...string) error {
 		cmd := exec.Command(name, args...)
 		cmd.Env = append(os.Environ(), env...)
 		cmd.Stdout, cmd.Stderr = p.log, p.log
 		if err := cmd.Start(); err != nil {
-			t.Fatalf("start %s: %v", name, err)
+			return fmt.Errorf("start %s: %v", name, err)
 		}
-		p.procs = append(p.procs, cmd)
+		done := make(chan struct{})
+		p.procs, p.exited = append(p.procs, cmd), append(p.exited, done)
+		go func() { cmd.Wait(); close(done); exited <- name }()
+		return nil
 	}
-	t.Cleanup(p.stop)
-	start(nil, "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+	if err := start(nil, "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
 		"-dns01", fmt.Sprintf("127.0.0.1:%d", dns), "-http01", "", "-https01", "", "-tlsalpn01", "",
-		"-management", fmt.Sprintf("127.0.0.1:%d", cmgmt))
-	start([]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"}, "pebble",
-		"-config", filepath.Join(dir, "pebble.json"), "-strict=false", "-dnsserver", fmt.Sprintf("127.0.0.1:%d", dns))
+		"-management", fmt.Sprintf("127.0.0.1:%d", cmgmt)); err != nil {
+		return err
+	}
+	if err := start([]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"}, "pebble",
+		"-config", filepath.Join(dir, "pebble.json"), "-strict=false", "-dnsserver", fmt.Sprintf("127.0.0.1:%d", dns)); err != nil {
+		return err
+	}
 
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	p.DirURL = fmt.Sprintf("https://127.0.0.1:%d/dir", acme)
-	deadline := time.Now().Add(10 * time.Second)
+	// Nothing tells when pebble listens: poll, ending at once if a process
+	// exits, with a deadline that only catches a hang (it starts in well
+	// under a second).
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		resp, err := client.Get(p.DirURL)
 		if err == nil {
@@ -168,30 +198,38 @@ func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pebble did not answer in 10s: %v\n%s", err, p.log.String())
+			return fmt.Errorf("pebble did not answer in 2 minutes: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case name := <-exited:
+			return fmt.Errorf("%s exited while starting", name)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// challtestsrv logs a failed bind of its DNS port and runs on.
+	if strings.Contains(p.log.String(), "address already in use") {
+		return errors.New("a port was taken")
 	}
 	// The issuing root is new at every pebble start.
 	resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/roots/0", mgmt))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	root, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	p.IssuingRoot = x509.NewCertPool()
 	if !p.IssuingRoot.AppendCertsFromPEM(root) {
-		t.Fatalf("pebble's /roots/0 is not PEM: %q", root)
+		return fmt.Errorf("pebble's /roots/0 is not PEM: %q", root)
 	}
-	return p
+	return nil
 }
 
 func (p *pebble) stop() {
-	for _, cmd := range p.procs {
+	for i, cmd := range p.procs {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-p.exited[i]
 	}
-	p.procs = nil
+	p.procs, p.exited = nil, nil
 }
 
 // mintListenerCert makes a throw-away CA and a 127.0.0.1/localhost
@@ -253,6 +291,15 @@ func startServe(t *testing.T, config string) *serving {
 	return s
 }
 
+// ready waits until serve logs that it serves (its listeners are bound):
+// woken by the log's writes, failing if serve returns first.
+func (s *serving) ready(t *testing.T) {
+	t.Helper()
+	if !s.log.waitFor("msg=serving") {
+		t.Fatalf("mxid serve ended before serving:\n%s", s.log.String())
+	}
+}
+
 func (s *serving) stop(t *testing.T) {
 	if s.cancel == nil {
 		return
@@ -264,23 +311,28 @@ func (s *serving) stop(t *testing.T) {
 		if err != nil {
 			t.Errorf("mxid serve returned: %v", err)
 		}
-	case <-time.After(15 * time.Second):
-		t.Error("mxid serve did not stop within 15s")
+	case <-time.After(time.Minute): // a hang, not a slow machine
+		t.Error("mxid serve did not stop within a minute")
 	}
 }
 
-// httpsGet fetches path from addr over TLS as host, verifying the chain
-// against roots; it retries until deadline (certificates arrive
-// asynchronously).
-func httpsGet(t *testing.T, addr, host, path string, roots *x509.CertPool, wait time.Duration) (*http.Response, string) {
+// httpsGet fetches path from addr, served by s, over TLS as host, verifying
+// the chain against roots. Once s serves (s nil: a process whose caller
+// waited for it), it retries while the handshake fails: the certificate
+// arrives in the background and nothing tells when it is in the cache.
+// The deadline only catches a hang (it takes about a second).
+func httpsGet(t *testing.T, s *serving, addr, host, path string, roots *x509.CertPool) (*http.Response, string) {
 	t.Helper()
+	if s != nil {
+		s.ready(t)
+	}
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: host},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, network, addr)
 		},
 	}}
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		resp, err := client.Get("https://" + host + path)
 		if err == nil {
@@ -289,9 +341,9 @@ func httpsGet(t *testing.T, addr, host, path string, roots *x509.CertPool, wait 
 			return resp, string(body)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("GET https://%s%s via %s: %v", host, path, addr, err)
+			t.Fatalf("GET https://%s%s via %s for 2 minutes: %v", host, path, addr, err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -333,7 +385,7 @@ func TestACME(t *testing.T) {
 			}
 			s := startServe(t, acmeConfig(dataDir, tc.domain, httpsPort, httpPort, p, fmt.Sprintf("%q", tc.challenge)))
 			start := time.Now()
-			resp, body := httpsGet(t, addr, tc.domain, "/_matrix/identity/versions", p.IssuingRoot, 30*time.Second)
+			resp, body := httpsGet(t, s, addr, tc.domain, "/_matrix/identity/versions", p.IssuingRoot)
 			if resp.StatusCode != 200 || !strings.Contains(body, "versions") {
 				t.Fatalf("versions over HTTPS: %d %s", resp.StatusCode, body)
 			}
@@ -372,7 +424,7 @@ func TestACME(t *testing.T) {
 	p.stop() // the CA is gone from here on
 	t.Run("restart without the CA", func(t *testing.T) {
 		s := startServe(t, acmeConfig(firstDataDir, "is.example.test", httpsPort, httpPort, p, `"http-01"`))
-		resp, _ := httpsGet(t, addr, "is.example.test", "/_matrix/identity/v2", p.IssuingRoot, 10*time.Second)
+		resp, _ := httpsGet(t, s, addr, "is.example.test", "/_matrix/identity/v2", p.IssuingRoot)
 		if resp.StatusCode != 200 {
 			t.Fatalf("status over HTTPS: %d", resp.StatusCode)
 		}

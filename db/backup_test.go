@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // TestBackupUnderWriteLoad takes a backup while a writer keeps binding: the
@@ -34,8 +33,11 @@ func TestBackupUnderWriteLoad(t *testing.T) {
 	var acked atomic.Int64 // bindings 0..acked-1 are committed
 	acked.Store(int64(len(bs)))
 	stop := make(chan struct{})
+	inSwing := make(chan struct{}) // closed once the writer has committed 200 (or has failed)
+	var swing sync.Once
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		defer swing.Do(func() { close(inSwing) })
 		for i := int64(len(bs)); ; i++ {
 			select {
 			case <-stop:
@@ -47,11 +49,12 @@ func TestBackupUnderWriteLoad(t *testing.T) {
 				return
 			}
 			acked.Store(i + 1)
+			if i+1 == int64(len(bs))+200 {
+				swing.Do(func() { close(inSwing) })
+			}
 		}
 	})
-	for acked.Load() < int64(len(bs))+200 { // the writer is in full swing
-		time.Sleep(time.Millisecond)
-	}
+	<-inSwing
 	before := acked.Load()
 	var buf bytes.Buffer
 	var announced int64

@@ -56,8 +56,8 @@ func (c *Chain) Lookup(ctx context.Context, threepids []ThreePID, recurse bool) 
 			c.note(l.Source.Name(), "skipped", 0)
 			continue
 		}
+		start := time.Now() // before the deadline starts: took >= Deadline when it ends the call
 		lctx, cancel := context.WithTimeout(ctx, l.Deadline)
-		start := time.Now()
 		got, err := l.Source.Lookup(lctx, todo)
 		took := time.Since(start)
 		// A source's own I/O deadline may fire just before the context's.

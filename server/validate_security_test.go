@@ -67,17 +67,17 @@ func TestBadInputCatalogue(t *testing.T) {
 	req, _ := http.NewRequest("POST", h.ts.URL+reqTok, io.MultiReader(strings.NewReader(big)))
 	req.ContentLength = -1
 	req.Header.Set("Authorization", "Bearer "+tok)
-	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err == nil {
+	// The server answers without waiting for the rest of the body; the
+	// client's timeout only catches a hang.
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Errorf("row 9 chunked: %v", err)
+	} else {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 413 || !bytes.Contains(body, []byte("M_TOO_LARGE")) {
 			t.Errorf("row 9 chunked: %d %s", resp.StatusCode, body)
 		}
-	}
-	if time.Since(start) > 2*time.Second {
-		t.Error("row 9 chunked: slow")
 	}
 
 	// Row 13: negative send_attempt: same sid, 2 mails (first use, then -4).

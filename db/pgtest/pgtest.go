@@ -22,6 +22,7 @@ package pgtest
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -180,13 +181,19 @@ func start(bin string) (*Server, error) {
 
 var errAddrInUse = errors.New("address in use")
 
+// freePort picks a free port below Linux's ephemeral range (32768–60999),
+// which every outgoing connection draws from: there, a connection could
+// take the port while an outage test has the server stopped, and Start
+// could not bind it again (lookup/slapdtest.FreePort says more).
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 1000 {
+		port := 20000 + rand.IntN(32768-20000)
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			ln.Close()
+			return port, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port in 127.0.0.1:20000-32767")
 }
 
 // command runs one of PostgreSQL's programs as the server's user.

@@ -8,6 +8,7 @@
 package dnstest
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -55,18 +56,49 @@ func Start(t testing.TB, records ...string) *Server {
 		}
 		w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := listenBoth()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, tcp := &dns.Server{PacketConn: pc, Handler: handler}, &dns.Server{Listener: ln, Handler: handler}
-	go udp.ActivateAndServe()
-	go tcp.ActivateAndServe()
+	// Shutdown refuses a server that has not started yet (and it would
+	// then serve on after the test): return once both serve.
+	started := make(chan error, 4) // nil when serving, or the error of a failed start
+	notify := func() { started <- nil }
+	udp := &dns.Server{PacketConn: pc, Handler: handler, NotifyStartedFunc: notify}
+	tcp := &dns.Server{Listener: ln, Handler: handler, NotifyStartedFunc: notify}
 	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+	for _, srv := range []*dns.Server{udp, tcp} {
+		go func() {
+			if err := srv.ActivateAndServe(); err != nil {
+				started <- err
+			}
+		}()
+	}
+	for range 2 {
+		if err := <-started; err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.Addr = pc.LocalAddr().String()
 	return s
+}
+
+// listenBoth binds UDP and TCP on the same free 127.0.0.1 port. The kernel
+// picks a free UDP port; the same TCP port may be taken (by any process's
+// listener or outgoing connection), so it tries again with another port.
+func listenBoth() (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 100 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+	}
+	return nil, nil, fmt.Errorf("no port free for both UDP and TCP in 100 tries: %w", lastErr)
 }

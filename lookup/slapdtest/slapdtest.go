@@ -61,6 +61,7 @@ type Server struct {
 	t       testing.TB
 	dir     string
 	cmd     *exec.Cmd
+	exited  chan struct{} // closed once cmd has exited
 	stopped bool
 }
 
@@ -146,27 +147,37 @@ ou: people
 	if out, err := exec.Command(slapadd, "-q", "-f", filepath.Join(dir, "slapd.conf"), "-l", filepath.Join(dir, "seed.ldif")).CombinedOutput(); err != nil {
 		t.Fatalf("slapadd: %v\n%s", err, out)
 	}
-	s.URL = "ldap://" + freeAddr(t)
-	if withTLS {
-		s.TLSURL = "ldaps://" + freeAddr(t)
+	// A free port can be taken between our probe and slapd's bind: try
+	// again with others.
+	for attempt := 1; ; attempt++ {
+		s.URL = fmt.Sprintf("ldap://127.0.0.1:%d", FreePort(t))
+		if withTLS {
+			s.TLSURL = fmt.Sprintf("ldaps://127.0.0.1:%d", FreePort(t))
+		}
+		err := s.run()
+		if err == nil {
+			return s
+		}
+		if attempt == 5 || !errors.Is(err, errAddrInUse) {
+			t.Fatal(err)
+		}
 	}
-	s.Start()
-	return s
 }
 
-func freeAddr(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// Start runs slapd (again, after Stop) on the same ports and data, and
+// Start runs slapd again, after Stop, on the same ports and data, and
 // returns once the reader can bind.
 func (s *Server) Start() {
 	s.t.Helper()
+	if err := s.run(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+var errAddrInUse = errors.New("address in use")
+
+// run starts slapd and returns once the reader can bind, or with an error
+// (errAddrInUse when a port was taken) once slapd has exited.
+func (s *Server) run() error {
 	urls := s.URL + "/"
 	if s.TLSURL != "" {
 		urls += " " + s.TLSURL + "/"
@@ -179,24 +190,48 @@ func (s *Server) Start() {
 		args = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, args...)
 	}
 	cmd := exec.Command(args[0], args[1:]...)
-	log, _ := os.Create(filepath.Join(s.dir, "slapd.log"))
+	logPath := filepath.Join(s.dir, "slapd.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
-		s.t.Fatal(err)
+		return err
 	}
-	s.cmd, s.stopped = cmd, false
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	s.cmd, s.exited, s.stopped = cmd, exited, false
 	addr := strings.TrimPrefix(s.URL, "ldap://")
-	deadline := time.Now().Add(10 * time.Second)
+	// Generous: slapd starts in well under a second, but a loaded machine
+	// may take many; the loop ends at once if slapd exits.
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		err := bind(addr, Reader, ReaderPW)
 		if err == nil {
-			return
+			return nil
+		}
+		select {
+		case <-exited:
+			s.stopped = true
+			// slapd says nothing about a failed bind at log level none:
+			// a port we cannot bind either (slapd is gone) was taken.
+			for _, u := range strings.Fields(urls) {
+				u = strings.TrimSuffix(u[strings.Index(u, "://")+3:], "/")
+				if _, port, _ := net.SplitHostPort(u); !free(port) {
+					return fmt.Errorf("slapd on %s: %w", u, errAddrInUse)
+				}
+			}
+			logText, _ := os.ReadFile(logPath)
+			return fmt.Errorf("slapd exited while starting: %v\n%s", cmd.ProcessState, logText)
+		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			logText, _ := os.ReadFile(filepath.Join(s.dir, "slapd.log"))
-			s.t.Fatalf("slapd did not answer in 10s: %v\n%s", err, logText)
+			s.Stop()
+			logText, _ := os.ReadFile(logPath)
+			return fmt.Errorf("slapd did not answer in 60s: %v\n%s", err, logText)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -208,13 +243,11 @@ func (s *Server) Stop() {
 	s.stopped = true
 	s.cmd.Process.Signal(syscall.SIGCONT) // in case it was paused
 	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
 		s.cmd.Process.Kill()
-		<-done
+		<-s.exited
 	}
 }
 
@@ -223,14 +256,15 @@ func (s *Server) Stop() {
 // asynchronous).
 func (s *Server) Pause() {
 	s.cmd.Process.Signal(syscall.SIGSTOP)
-	for range 200 {
+	// A poll of the process state (no event tells), generously bounded: a
+	// loaded machine may take a while to schedule the stop.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
 		if _, rest, ok := strings.Cut(string(stat), ") "); ok && (strings.HasPrefix(rest, "T") || strings.HasPrefix(rest, "t")) {
 			return
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
-	s.t.Fatal("slapd did not stop")
+	s.t.Fatal("slapd did not stop within 30s of SIGSTOP")
 }
 
 // Resume continues a paused slapd.

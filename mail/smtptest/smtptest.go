@@ -70,6 +70,8 @@ type Server struct {
 	tlsErrors []error
 	failRcpt  int
 	arrived   chan struct{}
+	sessions  int           // connections being served
+	ended     chan struct{} // closed (and replaced) when a session ends
 	wg        sync.WaitGroup
 }
 
@@ -80,7 +82,7 @@ func Start(t testing.TB, o Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{opts: o, ln: ln, arrived: make(chan struct{}, 1000)}
+	s := &Server{opts: o, ln: ln, arrived: make(chan struct{}, 1000), ended: make(chan struct{})}
 	s.Addr = ln.Addr().String()
 	s.Host = "127.0.0.1"
 	s.Port = ln.Addr().(*net.TCPAddr).Port
@@ -137,7 +139,7 @@ func (s *Server) FailNextRcpt(n int) {
 // Wait waits for the n-th message (1-based) and returns it.
 func (s *Server) Wait(t testing.TB, n int) Message {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(time.Minute) // a hang, not a slow machine
 	for {
 		if m := s.Messages(); len(m) >= n {
 			return m[n-1]
@@ -145,7 +147,29 @@ func (s *Server) Wait(t testing.TB, n int) Message {
 		select {
 		case <-s.arrived:
 		case <-deadline:
-			t.Fatalf("smtptest: message %d did not arrive (have %d)", n, len(s.Messages()))
+			t.Fatalf("smtptest: message %d did not arrive within a minute (have %d)", n, len(s.Messages()))
+		}
+	}
+}
+
+// WaitIdle waits until every connection accepted so far has ended (the
+// client hung up, or the server did): from then on, Commands and Messages
+// hold everything those clients sent, so a test can assert what did not
+// come.
+func (s *Server) WaitIdle(t testing.TB) {
+	t.Helper()
+	deadline := time.After(time.Minute) // a hang, not a slow machine
+	for {
+		s.mu.Lock()
+		n, ended := s.sessions, s.ended
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ended:
+		case <-deadline:
+			t.Fatalf("smtptest: %d connection(s) still open after a minute", n)
 		}
 	}
 }
@@ -158,8 +182,18 @@ func (s *Server) serve() {
 			return
 		}
 		s.wg.Add(1)
+		s.mu.Lock()
+		s.sessions++
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
+			defer func() {
+				s.mu.Lock()
+				s.sessions--
+				close(s.ended)
+				s.ended = make(chan struct{})
+				s.mu.Unlock()
+			}()
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(30 * time.Second))
 			s.session(c)
