@@ -292,6 +292,26 @@ func (s *Store) PutMeta(key string, value []byte) error {
 	})
 }
 
+// CreateMeta writes a meta document only if the key holds none yet, in one
+// transaction, and returns what the key holds afterwards: value when this
+// call created it, else the document already there (a value created once,
+// like the lookup pepper, agreed on by whoever asks first).
+func (s *Store) CreateMeta(key string, value []byte) (stored []byte, created bool, err error) {
+	if key == string(keySchema) {
+		return nil, false, errors.New("reserved meta key")
+	}
+	err = s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if v := b.Get([]byte(key)); v != nil {
+			stored = append([]byte(nil), v...)
+			return nil
+		}
+		stored, created = append([]byte(nil), value...), true
+		return b.Put([]byte(key), value)
+	})
+	return stored, created, err
+}
+
 func u64(n uint64) []byte {
 	b := make([]byte, 8)
 	binary.BigEndian.PutUint64(b, n)

@@ -340,7 +340,9 @@ func NewIndex(opt IndexOptions) (*Index, error) {
 		}
 		ps.Previous = ""
 	case ps.Current == "":
-		ps, dirty = pepperState{Current: NewPepper(), CreatedMS: now.UnixMilli()}, true
+		if ps, dirty, err = x.firstPepper(now); err != nil {
+			return nil, err
+		}
 	}
 	if dirty {
 		if err := x.savePepper(ps); err != nil {
@@ -380,6 +382,26 @@ func (x *Index) loadPepper() (ps pepperState, ok bool, err error) {
 		return pepperState{}, false, nil
 	}
 	return ps, true, nil
+}
+
+// firstPepper makes the first pepper of a store that has none readable:
+// created only if the store holds none yet, so that replicas starting
+// together on one database agree on the first one's pepper; dirty says the
+// caller must still write it (the stored one was unreadable).
+func (x *Index) firstPepper(now time.Time) (ps pepperState, dirty bool, err error) {
+	fresh := pepperState{Current: NewPepper(), CreatedMS: now.UnixMilli()}
+	v, err := json.Marshal(fresh)
+	if err != nil {
+		return fresh, false, err
+	}
+	stored, created, err := x.opt.Store.CreateMeta(MetaKey, v)
+	if err != nil || created {
+		return fresh, false, err
+	}
+	if json.Unmarshal(stored, &ps) == nil && pepperRE.MatchString(ps.Current) {
+		return ps, false, nil // another replica's, created a moment ago
+	}
+	return fresh, true, nil // the unreadable one: replaced
 }
 
 func (x *Index) savePepper(ps pepperState) error {

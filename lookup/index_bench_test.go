@@ -47,6 +47,16 @@ func (m *memStore) PutMeta(k string, v []byte) error {
 	return nil
 }
 
+func (m *memStore) CreateMeta(k string, v []byte) ([]byte, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.meta[k]; ok {
+		return old, false, nil
+	}
+	m.meta[k] = v
+	return v, true, nil
+}
+
 // The directory snapshot: none (BenchmarkSnapshot measures it on bbolt).
 func (m *memStore) ReplaceDirectory([]byte, func(func(string, string, string) error) error) error {
 	return nil

@@ -64,6 +64,10 @@ type Store interface {
 	BoundMXIDs(threepids [][2]string) ([]string, error)
 	GetMeta(key string) (value []byte, ok bool, err error)
 	PutMeta(key string, value []byte) error
+	// CreateMeta writes value only if key holds nothing yet, and returns
+	// what key holds afterwards: replicas starting together agree on the
+	// first pepper.
+	CreateMeta(key string, value []byte) (stored []byte, created bool, err error)
 	DirectoryStore
 }
 

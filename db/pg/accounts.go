@@ -58,6 +58,34 @@ func (s *Store) PutMeta(key string, value []byte) error {
 	})
 }
 
+// CreateMeta writes a meta document only if the key holds none yet, as
+// db.Store.CreateMeta: replicas starting together agree on the first
+// value (INSERT … ON CONFLICT DO NOTHING, then read back, in one
+// transaction); a created value is a change in the log.
+func (s *Store) CreateMeta(key string, value []byte) (stored []byte, created bool, err error) {
+	if key == metaSchema {
+		return nil, false, errors.New("reserved meta key")
+	}
+	if err := checkStorable("meta key", key); err != nil {
+		return nil, false, err
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	err = s.inTx(func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value)
+		if err != nil {
+			return err
+		}
+		if created = tag.RowsAffected() == 1; created {
+			stored = value
+			return appendChanges(ctx, tx, db.ChangeMeta, db.Binding{Address: key})
+		}
+		return tx.QueryRow(ctx, "SELECT value FROM meta WHERE key = $1", key).Scan(&stored)
+	})
+	return stored, created, err
+}
+
 // exec runs one statement under the call's deadline.
 func (s *Store) exec(sql string, args ...any) error {
 	ctx, cancel := s.call()

@@ -38,6 +38,7 @@ type Store interface {
 	Check() (db.Report, error)
 	GetMeta(key string) (value []byte, ok bool, err error)
 	PutMeta(key string, value []byte) error
+	CreateMeta(key string, value []byte) (stored []byte, created bool, err error)
 
 	CreateAccountToken(token, userID string, now time.Time) error
 	AccountByToken(token string) (db.Account, error)

@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"DirectorySnapshot", directorySnapshot},
 		{"DirectoryNames", directoryNames},
 		{"CheckCounts", checkCounts},
+		{"CreateMetaOnce", createMetaOnce},
 		{"ExportImport", func(t *testing.T, s Store) { exportImport(t, s, open) }},
 	}
 	cases = append(cases, adminCases()...)
@@ -1025,5 +1026,49 @@ func checkCounts(t *testing.T, s Store) {
 	}
 	if r.Bindings != 1 || r.Sessions != 1 || r.Accounts != 1 || r.Invites != 2 || r.Queued != 1 || r.Schema == 0 {
 		t.Errorf("Check counts %+v, want 1 binding, 1 session, 1 account, 2 invites, 1 queued delivery", r)
+	}
+}
+
+// CreateMeta creates a document once: callers racing on two handles (two
+// replicas starting on one database) all get the one value that was
+// created, and a later call gets it too.
+func createMetaOnce(t *testing.T, s Store) {
+	other := second(t, s)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]int{}
+	created := 0
+	for i := range 8 {
+		h := s
+		if i%2 == 1 {
+			h = other
+		}
+		wg.Go(func() {
+			v, made, err := h.CreateMeta("first_value", []byte(fmt.Sprintf("value %d", i)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			seen[string(v)]++
+			if made {
+				created++
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(seen) != 1 || created != 1 {
+		t.Fatalf("CreateMeta racing: %d values seen (%v), %d created; want one value, created once", len(seen), seen, created)
+	}
+	var want string
+	for v := range seen {
+		want = v
+	}
+	if v, made, err := s.CreateMeta("first_value", []byte("late")); err != nil || made || string(v) != want {
+		t.Errorf("a later CreateMeta: %q %v %v, want %q", v, made, err, want)
+	}
+	if v, ok, err := other.GetMeta("first_value"); err != nil || !ok || string(v) != want {
+		t.Errorf("GetMeta after CreateMeta: %q %v %v", v, ok, err)
 	}
 }
