@@ -240,11 +240,7 @@ func (c *check) verdict(success string) error {
 // homeserver: discovery, its signing keys (how homeservers prove who they
 // are) and the OpenID userinfo endpoint (how mxid confirms a user).
 func checkFederation(ctx context.Context, c *check, fs *flag.FlagSet, args []string) error {
-	pos, err := c.parse(fs, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	p, err := newHomeserverProbe(c, pos[0])
+	p, err := newHomeserverProbe(c, fs, args)
 	if err != nil {
 		return err
 	}
@@ -277,12 +273,18 @@ type homeserverProbe struct {
 	answered bool
 }
 
-func newHomeserverProbe(c *check, name string) (*homeserverProbe, error) {
+// newHomeserverProbe reads the check's one argument, SERVER_NAME, and
+// prepares requests to that homeserver under the outbound policy.
+func newHomeserverProbe(c *check, fs *flag.FlagSet, args []string) (*homeserverProbe, error) {
+	pos, err := c.parse(fs, args, 1, 1)
+	if err != nil {
+		return nil, err
+	}
 	policy, err := outbound.New(c.cfg.Outbound)
 	if err != nil {
 		return nil, err
 	}
-	return &homeserverProbe{c: c, name: name, policy: policy, fed: federation.NewResolver(policy, nil)}, nil
+	return &homeserverProbe{c: c, name: pos[0], policy: policy, fed: federation.NewResolver(policy, nil)}, nil
 }
 
 func (p *homeserverProbe) validName() bool {

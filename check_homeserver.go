@@ -32,11 +32,7 @@ const (
 // breaks.
 func checkHomeserver(ctx context.Context, c *check, fs *flag.FlagSet, args []string) error {
 	smsDelegate := fs.Bool("sms-delegate", false, "Synapse will delegate phone number validation to mxid (account_threepid_delegates.msisdn), which calls v1 paths")
-	pos, err := c.parse(fs, args, 1, 1)
-	if err != nil {
-		return err
-	}
-	p, err := newHomeserverProbe(c, pos[0])
+	p, err := newHomeserverProbe(c, fs, args)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ const maxReportedRejects = 100
 
 // cmdImport implements `mxid import [-config PATH] FILE`: it loads bindings
 // from JSON lines {"medium", "address", "mxid"[, "ts"]} into the store.
-func cmdImport(args []string, stdout, stderr io.Writer) error {
+func cmdImport(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("import")
 	path := configFlag(fs)
 	dryRun := fs.Bool("n", false, "check the file only; store nothing")

@@ -68,19 +68,13 @@ func commandsWith(sig opSignals) []command {
 			func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return cmdServe(ctx, args, sig, stdout, stderr)
 			}},
-		{"check-config", "check-config [-config PATH]", "validate the configuration, list every problem and warning",
-			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
-				return cmdCheckConfig(args, stdout, stderr)
-			}},
+		{"check-config", "check-config [-config PATH]", "validate the configuration, list every problem and warning", cmdCheckConfig},
 		{"check", "check WHAT [ARGS]", "self-tests with the configured settings, step by step:", cmdCheck},
 		{"backup", "backup [-config PATH] [-force] FILE", "write a checked copy of the database (also while serving)", cmdBackup},
 		{"check-db", "check-db [-config PATH]", "check every page of the database, count what it holds (also while serving)", cmdCheckDB},
 		{"admin", "admin [-config PATH] [-json] COMMAND", "the operator's tools: show, unbind, erase, invites, queue, stats, audit (admin -h)", cmdAdmin},
 		{"migrate-db", "migrate-db [-config PATH] -to URL|DIR", "copy the store into an empty PostgreSQL database (from bbolt), or into a new mxid.db in DIR (from PostgreSQL)", cmdMigrateDB},
-		{"import", "import [-config PATH] [-n] FILE", `load bindings from JSON lines {"medium","address","mxid"[,"ts"]} (FILE - reads stdin)`,
-			func(_ context.Context, args []string, stdout, stderr io.Writer) error {
-				return cmdImport(args, stdout, stderr)
-			}},
+		{"import", "import [-config PATH] [-n] FILE", `load bindings from JSON lines {"medium","address","mxid"[,"ts"]} (FILE - reads stdin)`, cmdImport},
 		{"install", "install --domain NAME ...", "install as a systemd service (user, config, unit); --dry-run shows the plan", cmdInstall},
 		{"bench-lookup", "bench-lookup [flags]", "load benchmark of POST /v2/lookup (-h lists its flags)", cmdBenchLookup},
 		{"bench-replicas", "bench-replicas -urls URLS [flags]", "binds/s, propagation between replicas, leader failover, of running servers (-h)", cmdBenchReplicas},
@@ -271,7 +265,7 @@ func resolveConfig(path string) (cfg Config, source string, err error) {
 	return cfg, path, err
 }
 
-func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+func cmdCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check-config")
 	path := configFlag(fs)
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
