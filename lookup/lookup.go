@@ -17,7 +17,7 @@
 // With [directory] enabled, the sync also reads the searchable entries'
 // display names (names.go), stored with the snapshot; the directory
 // search's index (search.go, words.go) is built from them, as the hash
-// index is, on every replica (Service.ReloadDirectory when another one
+// index is, on every replica (Service.DirectoryChanged when another one
 // stored a snapshot). It answers the user directory search that package
 // server serves, with Matrix IDs and display names only.
 //

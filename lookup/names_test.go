@@ -171,8 +171,8 @@ func TestDirectoryNamesMissingFromStore(t *testing.T) {
 }
 
 // Another service on the same store (a replica) takes in a snapshot the
-// first one stored when told to reload: hash index and search alike.
-func TestReloadDirectory(t *testing.T) {
+// first one stored when told it changed: hash index and search alike.
+func TestDirectoryChanged(t *testing.T) {
 	d := startSlapd(t, namesSeed())
 	s := openStore(t, t.TempDir())
 	cfg := ldapConfig(d.URL)
@@ -184,7 +184,7 @@ func TestReloadDirectory(t *testing.T) {
 	if got, _ := reader.Search.Search("ali acc", 10); len(got) != 0 {
 		t.Fatalf("found before the reload: %v", got)
 	}
-	if err := reader.ReloadDirectory(context.Background()); err != nil {
+	if err := reader.DirectoryChanged(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := reader.Search.Search("ali acc", 10); ids(got) != "@alice.martin:example.org" {

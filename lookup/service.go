@@ -99,7 +99,7 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 		s.LDAP = l
 		links = append(links, &Link{Source: l, Deadline: cfg.Deadlines.LDAP})
 		if ldapCfg.SyncInterval > 0 {
-			if err := l.useStore(d.Store, d.Now); err != nil {
+			if err := l.useStore(d.Store, d.Now, d.RunOnce != nil); err != nil {
 				return nil, err
 			}
 			dirs = append(dirs, l)
@@ -112,7 +112,7 @@ func New(cfg Config, ldapCfg LDAPConfig, dnsCfg DNSConfig, forwarders []Forwarde
 	if d.Directory.Enabled && s.Search == nil {
 		return nil, errors.New("[directory] needs an [ldap] directory with sync_interval > 0")
 	}
-	if s.LDAP == nil || ldapCfg.SyncInterval == 0 {
+	if (s.LDAP == nil || ldapCfg.SyncInterval == 0) && d.RunOnce == nil {
 		if err := dropStaleSnapshot(d.Store, d.Logger); err != nil {
 			return nil, err
 		}
@@ -170,23 +170,6 @@ func (s *Service) loadSearch(atStart bool) error {
 	return nil
 }
 
-// ReloadDirectory takes in the directory snapshot as it is stored now:
-// another replica's sync replaced it (a change of kind "directory" in the
-// change log). The snapshot's summary, the hash index and the directory
-// search's index are rebuilt from the store; lookups and searches go on
-// meanwhile with the previous ones.
-func (s *Service) ReloadDirectory(ctx context.Context) error {
-	if s.LDAP != nil && s.ldapCfg.SyncInterval > 0 {
-		if _, err := s.LDAP.reloadSummary(); err != nil {
-			return err
-		}
-	}
-	if err := s.Index.Refresh(ctx); err != nil {
-		return err
-	}
-	return s.loadSearch(false)
-}
-
 // Config is the [lookup] section the service was built with.
 func (s *Service) Config() Config { return s.cfg }
 
@@ -213,6 +196,8 @@ func (s *Service) Start(ctx context.Context) {
 		s.runOnce("pepper rotation", s.Index.Run)
 		if syncing {
 			s.runOnce("directory sync", s.syncLoop)
+		} else {
+			s.runOnce("stale directory snapshot", s.dropStaleSnapshot)
 		}
 		return
 	}
@@ -221,6 +206,14 @@ func (s *Service) Start(ctx context.Context) {
 	if syncing {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.syncLoop(ctx) }()
+	}
+}
+
+// dropStaleSnapshot is the leader's job when it has no directory sync: a
+// snapshot stored while it had one is removed, as nothing would refresh it.
+func (s *Service) dropStaleSnapshot(context.Context) {
+	if err := dropStaleSnapshot(s.store, s.log); err != nil {
+		s.log.Error("ldap: dropping the stale directory snapshot failed", "err", err)
 	}
 }
 

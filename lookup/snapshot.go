@@ -29,7 +29,10 @@ import (
 // The summary stored with it records the [ldap] settings that shape its
 // content (base DNs, filter, attributes, uid_domain, default_region): a
 // snapshot read with other settings maps users to other Matrix IDs, so it is
-// dropped at start-up rather than served until the next sync.
+// never served; a single server drops it at start-up. Replicas share the
+// snapshot: one configured otherwise (during a rolling change of [ldap])
+// ignores it and leaves it to the leader, whose sync replaces it, so that
+// it does not empty the directory of the others.
 
 // Record is one 3PID of a directory snapshot.
 type Record struct{ Medium, Address, MXID string }
@@ -69,8 +72,9 @@ func settingsKey(c LDAPConfig) string {
 }
 
 // useStore attaches the store and takes the stored snapshot as the current
-// one, or drops it when it was read with other settings.
-func (l *LDAP) useStore(st DirectoryStore, now func() time.Time) error {
+// one. One read with other settings is not used; it is dropped unless the
+// store is shared (replicas), where the leader's sync replaces it.
+func (l *LDAP) useStore(st DirectoryStore, now func() time.Time, shared bool) error {
 	l.store, l.now, l.settings = st, now, settingsKey(l.cfg)
 	sum, ok, err := l.readSummary()
 	if err != nil {
@@ -78,6 +82,10 @@ func (l *LDAP) useStore(st DirectoryStore, now func() time.Time) error {
 	}
 	if !ok {
 		l.log.Info("ldap: no directory snapshot stored yet: hashed lookups find directory users after the first sync")
+		return nil
+	}
+	if sum.Settings != l.settings && shared {
+		l.log.Warn("ldap: the stored directory snapshot was read with other [ldap] settings (base DNs, filter, attributes, uid_domain or default_region) than this replica's; not used here, the leader's sync replaces it", "threepids", sum.Count)
 		return nil
 	}
 	if sum.Settings != l.settings {
@@ -268,9 +276,10 @@ func (l *LDAP) namesMissing(n int) bool {
 	return true
 }
 
-// Records implements Directory: the stored snapshot, read from the store.
+// Records implements Directory: the stored snapshot, read from the store,
+// unless it was read with other settings.
 func (l *LDAP) Records(fn func(medium, address, mxid []byte)) error {
-	if l.store == nil {
+	if l.store == nil || l.stored().Settings != l.settings {
 		return nil
 	}
 	return l.store.ScanDirectory(func(medium, address, mxid []byte) error {

@@ -3,7 +3,9 @@ package lookup_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -174,6 +176,60 @@ func TestSnapshotDroppedWithOtherSettings(t *testing.T) {
 		if n != 0 {
 			t.Errorf("%s: %d records left after dropping the snapshot", name, n)
 		}
+	}
+}
+
+// Replicas share the snapshot: one configured with other [ldap] settings,
+// or without the sync (a rolling change of the configuration), neither uses
+// it nor drops it at start-up, so the others keep their directory users;
+// without a sync, the drop is the leader's job.
+func TestSharedSnapshotLeftToTheLeader(t *testing.T) {
+	d := startSlapd(t, seedDirectory())
+	s := openStore(t, t.TempDir())
+	cfg := ldapConfig(d.URL)
+	svc := newService(t, s, cfg, nil)
+	if err := svc.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	svc.Close()
+	d.Stop()
+
+	jobs := map[string]func(context.Context){}
+	runOnce := func(name string, job func(context.Context)) { jobs[name] = job }
+	other := cfg
+	other.UIDDomain = "other.example"
+	var logs logBuffer
+	svc = newService(t, s, other, &lookup.Deps{Logger: logs.logger(), RunOnce: runOnce})
+	if got, _ := find(t, svc.Index, svc.Index.Pepper(), "email", "bob@example.org"); got != "" {
+		t.Errorf("a snapshot of other settings is used: %q", got)
+	}
+	if got := plain(svc, email("bob@example.org")); len(got) != 0 {
+		t.Errorf("plaintext from a snapshot of other settings: %v", got)
+	}
+	if logs.count("not used here, the leader's sync replaces it") != 1 {
+		t.Errorf("ignoring it is not logged:\n%s", logs.String())
+	}
+	svc.Close()
+	noSync := cfg
+	noSync.SyncInterval = 0
+	svc = newService(t, s, noSync, &lookup.Deps{RunOnce: runOnce})
+	ctx, cancel := context.WithCancel(context.Background())
+	svc.Start(ctx)
+	cancel()
+	svc.Wait()
+	svc.Close()
+
+	same := newService(t, s, cfg, &lookup.Deps{RunOnce: runOnce})
+	if got, _ := find(t, same.Index, same.Index.Pepper(), "email", "bob@example.org"); got != "@bob:example.org" {
+		t.Errorf("a replica with the snapshot's settings lost it to the others' start-up: %q", got)
+	}
+	drop := jobs["stale directory snapshot"]
+	if drop == nil {
+		t.Fatalf("a replica without the sync hands no job to the leader: %v", slices.Collect(maps.Keys(jobs)))
+	}
+	drop(context.Background())
+	if _, ok, err := s.DirectorySummary(); ok || err != nil {
+		t.Errorf("the leader without a sync keeps the snapshot: %v %v", ok, err)
 	}
 }
 

@@ -518,7 +518,7 @@ func TestDirectorySearchReplicas(t *testing.T) {
 	if got := decodeResults(t, second.search(t, body, goodToken)); got.userIDs() != "@alicia:example.org(avatar)" {
 		t.Errorf("the other replica's sync, not reloaded yet: %s", got.userIDs())
 	}
-	if err := second.lookup.ReloadDirectory(context.Background()); err != nil {
+	if err := second.lookup.DirectoryChanged(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range []*dirEnv{first, second} {
