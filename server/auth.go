@@ -1,12 +1,10 @@
 package server
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"mxid/db"
@@ -41,7 +39,7 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 	// A token that passed a moment ago passes without the database: the
 	// hot path (lookups) never touches it. A removed token is forgotten
 	// by every replica (logout here; ForgetToken from the change log).
-	if acct, ok := s.authMemory.recall(tok, authCacheTTL); ok {
+	if acct, ok := s.authMemory.get(tok, authCacheTTL); ok {
 		return acct, nil
 	}
 	acct, err := s.store.AccountByToken(tok)
@@ -51,7 +49,7 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 	if errors.Is(err, db.ErrUnavailable) {
 		// The database is down: a token that passed (with the terms) a
 		// little while ago still does, for what needs no database.
-		if acct, ok := s.authMemory.recall(tok, authMemoryTTL); ok {
+		if acct, ok := s.authMemory.get(tok, authMemoryTTL); ok {
 			return acct, nil
 		}
 	}
@@ -69,7 +67,7 @@ func (s *Server) authenticate(r *http.Request, checkTerms bool) (db.Account, err
 		}
 	}
 	if checkTerms {
-		s.authMemory.remember(tok, acct)
+		s.authMemory.put(tok, acct)
 	}
 	return acct, nil
 }
@@ -99,89 +97,11 @@ const (
 	authMemoryTTL = time.Hour
 )
 
-// maxRemembered bounds authMemory.
-const maxRemembered = 100000
-
-// authMemory remembers the accounts of tokens that recently passed
-// authentication with the terms, by the token's hash (db.TokenHash). For
-// authCacheTTL it answers instead of the database, so that lookups never
-// wait for it; when the database does not answer, for authMemoryTTL, so
-// that during an outage a replica goes on answering what it can from memory
-// (hashed lookups, hash_details) for users active in the last hour
-// (anything that writes fails with 503 anyway). Removed tokens are
-// forgotten: by logout here, through the change log on other replicas.
-type authMemory struct {
-	now    func() time.Time
-	mu     sync.Mutex
-	byHash map[[32]byte]remembered
-}
-
-type remembered struct {
-	acct db.Account
-	at   time.Time
-}
-
-func newAuthMemory(now func() time.Time) *authMemory {
-	return &authMemory{now: now, byHash: map[[32]byte]remembered{}}
-}
-
-func (m *authMemory) remember(tok string, acct db.Account) {
-	now := m.now()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.byHash) >= maxRemembered {
-		for k, r := range m.byHash {
-			if now.Sub(r.at) >= authMemoryTTL || len(m.byHash) >= maxRemembered {
-				delete(m.byHash, k)
-			}
-		}
-	}
-	m.byHash[sha256.Sum256([]byte(tok))] = remembered{acct, now}
-}
-
-func (m *authMemory) forget(tok string) { m.forgetHash(sha256.Sum256([]byte(tok))) }
-
-func (m *authMemory) forgetHash(h [32]byte) {
-	m.mu.Lock()
-	delete(m.byHash, h)
-	m.mu.Unlock()
-}
-
-// forgetUser forgets every token of userID (an erased user).
-func (m *authMemory) forgetUser(userID string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for k, r := range m.byHash {
-		if r.acct.UserID == userID {
-			delete(m.byHash, k)
-		}
-	}
-}
-
-func (m *authMemory) forgetAll() {
-	m.mu.Lock()
-	clear(m.byHash)
-	m.mu.Unlock()
-}
-
-// recall returns the account of a token remembered less than maxAge ago.
-func (m *authMemory) recall(tok string, maxAge time.Duration) (db.Account, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	r, ok := m.byHash[sha256.Sum256([]byte(tok))]
-	if !ok || m.now().Sub(r.at) >= maxAge {
-		return db.Account{}, false
-	}
-	return r.acct, true
-}
-
 // ForgetToken makes this server forget a removed access token it may
 // remember (hash: db.TokenHash in hex, as a ChangeToken carries it).
 func (s *Server) ForgetToken(hashHex string) {
-	var h [32]byte
-	if b, err := hex.DecodeString(hashHex); err == nil && len(b) == len(h) {
-		copy(h[:], b)
-		s.authMemory.forgetHash(h)
+	if b, err := hex.DecodeString(hashHex); err == nil {
+		s.authMemory.forgetKey(string(b))
 	}
 }
 

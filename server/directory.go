@@ -3,14 +3,12 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"mxid/lookup"
@@ -43,8 +41,6 @@ const (
 	maxHomeserverToken = 8 << 10
 	// homeserverAnswerCap bounds what is read of the homeserver's answers.
 	homeserverAnswerCap = 1 << 20
-	// maxWhoamiEntries bounds the whoami cache.
-	maxWhoamiEntries = 100000
 )
 
 // directoryAPI is the server's side of the directory search.
@@ -53,7 +49,7 @@ type directoryAPI struct {
 	base    string // homeserver_url without a trailing /
 	client  *http.Client
 	timeout time.Duration
-	whoami  *whoamiCache
+	whoami  *tokenCache[string] // the user of each token whoami accepted, for its keep ([directory] whoami_cache)
 	perUser *limiter
 	perIP   *limiter
 }
@@ -73,7 +69,7 @@ func newDirectoryAPI(svc *lookup.Service, policy *outbound.Policy, now func() ti
 		base:    strings.TrimSuffix(cfg.HomeserverURL, "/"),
 		client:  policy.Client(outbound.ClientOptions{MaxResponseBytes: homeserverAnswerCap}),
 		timeout: cfg.HomeserverTimeout,
-		whoami:  &whoamiCache{ttl: cfg.WhoamiCache, now: now, byHash: map[[32]byte]whoamiEntry{}},
+		whoami:  newTokenCache[string](now, cfg.WhoamiCache),
 		perUser: newLimiter(Rate(cfg.RatePerUser), now, "directory.rate_per_user", "directory searches by this user"),
 		perIP:   newLimiter(Rate(cfg.RatePerIP), now, "directory.rate_per_ip", "directory searches from this IP"),
 	}, nil
@@ -214,7 +210,7 @@ func mergeResults(hs *directoryResults, found []lookup.Person, dirMore bool, lim
 // cannot say is 502.
 func (d *directoryAPI) checkToken(ctx context.Context, token string) (user string, refused *homeserverAnswer, err error) {
 	if token != "" {
-		if user, ok := d.whoami.get(token); ok {
+		if user, ok := d.whoami.get(token, d.whoami.keep); ok {
 			return user, nil, nil
 		}
 	}
@@ -245,7 +241,9 @@ func (d *directoryAPI) checkToken(ctx context.Context, token string) (user strin
 	if who.IsGuest {
 		return "", nil, errorf(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed to search the user directory")
 	}
-	d.whoami.put(token, who.UserID)
+	if d.whoami.keep > 0 {
+		d.whoami.put(token, who.UserID)
+	}
 	return who.UserID, nil, nil
 }
 
@@ -341,53 +339,4 @@ func setToken(req *http.Request, token string) {
 // token is good, so nothing is searched.
 func errHomeserverDown(cause error) *Error {
 	return errorf(http.StatusBadGateway, "M_UNKNOWN", "Unable to contact the Matrix homeserver to check the access token; try again").withCause(cause)
-}
-
-// whoamiCache remembers, for ttl, the user each token the homeserver
-// accepted belongs to, by the token's SHA-256 (never the token).
-type whoamiCache struct {
-	ttl    time.Duration
-	now    func() time.Time
-	mu     sync.Mutex
-	byHash map[[32]byte]whoamiEntry
-}
-
-type whoamiEntry struct {
-	user    string
-	expires time.Time
-}
-
-func (c *whoamiCache) get(token string) (string, bool) {
-	if c.ttl <= 0 {
-		return "", false
-	}
-	h := sha256.Sum256([]byte(token))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.byHash[h]
-	if !ok || !c.now().Before(e.expires) {
-		return "", false
-	}
-	return e.user, true
-}
-
-func (c *whoamiCache) put(token, user string) {
-	if c.ttl <= 0 {
-		return
-	}
-	h := sha256.Sum256([]byte(token))
-	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.byHash) >= maxWhoamiEntries {
-		for k, e := range c.byHash {
-			if !now.Before(e.expires) {
-				delete(c.byHash, k)
-			}
-		}
-		if len(c.byHash) >= maxWhoamiEntries {
-			clear(c.byHash) // all fresh: asking again costs only a round trip
-		}
-	}
-	c.byHash[h] = whoamiEntry{user: user, expires: now.Add(c.ttl)}
 }

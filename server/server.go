@@ -125,10 +125,18 @@ type Server struct {
 	dir             *directoryAPI // nil unless [directory] is enabled
 	ready           func() error
 	runOnce         func(name string, job func(ctx context.Context))
-	authMemory      *authMemory
-	admin           *Admin
-	mux             *http.ServeMux
-	handler         http.Handler
+	// authMemory remembers the accounts of tokens that recently passed
+	// authentication with the terms. For authCacheTTL it answers instead
+	// of the database, so that lookups never wait for it; when the
+	// database does not answer, for authMemoryTTL, so that during an outage
+	// a replica goes on answering what it can from memory (hashed lookups,
+	// hash_details) for users active in the last hour (anything that
+	// writes fails with 503 anyway). Removed tokens are forgotten: by
+	// logout here, through the change log on other replicas.
+	authMemory *tokenCache[db.Account]
+	admin      *Admin
+	mux        *http.ServeMux
+	handler    http.Handler
 }
 
 // New builds the server from a validated configuration.
@@ -176,7 +184,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		limits:          newLimits(cfg.RateLimit, d.Now),
 		ready:           d.Ready,
 		runOnce:         d.RunOnce,
-		authMemory:      newAuthMemory(d.Now),
+		authMemory:      newTokenCache[db.Account](d.Now, authMemoryTTL),
 	}
 	s.keys = federation.NewKeyCache(s.fed, d.Now)
 	lk, listener, err := newLookupAPI(d.Lookup, d)
@@ -195,7 +203,9 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.binds = bindingListeners{s.binds, listener}
 	}
 	s.admin = NewAdmin(AdminDeps{Store: d.Store, Now: d.Now, Logger: d.Logger, Metrics: d.Metrics, Bindings: s.binds, Budgets: s.budgets})
-	s.admin.forgetUser = s.authMemory.forgetUser
+	s.admin.forgetUser = func(mxid string) {
+		s.authMemory.forgetIf(func(a db.Account) bool { return a.UserID == mxid })
+	}
 	s.admin.index = func() lookupIndexStats {
 		st := s.lk.svc.Index.Stats()
 		return lookupIndexStats{entries: st.Entries, pepperAge: st.PepperAge}
