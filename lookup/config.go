@@ -42,11 +42,23 @@ type Config struct {
 	Deadlines Deadlines `toml:"deadlines"`
 }
 
-// Rate is a token bucket: Burst addresses at once, one more every Every.
-// Burst 0 turns the limit off.
+// Rate is a token bucket: Burst at once (addresses, for lookups), one more
+// every Every. Burst 0 turns the limit off. The server's rate limits are
+// Rates too.
 type Rate struct {
 	Burst int           `toml:"burst"`
 	Every time.Duration `toml:"every"`
+}
+
+// Validate checks a Rate whose configuration key is name.
+func (r Rate) Validate(name string) error {
+	if r.Burst < 0 {
+		return fmt.Errorf("%s.burst must not be negative", name)
+	}
+	if r.Burst > 0 && r.Every <= 0 {
+		return fmt.Errorf("%s.every must be a positive duration when burst is set", name)
+	}
+	return nil
 }
 
 // Deadlines bound each source of the cascade.
@@ -189,11 +201,8 @@ func (c *Config) Validate() []error {
 		add("lookup.max_addresses must be between 1 and 100000")
 	}
 	for name, r := range map[string]Rate{"rate_per_account": c.RatePerAccount, "rate_per_ip": c.RatePerIP, "rate_per_homeserver": c.RatePerHomeserver} {
-		if r.Burst < 0 {
-			add("lookup.%s.burst must not be negative", name)
-		}
-		if r.Burst > 0 && r.Every <= 0 {
-			add("lookup.%s.every must be a positive duration when burst is set", name)
+		if err := r.Validate("lookup." + name); err != nil {
+			errs = append(errs, err)
 		}
 		if r.Burst > 0 && r.Burst < c.MaxAddresses {
 			add("lookup.%s.burst (%d) is below lookup.max_addresses (%d): the largest requests could never pass", name, r.Burst, c.MaxAddresses)

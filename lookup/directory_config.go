@@ -93,11 +93,8 @@ func (c *DirectoryConfig) Validate(ldapCfg *LDAPConfig, out outbound.Config) []e
 		add("directory.whoami_cache must be between 0s and 1h, not %v", c.WhoamiCache)
 	}
 	for name, r := range map[string]Rate{"rate_per_user": c.RatePerUser, "rate_per_ip": c.RatePerIP} {
-		if r.Burst < 0 {
-			add("directory.%s.burst must not be negative", name)
-		}
-		if r.Burst > 0 && r.Every <= 0 {
-			add("directory.%s.every must be a positive duration when burst is set", name)
+		if err := r.Validate("directory." + name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errs

@@ -71,13 +71,8 @@ func erasedBudgetKeys(mxid string, bs []db.Binding) []string {
 	return keys
 }
 
-// budget is one limit that protects others: its rate, its setting's name
-// and what it counts, in words (for the refusal).
-type budget struct {
-	rate Rate
-	name string // the configuration key, e.g. "ratelimit.email_address"
-	what string // "verification emails to this address"
-}
+// budget is one limit that protects others, counted by Budgets.
+type budget = limit
 
 // budgetCharge is one token of budget b for key.
 type budgetCharge struct {
@@ -110,9 +105,7 @@ func (s *Server) charge(charges ...budgetCharge) error {
 		return errInternal(fmt.Errorf("charging %s: %w", on[0].name, err))
 	}
 	if refused >= 0 {
-		e := errLimited(time.Duration(wait) * time.Millisecond)
-		e.Message = fmt.Sprintf("Too many %s; try again later (limit: %s)", on[refused].what, on[refused].name)
-		return e
+		return on[refused].refusal(time.Duration(wait) * time.Millisecond)
 	}
 	return nil
 }

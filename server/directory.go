@@ -70,8 +70,8 @@ func newDirectoryAPI(svc *lookup.Service, policy *outbound.Policy, now func() ti
 		client:  policy.Client(outbound.ClientOptions{MaxResponseBytes: homeserverAnswerCap}),
 		timeout: cfg.HomeserverTimeout,
 		whoami:  newTokenCache[string](now, cfg.WhoamiCache),
-		perUser: newLimiter(Rate(cfg.RatePerUser), now, "directory.rate_per_user", "directory searches by this user"),
-		perIP:   newLimiter(Rate(cfg.RatePerIP), now, "directory.rate_per_ip", "directory searches from this IP"),
+		perUser: newLimiter(cfg.RatePerUser, now, "directory.rate_per_user", "directory searches by this user"),
+		perIP:   newLimiter(cfg.RatePerIP, now, "directory.rate_per_ip", "directory searches from this IP"),
 	}, nil
 }
 

@@ -76,10 +76,10 @@ func (c *InvitesConfig) validate() []error {
 			add("invites.homeserver_blocklist: %q is not a server name", hs)
 		}
 	}
-	if err := c.RateLimit.validate(budgetInvites); err != nil {
+	if err := c.RateLimit.Validate(budgetInvites); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.AddressRateLimit.validate(budgetInviteAddress); err != nil {
+	if err := c.AddressRateLimit.Validate(budgetInviteAddress); err != nil {
 		errs = append(errs, err)
 	}
 	if c.DeliveryMaxAttempts < 1 {

@@ -7,25 +7,13 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"mxid/lookup"
 )
 
 // Rate is one rate limit in the configuration: up to Burst events at once,
 // refilled by one every Every. Burst 0 turns the limit off.
-type Rate struct {
-	Burst int           `toml:"burst"`
-	Every time.Duration `toml:"every"`
-}
-
-// validate checks a Rate named name.
-func (r Rate) validate(name string) error {
-	if r.Burst < 0 {
-		return fmt.Errorf("%s.burst must not be negative", name)
-	}
-	if r.Burst > 0 && r.Every <= 0 {
-		return fmt.Errorf("%s.every must be a positive duration when burst is set", name)
-	}
-	return nil
-}
+type Rate = lookup.Rate
 
 // limiter is a set of token buckets keyed by string (a client IP, an
 // account's or a homeserver's lookups, a trusted homeserver's subject), all
@@ -34,16 +22,22 @@ func (r Rate) validate(name string) error {
 // (budgets.go), shared by replicas. Its refusals say what was counted and
 // which setting counts it.
 type limiter struct {
-	rate  Rate
-	name  string // the configuration key, e.g. "ratelimit.email_address"
-	what  string // what is counted, in words: "verification emails to this address"
+	limit
 	now   func() time.Time
 	mu    sync.Mutex
 	byKey map[string]*rate.Limiter
 }
 
 func newLimiter(r Rate, now func() time.Time, name, what string) *limiter {
-	return &limiter{rate: r, name: name, what: what, now: now, byKey: map[string]*rate.Limiter{}}
+	return &limiter{limit: limit{r, name, what}, now: now, byKey: map[string]*rate.Limiter{}}
+}
+
+// limit is one configured rate limit: its rate, the setting's name and
+// what it counts, in words.
+type limit struct {
+	rate Rate
+	name string // the configuration key, e.g. "ratelimit.email_address"
+	what string // what is counted, in words: "verification emails to this address"
 }
 
 // spend takes n tokens of key's bucket, or answers the refusal.
@@ -56,7 +50,7 @@ func (l *limiter) spend(key string, n int) error {
 
 // refusal is 429 M_LIMIT_EXCEEDED naming what was counted and the setting
 // (so an operator reading either side's log knows which limit it was).
-func (l *limiter) refusal(retryAfter time.Duration) *Error {
+func (l limit) refusal(retryAfter time.Duration) *Error {
 	e := errLimited(retryAfter)
 	e.Message = fmt.Sprintf("Too many %s; try again later (limit: %s)", l.what, l.name)
 	return e

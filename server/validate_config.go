@@ -77,7 +77,7 @@ func (c *RateLimitConfig) validate() []error {
 		"request_token": c.RequestToken, "email_address": c.EmailAddress, "msisdn_number": c.MSISDNNumber,
 		"msisdn_country": c.MSISDNCountry, "attempts": c.Attempts, "register": c.Register,
 	} {
-		if err := r.validate("ratelimit." + name); err != nil {
+		if err := r.Validate("ratelimit." + name); err != nil {
 			errs = append(errs, err)
 		}
 	}
