@@ -91,7 +91,7 @@ func checkUsage(w io.Writer) {
 }
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 || isHelpFlag(args[0]) || args[0] == "help" {
 		checkUsage(stdout)
 		if len(args) == 0 {
 			return usageError{errors.New("check needs a WHAT")}

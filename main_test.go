@@ -141,7 +141,7 @@ listen = "127.0.0.1:0"
 	app.close()
 }
 
-// Every command and every check answers -h and --help with its usage on
+// Every command and every check answers -h, -help and --help with its usage on
 // stdout and success; a flag it does not know is still an error.
 func TestHelpEverywhere(t *testing.T) {
 	var invocations [][]string
@@ -152,7 +152,7 @@ func TestHelpEverywhere(t *testing.T) {
 		invocations = append(invocations, []string{"check", name})
 	}
 	for _, inv := range invocations {
-		for _, flag := range []string{"-h", "--help"} {
+		for _, flag := range []string{"-h", "-help", "--help"} {
 			args := append(slices.Clone(inv), flag)
 			var out, errb bytes.Buffer
 			err := run(t.Context(), args, &out, &errb)
