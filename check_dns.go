@@ -38,14 +38,13 @@ func checkDNS(ctx context.Context, c *check, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
-	resolver := policy.Resolver()
 	lookup.ProbeDNS(ctx, lookup.DNSProbe{
 		Config: c.cfg.DNS,
 		Server: c.cfg.Outbound.DNSServer,
 		Client: policy.Client(outbound.ClientOptions{MaxResponseBytes: 4 << 20}), // as newLookup
 		Self:   selfNames(c.cfg),
 		Resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return resolver.LookupNetIP(ctx, "ip", host)
+			return policy.LookupNetIP(ctx, "ip", host)
 		},
 		Allowed:   policy.Allowed,
 		Recursion: c.cfg.Lookup.RecursionCIDRs,

@@ -116,7 +116,7 @@ func (d *DNS) lookupDomain(ctx context.Context, domain string, tps []ThreePID) (
 		if err == nil {
 			return got, nil
 		}
-		errs = append(errs, nameDNSServer(err, d.server))
+		errs = append(errs, err)
 		if ctx.Err() != nil {
 			break
 		}
@@ -130,18 +130,6 @@ func (d *DNS) lookupDomain(ctx context.Context, domain string, tps []ThreePID) (
 		return nil, fmt.Errorf("no identity server (no SRV record, and %s does not answer as one; not asked again for %s): %w", e.bases[0], ttl, err)
 	}
 	return nil, err
-}
-
-// nameDNSServer makes a resolver error name the DNS server really asked:
-// with outbound.dns_server set, the outbound policy's resolver dials it
-// whatever /etc/resolv.conf says, but the net package names resolv.conf's
-// server in its errors. server "" (resolv.conf's) leaves err as it is.
-func nameDNSServer(err error, server string) error {
-	var dnsErr *net.DNSError
-	if server != "" && errors.As(err, &dnsErr) {
-		dnsErr.Server = server
-	}
-	return err
 }
 
 func (d *DNS) remote(base string) *remote {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"mxid/lookup"
+	"mxid/server/outbound"
 )
 
 // manualClock is a clock the test moves by hand.
@@ -95,15 +96,21 @@ func TestDNSAbsentDomainIsCached(t *testing.T) {
 
 // Errors name the DNS server mxid asked ([outbound] dns_server), not the
 // first server of /etc/resolv.conf, for SRV queries and for resolving the
-// identity server's host alike. A lookup whose caller went away does not
-// mark the domain absent.
+// identity server's host (by the outbound policy's client) alike. A lookup
+// whose caller went away does not mark the domain absent.
 func TestDNSErrorsNameTheServerAsked(t *testing.T) {
 	addr, _ := dnsServer(t) // knows no name at all
 	clock := &manualClock{now: time.Unix(1_700_000_000, 0)}
 	cfg := lookup.DefaultDNSConfig()
 	cfg.Enabled = true
-	src := lookup.NewDNS(cfg, addr, peerClient(addr), nil, clock.Now)
-	_, err := src.Lookup(context.Background(), []lookup.ThreePID{{Medium: "email", Address: "a@gone.test"}})
+	oc := outbound.DefaultConfig()
+	oc.DNSServer = addr
+	policy, err := outbound.New(oc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := lookup.NewDNS(cfg, addr, policy.Client(outbound.ClientOptions{}), nil, clock.Now)
+	_, err = src.Lookup(context.Background(), []lookup.ThreePID{{Medium: "email", Address: "a@gone.test"}})
 	if err == nil || !strings.Contains(err.Error(), "lookup gone.test on "+addr+": no such host") {
 		t.Errorf("host resolution error %v; want it to name %s", err, addr)
 	}

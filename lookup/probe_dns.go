@@ -154,7 +154,7 @@ func probeResolve(ctx context.Context, p DNSProbe, host string) (string, error) 
 		ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 		defer cancel()
 		if addrs, err = p.Resolve(ctx, host); err != nil {
-			return "", nameDNSServer(err, p.Server)
+			return "", err
 		}
 	}
 	var ok, refused []string

@@ -136,7 +136,7 @@ func joinHostPort(host, port string) string {
 // srv tries _matrix-fed._tcp then the deprecated _matrix._tcp.
 func (r *Resolver) srv(ctx context.Context, host string) (Target, bool) {
 	for _, service := range []string{"matrix-fed", "matrix"} {
-		_, addrs, err := r.policy.Resolver().LookupSRV(ctx, service, "tcp", host)
+		_, addrs, err := r.policy.LookupSRV(ctx, service, "tcp", host)
 		if err != nil || len(addrs) == 0 {
 			continue
 		}

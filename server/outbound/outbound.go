@@ -163,8 +163,28 @@ func (p *Policy) Pin(serverName string) (string, bool) {
 	return strings.TrimSuffix(u, "/"), ok
 }
 
-// Resolver is the resolver every outbound lookup uses.
-func (p *Policy) Resolver() *net.Resolver { return p.resolver }
+// LookupNetIP resolves host as the policy's clients do.
+func (p *Policy) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	addrs, err := p.resolver.LookupNetIP(ctx, network, host)
+	return addrs, p.nameDNSServer(err)
+}
+
+// LookupSRV asks the policy's resolver for SRV records.
+func (p *Policy) LookupSRV(ctx context.Context, service, proto, name string) (string, []*net.SRV, error) {
+	cname, addrs, err := p.resolver.LookupSRV(ctx, service, proto, name)
+	return cname, addrs, p.nameDNSServer(err)
+}
+
+// nameDNSServer makes a resolver error name the DNS server really asked:
+// with dns_server set, the resolver dials it whatever /etc/resolv.conf
+// says, but the net package names resolv.conf's server in its errors.
+func (p *Policy) nameDNSServer(err error) error {
+	var dnsErr *net.DNSError
+	if p.cfg.DNSServer != "" && errors.As(err, &dnsErr) {
+		dnsErr.Server = p.cfg.DNSServer
+	}
+	return err
+}
 
 // Timeout is the per-request deadline.
 func (p *Policy) Timeout() time.Duration { return p.cfg.Timeout }
@@ -232,14 +252,16 @@ func (p *Policy) control(network, address string, _ syscall.RawConn) error {
 	return fmt.Errorf("%w: %s", ErrBlocked, ap.Addr())
 }
 
-// Dialer returns a dialer that applies the address policy.
-func (p *Policy) Dialer() *net.Dialer {
-	return &net.Dialer{
+// dialContext dials under the address policy, with the policy's resolver.
+func (p *Policy) dialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	d := &net.Dialer{
 		Timeout:   10 * time.Second,
 		KeepAlive: 30 * time.Second,
 		Resolver:  p.resolver,
 		Control:   p.control,
 	}
+	c, err := d.DialContext(ctx, network, address)
+	return c, p.nameDNSServer(err)
 }
 
 // ClientOptions tunes one client.
@@ -268,7 +290,7 @@ func (p *Policy) Client(o ClientOptions) *http.Client {
 	}
 	tr := &http.Transport{
 		Proxy:                  nil,
-		DialContext:            p.Dialer().DialContext,
+		DialContext:            p.dialContext,
 		TLSClientConfig:        p.TLSConfig(o.TLSServerName),
 		TLSHandshakeTimeout:    10 * time.Second,
 		ResponseHeaderTimeout:  p.cfg.Timeout,
