@@ -245,9 +245,7 @@ func (l *LDAP) Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]s
 // filter terms lookupTerms made for them.
 func (l *LDAP) search3PIDs(ctx context.Context, want map[ThreePID]bool, terms []string) (map[ThreePID]string, error) {
 	out := map[ThreePID]string{}
-	per := max(1, l.cfg.BatchSize*max(1, len(terms)/max(1, len(want))))
-	for start := 0; start < len(terms); start += per {
-		filter := l.withFilter("(|" + strings.Join(terms[start:min(len(terms), start+per)], "") + ")")
+	for _, filter := range l.lookupFilters(want, terms) {
 		for _, base := range l.cfg.BaseDNs {
 			if err := l.search(ctx, base, filter, func(e *ldap.Entry) {
 				m := l.mxidOf(e)
@@ -267,6 +265,17 @@ func (l *LDAP) search3PIDs(ctx context.Context, want map[ThreePID]bool, terms []
 		}
 	}
 	return out, nil
+}
+
+// lookupFilters ORs terms into filters of about batch_size addresses each,
+// counting the average number of terms an address of want has.
+func (l *LDAP) lookupFilters(want map[ThreePID]bool, terms []string) []string {
+	per := max(1, l.cfg.BatchSize*max(1, len(terms)/max(1, len(want))))
+	filters := make([]string, 0, (len(terms)+per-1)/per)
+	for start := 0; start < len(terms); start += per {
+		filters = append(filters, l.withFilter("(|"+strings.Join(terms[start:min(len(terms), start+per)], "")+")"))
+	}
+	return filters
 }
 
 // lookupTerms returns the set of 3PIDs asked and the filter terms that
