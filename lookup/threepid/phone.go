@@ -32,7 +32,7 @@ func ParsePhone(country, number string) (msisdn, intl, region string, err error)
 	if err != nil {
 		return "", "", "", ErrInvalidPhone
 	}
-	msisdn, ok := msisdnOf(num)
+	msisdn, ok := msisdnOf(num, "")
 	if !ok {
 		return "", "", "", ErrInvalidPhone
 	}
@@ -61,7 +61,7 @@ func CanonicalMSISDN(s string) (string, error) {
 	if err != nil {
 		return "", ErrInvalidPhone
 	}
-	if msisdn, ok := msisdnOf(num); ok {
+	if msisdn, ok := msisdnOf(num, "+"+s); ok {
 		return msisdn, nil
 	}
 	return "", ErrInvalidPhone
@@ -82,7 +82,11 @@ func NormalizePhone(s, defaultRegion string) (string, error) {
 	if err != nil {
 		return "", ErrInvalidPhone
 	}
-	if msisdn, ok := msisdnOf(num); ok {
+	parsedFrom := ""
+	if defaultRegion == "" {
+		parsedFrom = s
+	}
+	if msisdn, ok := msisdnOf(num, parsedFrom); ok {
 		return msisdn, nil
 	}
 	return "", ErrInvalidPhone
@@ -92,15 +96,24 @@ func NormalizePhone(s, defaultRegion string) (string, error) {
 // (E.164's limit) and reads back as the same number: libphonenumber keeps a
 // count of leading zeros that E.164 cannot carry, so "00000000" in BG formats
 // as +3590000000, which reads back as +359000000. Such a number has no
-// canonical form and is refused.
-func msisdnOf(num *phonenumbers.PhoneNumber) (string, bool) {
+// canonical form and is refused. parsedFrom is the text num was parsed from
+// without a default region ("" if it was not): when that is already the
+// E.164 form, reading it back would give num again (Parse is a function of
+// its input), so it is not read again; CanonicalMSISDN and PhoneForms, on
+// the lookup path, save a parse and a validation that way.
+func msisdnOf(num *phonenumbers.PhoneNumber, parsedFrom string) (string, bool) {
 	if !acceptable(num) {
 		return "", false
 	}
 	e164 := phonenumbers.Format(num, phonenumbers.E164)
-	again, err := phonenumbers.Parse(e164, "")
-	if err != nil || !acceptable(again) || phonenumbers.Format(again, phonenumbers.E164) != e164 || len(e164) > 1+15 {
+	if len(e164) > 1+15 {
 		return "", false
+	}
+	if e164 != parsedFrom {
+		again, err := phonenumbers.Parse(e164, "")
+		if err != nil || !acceptable(again) || phonenumbers.Format(again, phonenumbers.E164) != e164 {
+			return "", false
+		}
 	}
 	return strings.TrimPrefix(e164, "+"), true
 }
