@@ -2,6 +2,7 @@ package threepid
 
 import (
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/nyaruka/phonenumbers"
@@ -71,25 +72,34 @@ func CanonicalMSISDN(s string) (string, error) {
 // ("+44 20 7946 0018", "0044 20…", "442079460018") into an MSISDN; numbers
 // without an international prefix are read in defaultRegion (may be "").
 func NormalizePhone(s, defaultRegion string) (string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" || len(s) > maxPhoneInput {
-		return "", ErrInvalidPhone
-	}
-	if strings.Trim(s, "0123456789") == "" && !strings.HasPrefix(s, "0") {
-		s = "+" + s
-	}
-	num, err := phonenumbers.Parse(s, defaultRegion)
+	num, parsedFrom, err := parseDirectoryPhone(s, defaultRegion)
 	if err != nil {
-		return "", ErrInvalidPhone
-	}
-	parsedFrom := ""
-	if defaultRegion == "" {
-		parsedFrom = s
+		return "", err
 	}
 	if msisdn, ok := msisdnOf(num, parsedFrom); ok {
 		return msisdn, nil
 	}
 	return "", ErrInvalidPhone
+}
+
+// parseDirectoryPhone reads s as NormalizePhone does: bare digits that do
+// not start with 0 are international. parsedFrom is for msisdnOf.
+func parseDirectoryPhone(s, defaultRegion string) (num *phonenumbers.PhoneNumber, parsedFrom string, err error) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > maxPhoneInput {
+		return nil, "", ErrInvalidPhone
+	}
+	if strings.Trim(s, "0123456789") == "" && !strings.HasPrefix(s, "0") {
+		s = "+" + s
+	}
+	num, err = phonenumbers.Parse(s, defaultRegion)
+	if err != nil {
+		return nil, "", ErrInvalidPhone
+	}
+	if defaultRegion == "" {
+		parsedFrom = s
+	}
+	return num, parsedFrom, nil
 }
 
 // msisdnOf is an acceptable number's MSISDN, if that is at most 15 digits
@@ -141,25 +151,26 @@ func acceptable(num *phonenumbers.PhoneNumber) bool {
 // does not parse gives only the first two.
 func PhoneForms(msisdn, defaultRegion string) []string {
 	forms := []string{"+" + msisdn, msisdn}
-	add := func(f string) {
-		for _, g := range forms {
-			if g == f {
-				return
-			}
-		}
-		if m, err := NormalizePhone(f, defaultRegion); err == nil && m == msisdn {
-			forms = append(forms, f)
-		}
-	}
 	num, err := phonenumbers.Parse("+"+msisdn, "")
 	if err != nil {
 		return forms
 	}
-	add(phonenumbers.Format(num, phonenumbers.INTERNATIONAL))
+	readsAsMSISDN := readsAs(num, msisdn, defaultRegion)
+	for _, f := range formattedForms(num, defaultRegion) {
+		if !slices.Contains(forms, f) && readsAsMSISDN(f) {
+			forms = append(forms, f)
+		}
+	}
+	return forms
+}
+
+// formattedForms are the forms of num PhoneForms considers beyond its
+// digits.
+func formattedForms(num *phonenumbers.PhoneNumber, defaultRegion string) []string {
+	forms := []string{phonenumbers.Format(num, phonenumbers.INTERNATIONAL)}
 	if defaultRegion != "" && int(num.GetCountryCode()) == phonenumbers.GetCountryCodeForRegion(defaultRegion) {
 		national := phonenumbers.Format(num, phonenumbers.NATIONAL)
-		add(national)
-		add(strings.Map(func(r rune) rune {
+		forms = append(forms, national, strings.Map(func(r rune) rune {
 			if r >= '0' && r <= '9' {
 				return r
 			}
@@ -167,4 +178,33 @@ func PhoneForms(msisdn, defaultRegion string) []string {
 		}, national))
 	}
 	return forms
+}
+
+// readsAs returns what tells whether NormalizePhone(f, defaultRegion) is
+// msisdn, for forms f of num, the number parsed from "+"+msisdn. A live
+// lookup asks this of every form of every number before its I/O, so num's
+// own reading is worked out once, and a form that parses as num is not
+// validated again.
+func readsAs(num *phonenumbers.PhoneNumber, msisdn, defaultRegion string) func(f string) bool {
+	own, ok := msisdnOf(num, "+"+msisdn)
+	numReadsAsMSISDN := ok && own == msisdn
+	return func(f string) bool {
+		n, parsedFrom, err := parseDirectoryPhone(f, defaultRegion)
+		if err != nil {
+			return false
+		}
+		if sameNumber(n, num) {
+			return numReadsAsMSISDN
+		}
+		m, ok := msisdnOf(n, parsedFrom)
+		return ok && m == msisdn
+	}
+}
+
+// sameNumber reports whether a and b agree in everything msisdnOf reads
+// (country code and national significant number), so that it says the
+// same of both.
+func sameNumber(a, b *phonenumbers.PhoneNumber) bool {
+	return a.GetCountryCode() == b.GetCountryCode() && a.GetNationalNumber() == b.GetNationalNumber() &&
+		a.GetItalianLeadingZero() == b.GetItalianLeadingZero() && a.GetNumberOfLeadingZeros() == b.GetNumberOfLeadingZeros()
 }
