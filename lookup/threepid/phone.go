@@ -82,15 +82,12 @@ func NormalizePhone(s, defaultRegion string) (string, error) {
 	return "", ErrInvalidPhone
 }
 
-// parseDirectoryPhone reads s as NormalizePhone does: bare digits that do
-// not start with 0 are international. parsedFrom is for msisdnOf.
+// parseDirectoryPhone reads s as NormalizePhone does. parsedFrom is for
+// msisdnOf.
 func parseDirectoryPhone(s, defaultRegion string) (num *phonenumbers.PhoneNumber, parsedFrom string, err error) {
-	s = strings.TrimSpace(s)
-	if s == "" || len(s) > maxPhoneInput {
+	s, ok := directoryPhoneText(s)
+	if !ok {
 		return nil, "", ErrInvalidPhone
-	}
-	if strings.Trim(s, "0123456789") == "" && !strings.HasPrefix(s, "0") {
-		s = "+" + s
 	}
 	num, err = phonenumbers.Parse(s, defaultRegion)
 	if err != nil {
@@ -100,6 +97,19 @@ func parseDirectoryPhone(s, defaultRegion string) (num *phonenumbers.PhoneNumber
 		parsedFrom = s
 	}
 	return num, parsedFrom, nil
+}
+
+// directoryPhoneText is the text NormalizePhone parses for s: bare digits
+// that do not start with 0 are international.
+func directoryPhoneText(s string) (string, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > maxPhoneInput {
+		return "", false
+	}
+	if strings.Trim(s, "0123456789") == "" && !strings.HasPrefix(s, "0") {
+		s = "+" + s
+	}
+	return s, true
 }
 
 // msisdnOf is an acceptable number's MSISDN, if that is at most 15 digits
@@ -170,35 +180,78 @@ func formattedForms(num *phonenumbers.PhoneNumber, defaultRegion string) []strin
 	forms := []string{phonenumbers.Format(num, phonenumbers.INTERNATIONAL)}
 	if defaultRegion != "" && int(num.GetCountryCode()) == phonenumbers.GetCountryCodeForRegion(defaultRegion) {
 		national := phonenumbers.Format(num, phonenumbers.NATIONAL)
-		forms = append(forms, national, strings.Map(func(r rune) rune {
-			if r >= '0' && r <= '9' {
-				return r
-			}
-			return -1
-		}, national))
+		forms = append(forms, national, digitsOf(national))
 	}
 	return forms
 }
 
 // readsAs returns what tells whether NormalizePhone(f, defaultRegion) is
 // msisdn, for forms f of num, the number parsed from "+"+msisdn. A live
-// lookup asks this of every form of every number before its I/O, so num's
-// own reading is worked out once, and a form that parses as num is not
-// validated again.
+// lookup asks this of every form of every number before its I/O, so each
+// reading is worked out once: num's own, which a form that parses as num
+// shares, and each form's, which a form of the same digits shares.
 func readsAs(num *phonenumbers.PhoneNumber, msisdn, defaultRegion string) func(f string) bool {
 	own, ok := msisdnOf(num, "+"+msisdn)
 	numReadsAsMSISDN := ok && own == msisdn
-	return func(f string) bool {
-		n, parsedFrom, err := parseDirectoryPhone(f, defaultRegion)
-		if err != nil {
-			return false
-		}
-		if sameNumber(n, num) {
-			return numReadsAsMSISDN
-		}
-		m, ok := msisdnOf(n, parsedFrom)
-		return ok && m == msisdn
+	type reading struct {
+		digits string // readingKey
+		same   bool
 	}
+	known := []reading{{"+" + msisdn, numReadsAsMSISDN}}
+	return func(f string) bool {
+		key, keyed := readingKey(f)
+		if keyed {
+			for _, r := range known {
+				if r.digits == key {
+					return r.same
+				}
+			}
+		}
+		same := false
+		if n, parsedFrom, err := parseDirectoryPhone(f, defaultRegion); err == nil {
+			if sameNumber(n, num) {
+				same = numReadsAsMSISDN
+			} else {
+				m, ok := msisdnOf(n, parsedFrom)
+				same = ok && m == msisdn
+			}
+		}
+		if keyed {
+			known = append(known, reading{key, same})
+		}
+		return same
+	}
+}
+
+// readingKey is what Parse reads of the text NormalizePhone parses for f,
+// when that is digits, a leading plus and punctuation Format writes
+// (spaces, hyphens, parentheses, dots): the plus and the digits. Parse
+// drops that punctuation before it reads anything (it holds no extension
+// mark, no second number, no letters), and after a plus it takes the
+// country from the digits, whatever the default region; so two forms with
+// one key read alike: "+44 20 7946 0000" as "+442079460000" (in any
+// region), "02079460000" as "020 7946 0000". ok is false for any other
+// text. TestPhoneFormsEveryRegion and FuzzPhone hold this to NormalizePhone.
+func readingKey(f string) (key string, ok bool) {
+	f, ok = directoryPhoneText(f)
+	if !ok {
+		return "", false
+	}
+	body := strings.TrimPrefix(f, "+")
+	if strings.Trim(body, "0123456789 -().") != "" {
+		return "", false
+	}
+	return f[:len(f)-len(body)] + digitsOf(body), true
+}
+
+// digitsOf is s without what is not an ASCII digit.
+func digitsOf(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, s)
 }
 
 // sameNumber reports whether a and b agree in everything msisdnOf reads
