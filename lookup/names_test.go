@@ -3,6 +3,7 @@ package lookup_test
 import (
 	"context"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -216,5 +217,42 @@ func asAdmin(t *testing.T, d *slapdtest.Server, fn func(c *ldap.Conn) error) {
 	}
 	if err := fn(c); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// searchCounter returns what tells how many searches slapd d was asked
+// for since it last told (its monitor backend counts them; the count's
+// own reading is left out).
+func searchCounter(t testing.TB, d *slapdtest.Server) func() int {
+	t.Helper()
+	c, err := ldap.DialURL(d.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Bind(slapdtest.Reader, slapdtest.ReaderPW); err != nil {
+		t.Fatal(err)
+	}
+	// Initiated, not completed: slapd counts an operation complete after
+	// it has sent the result, so a client may ask before it is counted.
+	read := func() int {
+		t.Helper()
+		res, err := c.Search(ldap.NewSearchRequest(slapdtest.MonitorSearches, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+			0, 0, false, "(objectClass=*)", []string{"monitorOpInitiated"}, nil))
+		if err != nil || len(res.Entries) != 1 {
+			t.Fatalf("reading %s: %v", slapdtest.MonitorSearches, err)
+		}
+		n, err := strconv.Atoi(res.Entries[0].GetAttributeValue("monitorOpInitiated"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	last := read()
+	return func() int {
+		t.Helper()
+		n := read()
+		defer func() { last = n }()
+		return n - last - 1
 	}
 }
