@@ -363,23 +363,28 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 		}
 	}()
 	var recs []Record
-	_, err = l.readAll(ctx, c, func(_ string, e *ldap.Entry) {
-		m := l.mxidOf(e)
-		if m == "" {
-			return
-		}
+	addresses := func(m string, e *ldap.Entry) {
 		l.threepidsOf(e, func(tp ThreePID) {
 			recs = append(recs, Record{tp.Medium, tp.Address, m})
 		})
-	})
-	if err != nil {
-		return false, 0, err
 	}
 	var names []Person
-	if l.names.enabled {
-		if names, err = l.readNames(ctx, c); err != nil {
-			return false, 0, err
+	if l.names.enabled && l.names.covers {
+		// One read for both: the entries the sync filter would leave out
+		// hold no address.
+		names, err = l.readNames(ctx, c, addresses)
+	} else {
+		_, err = l.readAll(ctx, c, func(_ string, e *ldap.Entry) {
+			if m := l.mxidOf(e); m != "" {
+				addresses(m, e)
+			}
+		})
+		if err == nil && l.names.enabled {
+			names, err = l.readNames(ctx, c, nil)
 		}
+	}
+	if err != nil {
+		return false, 0, err
 	}
 	return l.save(recs, names)
 }
