@@ -17,3 +17,9 @@ func SearchEntries(x *SearchIndex) []Person {
 	}
 	return nil
 }
+
+// LookupFilters are the filters a live lookup of threepids searches with
+// (benchmarks: the work done before any I/O).
+func (l *LDAP) LookupFilters(threepids []ThreePID) []string {
+	return l.lookupFilters(l.lookupTerms(threepids))
+}

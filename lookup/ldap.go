@@ -245,9 +245,7 @@ func (l *LDAP) Lookup(ctx context.Context, threepids []ThreePID) (map[ThreePID]s
 // filter terms lookupTerms made for them.
 func (l *LDAP) search3PIDs(ctx context.Context, want map[ThreePID]bool, terms []string) (map[ThreePID]string, error) {
 	out := map[ThreePID]string{}
-	per := max(1, l.cfg.BatchSize*max(1, len(terms)/max(1, len(want))))
-	for start := 0; start < len(terms); start += per {
-		filter := l.withFilter("(|" + strings.Join(terms[start:min(len(terms), start+per)], "") + ")")
+	for _, filter := range l.lookupFilters(want, terms) {
 		for _, base := range l.cfg.BaseDNs {
 			if err := l.search(ctx, base, filter, func(e *ldap.Entry) {
 				m := l.mxidOf(e)
@@ -267,6 +265,17 @@ func (l *LDAP) search3PIDs(ctx context.Context, want map[ThreePID]bool, terms []
 		}
 	}
 	return out, nil
+}
+
+// lookupFilters ORs terms into filters of about batch_size addresses each,
+// counting the average number of terms an address of want has.
+func (l *LDAP) lookupFilters(want map[ThreePID]bool, terms []string) []string {
+	per := max(1, l.cfg.BatchSize*max(1, len(terms)/max(1, len(want))))
+	filters := make([]string, 0, (len(terms)+per-1)/per)
+	for start := 0; start < len(terms); start += per {
+		filters = append(filters, l.withFilter("(|"+strings.Join(terms[start:min(len(terms), start+per)], "")+")"))
+	}
+	return filters
 }
 
 // lookupTerms returns the set of 3PIDs asked and the filter terms that
@@ -354,23 +363,28 @@ func (l *LDAP) Sync(ctx context.Context) (changed bool, n int, err error) {
 		}
 	}()
 	var recs []Record
-	_, err = l.readAll(ctx, c, func(_ string, e *ldap.Entry) {
-		m := l.mxidOf(e)
-		if m == "" {
-			return
-		}
+	addresses := func(m string, e *ldap.Entry) {
 		l.threepidsOf(e, func(tp ThreePID) {
 			recs = append(recs, Record{tp.Medium, tp.Address, m})
 		})
-	})
-	if err != nil {
-		return false, 0, err
 	}
 	var names []Person
-	if l.names.enabled {
-		if names, err = l.readNames(ctx, c); err != nil {
-			return false, 0, err
+	if l.names.enabled && l.names.covers {
+		// One read for both: the entries the sync filter would leave out
+		// hold no address.
+		names, err = l.readNames(ctx, c, addresses)
+	} else {
+		_, err = l.readAll(ctx, c, func(_ string, e *ldap.Entry) {
+			if m := l.mxidOf(e); m != "" {
+				addresses(m, e)
+			}
+		})
+		if err == nil && l.names.enabled {
+			names, err = l.readNames(ctx, c, nil)
 		}
+	}
+	if err != nil {
+		return false, 0, err
 	}
 	return l.save(recs, names)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -14,10 +15,13 @@ import (
 
 // With [directory] enabled, each LDAP sync also reads the display names of
 // the searchable entries (those of [ldap] filter, and of [directory] filter
-// when set: one more paged search, asking for nothing but the Matrix ID
-// attribute and the display-name attributes) and stores them with the
-// snapshot, which every replica builds its search index from. An entry
-// need not hold an address to be found by name.
+// when set) and stores them with the snapshot, which every replica builds
+// its search index from. An entry need not hold an address to be found by
+// name. Without a [directory] filter the names search finds every entry
+// the sync's own does, so the sync reads the directory once, asking for
+// the address attributes and the display-name attributes together; with
+// one, the names take one more paged search, asking for nothing but the
+// Matrix ID attribute and the display-name attributes.
 //
 // A display name is the first value of the first display-name attribute
 // that is a usable name: printable, at most maxDisplayName bytes, and
@@ -35,6 +39,11 @@ type nameSync struct {
 	attrs   []string // asked for: the Matrix ID attribute and the name attributes
 	name    []string // the display-name attributes, in order
 	key     string   // namesKey of the settings
+	// covers: the names search finds every entry the sync's own does
+	// (no [directory] filter: [ldap] filter alone), so one read serves
+	// both, asking for withAddresses.
+	covers        bool
+	withAddresses []string
 }
 
 // useNames has each sync read the display names [directory] asks for.
@@ -43,10 +52,16 @@ func (l *LDAP) useNames(c DirectoryConfig) {
 	if c.Filter != "" {
 		inner = parenthesised(c.Filter)
 	}
-	n := nameSync{enabled: true, filter: l.withFilter(inner), name: c.DisplayNameAttributes, key: namesKey(c)}
+	n := nameSync{enabled: true, filter: l.withFilter(inner), name: c.DisplayNameAttributes, key: namesKey(c), covers: c.Filter == ""}
 	for _, a := range append([]string{l.cfg.UIDAttribute, l.cfg.MXIDAttribute}, c.DisplayNameAttributes...) {
 		if a != "" {
 			n.attrs = append(n.attrs, a)
+		}
+	}
+	n.withAddresses = slices.Clone(l.attrs)
+	for _, a := range c.DisplayNameAttributes {
+		if !slices.ContainsFunc(n.withAddresses, func(b string) bool { return strings.EqualFold(a, b) }) {
+			n.withAddresses = append(n.withAddresses, a)
 		}
 	}
 	l.names = n
@@ -61,12 +76,21 @@ func namesKey(c DirectoryConfig) string {
 }
 
 // readNames reads the searchable entries' Matrix IDs and display names on
-// c.
-func (l *LDAP) readNames(ctx context.Context, c *ldap.Conn) ([]Person, error) {
+// c. With addresses (only when the names search covers the sync's), it
+// asks for the address attributes too and hands each entry with a Matrix
+// ID to addresses as well.
+func (l *LDAP) readNames(ctx context.Context, c *ldap.Conn, addresses func(mxid string, e *ldap.Entry)) ([]Person, error) {
+	attrs := l.names.attrs
+	if addresses != nil {
+		attrs = l.names.withAddresses
+	}
 	var out []Person
-	_, err := l.pagedSearch(ctx, c, l.names.filter, l.names.attrs, func(_ string, e *ldap.Entry) {
+	_, err := l.pagedSearch(ctx, c, l.names.filter, attrs, func(_ string, e *ldap.Entry) {
 		if m := l.mxidOf(e); m != "" {
 			out = append(out, Person{UserID: m, DisplayName: l.displayNameOf(e)})
+			if addresses != nil {
+				addresses(m, e)
+			}
 		}
 	})
 	return out, err

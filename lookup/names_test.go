@@ -2,7 +2,9 @@ package lookup_test
 
 import (
 	"context"
+	"maps"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -216,5 +218,94 @@ func asAdmin(t *testing.T, d *slapdtest.Server, fn func(c *ldap.Conn) error) {
 	}
 	if err := fn(c); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// searchCounter returns what tells how many searches slapd d was asked
+// for since it last told (its monitor backend counts them; the count's
+// own reading is left out).
+func searchCounter(t testing.TB, d *slapdtest.Server) func() int {
+	t.Helper()
+	c, err := ldap.DialURL(d.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Bind(slapdtest.Reader, slapdtest.ReaderPW); err != nil {
+		t.Fatal(err)
+	}
+	// Initiated, not completed: slapd counts an operation complete after
+	// it has sent the result, so a client may ask before it is counted.
+	read := func() int {
+		t.Helper()
+		res, err := c.Search(ldap.NewSearchRequest(slapdtest.MonitorSearches, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+			0, 0, false, "(objectClass=*)", []string{"monitorOpInitiated"}, nil))
+		if err != nil || len(res.Entries) != 1 {
+			t.Fatalf("reading %s: %v", slapdtest.MonitorSearches, err)
+		}
+		n, err := strconv.Atoi(res.Entries[0].GetAttributeValue("monitorOpInitiated"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	last := read()
+	return func() int {
+		t.Helper()
+		n := read()
+		defer func() { last = n }()
+		return n - last - 1
+	}
+}
+
+// With [directory] on and no [directory] filter, the names search finds
+// every entry the sync's own does: one paged search reads both the
+// addresses and the names, and stores what two would. With a filter of its
+// own, [directory] costs a second search.
+func TestDirectorySyncReadsOnce(t *testing.T) {
+	seed := person("alice", "mail", "alice@example.org", "mobile", "+44 7700 900123", "displayName", "Alice Liddell") +
+		person("frank", "telephoneNumber", "020 7946 0000", "mobile", "07700-900456", "employeeType", "staff") +
+		person("elodie", "displayName", "Élodie Dupont-Müller", "employeeType", "staff") + // no address
+		person("nomail") +
+		slapdtest.Colleagues(50) // fewer entries than a page: one search per read
+	d := startSlapd(t, seed)
+	searches := searchCounter(t, d)
+	var alone map[[2]string]string // the 3PIDs a sync without [directory] stores
+	for _, c := range []struct {
+		name     string
+		dir      *lookup.DirectoryConfig
+		searches int
+		names    int
+	}{
+		{"without [directory]", nil, 1, 0},
+		{"[directory] without a filter", &lookup.DirectoryConfig{}, 1, 4 + 50},
+		{"[directory] with a filter", &lookup.DirectoryConfig{Filter: "(employeeType=staff)"}, 2, 2},
+	} {
+		s := openStore(t, t.TempDir())
+		deps := &lookup.Deps{}
+		if c.dir != nil {
+			deps.Directory = directoryConfig(c.dir.Filter)
+		}
+		svc := newService(t, s, ldapConfig(d.URL), deps)
+		searches()
+		if err := svc.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := searches(); n != c.searches {
+			t.Errorf("%s: the sync ran %d searches, want %d", c.name, n, c.searches)
+		}
+		recs := storetest.ScanDirectory(t, s)
+		if alone == nil {
+			alone = recs
+			if len(recs) != 4+50 {
+				t.Fatalf("%s: %d 3PIDs stored: %v", c.name, len(recs), recs)
+			}
+		} else if !maps.Equal(recs, alone) {
+			t.Errorf("%s: stored 3PIDs\n%v\nnot those of a sync without [directory]\n%v", c.name, recs, alone)
+		}
+		if names := storetest.ScanDirectoryNames(t, s); len(names) != c.names || c.names > 0 && names["@elodie:example.org"] != "Élodie Dupont-Müller" {
+			t.Errorf("%s: %d names stored, want %d, Élodie's among them: %v", c.name, len(names), c.names, names)
+		}
+		svc.Close()
 	}
 }

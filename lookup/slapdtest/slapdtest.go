@@ -2,7 +2,9 @@
 // (the Go port of shared/recipes/slapd-test.sh): a temporary directory, the
 // seed loaded offline with slapadd, slapd in the foreground (-d 0), as
 // nobody when the test runs as root. Its size limit is 1,000 entries, as
-// Active Directory's, so a full read needs paged searches. With TLS it also
+// Active Directory's, so a full read needs paged searches. Its monitor
+// backend counts the operations it was asked for (MonitorSearches), so a
+// test can tell how often a directory was read. With TLS it also
 // serves ldaps:// and StartTLS with a certificate for 127.0.0.1 signed by a
 // CA made for the test.
 //
@@ -43,6 +45,10 @@ const (
 	// Admin may change the directory (its rootdn), e.g. to remove a user.
 	Admin   = "cn=admin," + Suffix
 	AdminPW = "adminpw"
+	// MonitorSearches is the entry of slapd's monitor backend that counts
+	// search operations (monitorOpInitiated, monitorOpCompleted); the
+	// reader may read it.
+	MonitorSearches = "cn=Search,cn=Operations,cn=Monitor"
 )
 
 // Binary is where Debian's slapd package installs the server.
@@ -116,6 +122,9 @@ index objectClass eq
 index mail,uid eq
 index telephoneNumber,mobile eq
 access to attrs=userPassword by self write by anonymous auth by * none
+access to * by dn.exact="%[3]s" read by * none
+
+database monitor
 access to * by dn.exact="%[3]s" read by * none
 `, dir, Suffix, Reader, Admin, AdminPW)
 	base := fmt.Sprintf(`dn: %[1]s

@@ -2,6 +2,7 @@ package threepid
 
 import (
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/nyaruka/phonenumbers"
@@ -32,7 +33,7 @@ func ParsePhone(country, number string) (msisdn, intl, region string, err error)
 	if err != nil {
 		return "", "", "", ErrInvalidPhone
 	}
-	msisdn, ok := msisdnOf(num)
+	msisdn, ok := msisdnOf(num, "")
 	if !ok {
 		return "", "", "", ErrInvalidPhone
 	}
@@ -61,7 +62,7 @@ func CanonicalMSISDN(s string) (string, error) {
 	if err != nil {
 		return "", ErrInvalidPhone
 	}
-	if msisdn, ok := msisdnOf(num); ok {
+	if msisdn, ok := msisdnOf(num, "+"+s); ok {
 		return msisdn, nil
 	}
 	return "", ErrInvalidPhone
@@ -71,36 +72,68 @@ func CanonicalMSISDN(s string) (string, error) {
 // ("+44 20 7946 0018", "0044 20…", "442079460018") into an MSISDN; numbers
 // without an international prefix are read in defaultRegion (may be "").
 func NormalizePhone(s, defaultRegion string) (string, error) {
+	num, parsedFrom, err := parseDirectoryPhone(s, defaultRegion)
+	if err != nil {
+		return "", err
+	}
+	if msisdn, ok := msisdnOf(num, parsedFrom); ok {
+		return msisdn, nil
+	}
+	return "", ErrInvalidPhone
+}
+
+// parseDirectoryPhone reads s as NormalizePhone does. parsedFrom is for
+// msisdnOf.
+func parseDirectoryPhone(s, defaultRegion string) (num *phonenumbers.PhoneNumber, parsedFrom string, err error) {
+	s, ok := directoryPhoneText(s)
+	if !ok {
+		return nil, "", ErrInvalidPhone
+	}
+	num, err = phonenumbers.Parse(s, defaultRegion)
+	if err != nil {
+		return nil, "", ErrInvalidPhone
+	}
+	if defaultRegion == "" {
+		parsedFrom = s
+	}
+	return num, parsedFrom, nil
+}
+
+// directoryPhoneText is the text NormalizePhone parses for s: bare digits
+// that do not start with 0 are international.
+func directoryPhoneText(s string) (string, bool) {
 	s = strings.TrimSpace(s)
 	if s == "" || len(s) > maxPhoneInput {
-		return "", ErrInvalidPhone
+		return "", false
 	}
 	if strings.Trim(s, "0123456789") == "" && !strings.HasPrefix(s, "0") {
 		s = "+" + s
 	}
-	num, err := phonenumbers.Parse(s, defaultRegion)
-	if err != nil {
-		return "", ErrInvalidPhone
-	}
-	if msisdn, ok := msisdnOf(num); ok {
-		return msisdn, nil
-	}
-	return "", ErrInvalidPhone
+	return s, true
 }
 
 // msisdnOf is an acceptable number's MSISDN, if that is at most 15 digits
 // (E.164's limit) and reads back as the same number: libphonenumber keeps a
 // count of leading zeros that E.164 cannot carry, so "00000000" in BG formats
 // as +3590000000, which reads back as +359000000. Such a number has no
-// canonical form and is refused.
-func msisdnOf(num *phonenumbers.PhoneNumber) (string, bool) {
+// canonical form and is refused. parsedFrom is the text num was parsed from
+// without a default region ("" if it was not): when that is already the
+// E.164 form, reading it back would give num again (Parse is a function of
+// its input), so it is not read again; CanonicalMSISDN and PhoneForms, on
+// the lookup path, save a parse and a validation that way.
+func msisdnOf(num *phonenumbers.PhoneNumber, parsedFrom string) (string, bool) {
 	if !acceptable(num) {
 		return "", false
 	}
 	e164 := phonenumbers.Format(num, phonenumbers.E164)
-	again, err := phonenumbers.Parse(e164, "")
-	if err != nil || !acceptable(again) || phonenumbers.Format(again, phonenumbers.E164) != e164 || len(e164) > 1+15 {
+	if len(e164) > 1+15 {
 		return "", false
+	}
+	if e164 != parsedFrom {
+		again, err := phonenumbers.Parse(e164, "")
+		if err != nil || !acceptable(again) || phonenumbers.Format(again, phonenumbers.E164) != e164 {
+			return "", false
+		}
 	}
 	return strings.TrimPrefix(e164, "+"), true
 }
@@ -128,30 +161,103 @@ func acceptable(num *phonenumbers.PhoneNumber) bool {
 // does not parse gives only the first two.
 func PhoneForms(msisdn, defaultRegion string) []string {
 	forms := []string{"+" + msisdn, msisdn}
-	add := func(f string) {
-		for _, g := range forms {
-			if g == f {
-				return
-			}
-		}
-		if m, err := NormalizePhone(f, defaultRegion); err == nil && m == msisdn {
-			forms = append(forms, f)
-		}
-	}
 	num, err := phonenumbers.Parse("+"+msisdn, "")
 	if err != nil {
 		return forms
 	}
-	add(phonenumbers.Format(num, phonenumbers.INTERNATIONAL))
-	if defaultRegion != "" && int(num.GetCountryCode()) == phonenumbers.GetCountryCodeForRegion(defaultRegion) {
-		national := phonenumbers.Format(num, phonenumbers.NATIONAL)
-		add(national)
-		add(strings.Map(func(r rune) rune {
-			if r >= '0' && r <= '9' {
-				return r
-			}
-			return -1
-		}, national))
+	readsAsMSISDN := readsAs(num, msisdn, defaultRegion)
+	for _, f := range formattedForms(num, defaultRegion) {
+		if !slices.Contains(forms, f) && readsAsMSISDN(f) {
+			forms = append(forms, f)
+		}
 	}
 	return forms
+}
+
+// formattedForms are the forms of num PhoneForms considers beyond its
+// digits.
+func formattedForms(num *phonenumbers.PhoneNumber, defaultRegion string) []string {
+	forms := []string{phonenumbers.Format(num, phonenumbers.INTERNATIONAL)}
+	if defaultRegion != "" && int(num.GetCountryCode()) == phonenumbers.GetCountryCodeForRegion(defaultRegion) {
+		national := phonenumbers.Format(num, phonenumbers.NATIONAL)
+		forms = append(forms, national, digitsOf(national))
+	}
+	return forms
+}
+
+// readsAs returns what tells whether NormalizePhone(f, defaultRegion) is
+// msisdn, for forms f of num, the number parsed from "+"+msisdn. A live
+// lookup asks this of every form of every number before its I/O, so each
+// reading is worked out once: num's own, which a form that parses as num
+// shares, and each form's, which a form of the same digits shares.
+func readsAs(num *phonenumbers.PhoneNumber, msisdn, defaultRegion string) func(f string) bool {
+	own, ok := msisdnOf(num, "+"+msisdn)
+	numReadsAsMSISDN := ok && own == msisdn
+	type reading struct {
+		digits string // readingKey
+		same   bool
+	}
+	known := []reading{{"+" + msisdn, numReadsAsMSISDN}}
+	return func(f string) bool {
+		key, keyed := readingKey(f)
+		if keyed {
+			for _, r := range known {
+				if r.digits == key {
+					return r.same
+				}
+			}
+		}
+		same := false
+		if n, parsedFrom, err := parseDirectoryPhone(f, defaultRegion); err == nil {
+			if sameNumber(n, num) {
+				same = numReadsAsMSISDN
+			} else {
+				m, ok := msisdnOf(n, parsedFrom)
+				same = ok && m == msisdn
+			}
+		}
+		if keyed {
+			known = append(known, reading{key, same})
+		}
+		return same
+	}
+}
+
+// readingKey is what Parse reads of the text NormalizePhone parses for f,
+// when that is digits, a leading plus and punctuation Format writes
+// (spaces, hyphens, parentheses, dots): the plus and the digits. Parse
+// drops that punctuation before it reads anything (it holds no extension
+// mark, no second number, no letters), and after a plus it takes the
+// country from the digits, whatever the default region; so two forms with
+// one key read alike: "+44 20 7946 0000" as "+442079460000" (in any
+// region), "02079460000" as "020 7946 0000". ok is false for any other
+// text. TestPhoneFormsEveryRegion and FuzzPhone hold this to NormalizePhone.
+func readingKey(f string) (key string, ok bool) {
+	f, ok = directoryPhoneText(f)
+	if !ok {
+		return "", false
+	}
+	body := strings.TrimPrefix(f, "+")
+	if strings.Trim(body, "0123456789 -().") != "" {
+		return "", false
+	}
+	return f[:len(f)-len(body)] + digitsOf(body), true
+}
+
+// digitsOf is s without what is not an ASCII digit.
+func digitsOf(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, s)
+}
+
+// sameNumber reports whether a and b agree in everything msisdnOf reads
+// (country code and national significant number), so that it says the
+// same of both.
+func sameNumber(a, b *phonenumbers.PhoneNumber) bool {
+	return a.GetCountryCode() == b.GetCountryCode() && a.GetNationalNumber() == b.GetNationalNumber() &&
+		a.GetItalianLeadingZero() == b.GetItalianLeadingZero() && a.GetNumberOfLeadingZeros() == b.GetNumberOfLeadingZeros()
 }

@@ -49,7 +49,9 @@ func FuzzCanonicalEmail(f *testing.F) {
 
 // A phone number parsed in a country, or normalised from a directory,
 // gives an MSISDN that is its own canonical form, that reads back as itself
-// in any country, and hashes like its canonical form.
+// in any country, and hashes like its canonical form; PhoneForms keeps
+// exactly the forms NormalizePhone reads back as it, in that country (and
+// as the input, taken for an msisdn, which it may not be).
 func FuzzPhone(f *testing.F) {
 	for _, c := range [][2]string{
 		{"GB", "07700 900001"}, {"GB", "+44 (0)7700-900001"}, {"US", "(201) 555-0123"}, {"JE", "+44 7700 900001"},
@@ -74,7 +76,9 @@ func FuzzPhone(f *testing.F) {
 			if m, _, _, err := ParsePhone("GB", "+"+msisdn); err != nil || m != msisdn {
 				t.Fatalf("%s = %q, parsed again with +: %q, %v", how, msisdn, m, err)
 			}
+			phoneFormsAgree(t, msisdn, country)
 		}
+		phoneFormsAgree(t, number, country)
 		if m, intl, region, err := ParsePhone(country, number); err == nil {
 			if intl == "" || region == "" {
 				t.Fatalf("ParsePhone(%q, %q) = %q, %q, %q", country, number, m, intl, region)
