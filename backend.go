@@ -61,8 +61,8 @@ func (c DatabaseConfig) Postgres() bool { return c.URL != "" }
 func (c *DatabaseConfig) Validate() []error {
 	var errs []error
 	if c.URL != "" {
-		if err := checkPostgresURL(c.URL); err != nil {
-			errs = append(errs, fmt.Errorf(`database.url %w (or "" for the bbolt file in data_dir)`, err))
+		if _, err := pg.ParseURL(c.URL); err != nil {
+			errs = append(errs, fmt.Errorf(`database.url %w; "" is the bbolt file in data_dir`, err))
 		}
 	}
 	if c.MaxConns < 2 || c.MaxConns > 1000 {
@@ -83,25 +83,17 @@ func (c *DatabaseConfig) Validate() []error {
 	return errs
 }
 
-// checkPostgresURL says what is wrong with a PostgreSQL URL.
-func checkPostgresURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
-		return errors.New(`must be a PostgreSQL URL like "postgres://mxid@db.example.org:5432/mxid"`)
-	}
-	return nil
-}
-
 // replicaNameRE is what [database] replica_name may be.
 var replicaNameRE = regexp.MustCompile(`^([A-Za-z0-9._-]{1,64})?$`)
 
-// redactedURL is a database URL fit for a log line: no password.
+// redactedURL is where a database URL points, fit for a message: no
+// password.
 func redactedURL(raw string) string {
-	u, err := url.Parse(raw)
+	where, err := pg.ParseURL(raw)
 	if err != nil {
-		return "(unparsable)"
+		return "(an unreadable URL)"
 	}
-	return u.Redacted()
+	return where
 }
 
 // appStore is what serve needs from either backend.

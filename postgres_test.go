@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	neturl "net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,5 +54,52 @@ func TestDatabaseURLFile(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if err := run(context.Background(), []string{"check-db", "-config", cfg}, &out, &errOut); err != nil || !strings.Contains(out.String(), "postgres://") {
 		t.Errorf("check-db with url_file: %v\n%s%s", err, out.String(), errOut.String())
+	}
+}
+
+// [database] url is read as serve reads it (pgx): what pgx refuses is a
+// problem for check-config as for serve, said without the password; what
+// pgx accepts (a socket directory in the query, key=value pairs) passes,
+// and a key=value string reaches the database.
+func TestDatabaseURLAsPostgreSQLReadsIt(t *testing.T) {
+	dir := t.TempDir()
+	config := func(url string) string {
+		return writeFile(t, t.TempDir(), "mxid.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = %q\n", filepath.Join(dir, "data"), url))
+	}
+	for url, reason := range map[string]string{
+		"postgres://mxid:secret@db.example.org/mxid?sslmode=bogus":        "sslmode is invalid",
+		"postgres://mxid:secret@db.example.org/mxid?pool_max_conns=abc":   "cannot parse pool_max_conns",
+		"host=db.example.org dbname=mxid password=secret connect_timeout": "invalid keyword/value",
+	} {
+		cfg := config(url)
+		for _, cmd := range []string{"check-config", "serve"} {
+			out, err := runOut(cmd, "-config", cfg)
+			msg := out
+			if err != nil {
+				msg += err.Error()
+			}
+			if err == nil || !strings.Contains(msg, "database.url is not a PostgreSQL connection string: ") || !strings.Contains(msg, reason) {
+				t.Errorf("%s with url %q: %v\n%s", cmd, url, err, out)
+			}
+			if strings.Contains(msg, "secret") {
+				t.Errorf("%s with url %q printed the password:\n%s", cmd, url, msg)
+			}
+		}
+	}
+	for _, url := range []string{"postgres:///mxid?host=/var/run/postgresql", "host=/var/run/postgresql dbname=mxid user=mxid"} {
+		if out, err := runOut("check-config", "-config", config(url)); err != nil {
+			t.Errorf("check-config with url %q: %v\n%s", url, err, out)
+		}
+	}
+	u, err := neturl.Parse(pgtest.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs := fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=disable", u.Hostname(), u.Port(), strings.TrimPrefix(u.Path, "/"), u.User.Username())
+	if out, err := runOut("import", "-config", config(pairs), writeFile(t, dir, "b.jsonl", `{"medium":"email","address":"a@example.org","mxid":"@a:hs.test"}`+"\n")); err != nil {
+		t.Fatalf("import with url %q: %v\n%s", pairs, err, out)
+	}
+	if out, err := runOut("check-db", "-config", config(pairs)); err != nil || !strings.Contains(out, "bindings           1") {
+		t.Errorf("check-db with url %q: %v\n%s", pairs, err, out)
 	}
 }

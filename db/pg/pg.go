@@ -158,9 +158,9 @@ type Store struct {
 // checks that it answers, and migrates its schema to this build's version.
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
-	cfg, err := pgxpool.ParseConfig(url)
+	cfg, err := parseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("database url: %w", err)
+		return nil, fmt.Errorf("database url %w", err)
 	}
 	cfg.MaxConns = opts.MaxConns
 	if cfg.ConnConfig.ConnectTimeout <= 0 || cfg.ConnConfig.ConnectTimeout > opts.StatementTimeout {
@@ -180,6 +180,37 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
 	}
 	return s, nil
+}
+
+// ParseURL reads a connection string as Open does (a postgres:// URL or
+// key=value pairs, completed by PostgreSQL's PG* environment variables),
+// without connecting, and returns where it points without the password,
+// for messages. Its error says what is wrong and never quotes the string,
+// which may hold a password.
+func ParseURL(url string) (where string, err error) {
+	cfg, err := parseURL(url)
+	if err != nil {
+		return "", err
+	}
+	return redacted(cfg.ConnConfig.Config), nil
+}
+
+// parseURL is pgxpool.ParseConfig with an error fit for people: pgx's
+// quotes the string with the password masked as best it can; this one
+// gives only the reason.
+func parseURL(url string) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err == nil {
+		return cfg, nil
+	}
+	reason := "it cannot be parsed"
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		bare := *pe
+		bare.ConnString = ""
+		reason = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
+	}
+	return nil, fmt.Errorf("is not a PostgreSQL connection string: %s; PostgreSQL takes a URL (postgres://user@host:5432/dbname?sslmode=…) or host=… dbname=… pairs", reason)
 }
 
 // redacted is where the database is, for messages: no password.

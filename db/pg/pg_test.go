@@ -113,6 +113,41 @@ func TestPathHasNoPassword(t *testing.T) {
 	}
 }
 
+// TestParseURL: what pgx accepts (a URL, a socket directory in the query,
+// key=value pairs) is accepted, with where it points and no password; what
+// Open would refuse is refused with the reason, never the string itself.
+func TestParseURL(t *testing.T) {
+	t.Setenv("PGPORT", "") // the default port, 5432
+	for _, c := range []struct{ url, where string }{
+		{"postgres://mxid:s3cret@db.example.org/mxid?sslmode=verify-full", "postgres://mxid@db.example.org:5432/mxid"},
+		{"postgresql://mxid:s3cret@db.example.org:5433/mxid", "postgres://mxid@db.example.org:5433/mxid"},
+		{"postgres:///mxid?host=/var/run/postgresql&user=mxid", "postgres://mxid@[/var/run/postgresql]:5432/mxid"},
+		{"host=/var/run/postgresql dbname=mxid user=mxid password=s3cret", "postgres://mxid@[/var/run/postgresql]:5432/mxid"},
+	} {
+		where, err := ParseURL(c.url)
+		if err != nil || where != c.where {
+			t.Errorf("ParseURL(%q) = %q, %v; want %q", c.url, where, err, c.where)
+		}
+	}
+	for _, c := range []struct{ url, reason string }{
+		{"postgres://mxid:s3cret@db.example.org/mxid?sslmode=bogus", "sslmode is invalid"},
+		{"postgres://mxid:s3cret@db.example.org/mxid?pool_max_conns=abc", "cannot parse pool_max_conns"},
+		{"postgres://mxid:s3cret@db.example.org:99999/mxid", "invalid port"},
+		{"postgres://mxid:s3c%zzret@db.example.org/mxid", "invalid percent-encoded token in password"},
+		{"mysql://mxid:s3cret@db.example.org/mxid", "failed to parse as keyword/value"},
+		{"host=db.example.org password=s3cret sslmode=bogus", "sslmode is invalid"},
+	} {
+		_, err := ParseURL(c.url)
+		if err == nil || !strings.Contains(err.Error(), "is not a PostgreSQL connection string: ") || !strings.Contains(err.Error(), c.reason) {
+			t.Errorf("ParseURL(%q): %v; want the reason %q", c.url, err, c.reason)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "s3c") || strings.Contains(msg, "db.example.org") {
+			t.Errorf("ParseURL(%q) quotes the string: %s", c.url, msg)
+		}
+	}
+}
+
 // TestUnavailable: with PostgreSQL down, calls fail with db.ErrUnavailable
 // (decide is never run) instead of hanging; once it is back, the pool
 // reconnects by itself and nothing acknowledged is lost.
