@@ -56,10 +56,12 @@ func openStore(dataDir string, log *slog.Logger) (*db.Store, error) {
 	return store, nil
 }
 
-// probeStore is check-config's look at the database: nil when data_dir
-// holds none yet or serve would accept it (db.Probe).
-func probeStore(dataDir string) error {
-	if dataDir == "" {
+// probeStore is check-config's look at the bbolt database: nil when the
+// store is PostgreSQL, when data_dir holds none yet, or when serve would
+// accept it (db.Probe).
+func probeStore(cfg Config) error {
+	dataDir := cfg.DataDir
+	if dataDir == "" || cfg.Database.Postgres() {
 		return nil
 	}
 	if err := refuseEmptyStore(dataDir); err != nil {
