@@ -306,7 +306,7 @@ func derefAnswer(p any) any {
 // running: PostgreSQL, or the bbolt file when no process holds it.
 func openAdminStore(ctx context.Context, cfg Config, socket string) (server.Store, func(), error) {
 	if cfg.Database.Postgres() {
-		store, _, err := openBackend(ctx, cfg, slog.New(slog.DiscardHandler))
+		store, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler), false)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -136,14 +136,7 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data directory: %w", err)
 	}
-	// Migrations wait for another replica's; bounded so a stuck database
-	// fails the start-up with a message rather than hanging it.
-	octx, cancel := context.WithTimeout(ctx, max(time.Minute, 4*cfg.Database.StatementTimeout))
-	defer cancel()
-	store, err := pg.Open(octx, cfg.Database.URL, pg.Options{
-		MaxConns: cfg.Database.MaxConns, StatementTimeout: cfg.Database.StatementTimeout, Logger: log,
-		ClaimLease: cfg.Database.ClaimLease, ApplicationName: "mxid " + replicaName(cfg.Database),
-	})
+	store, err := openPostgres(ctx, cfg, log, true)
 	if err != nil {
 		return nil, nil, fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
 	}
@@ -168,6 +161,31 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 		log.Info("long-term signing key loaded from the database", "key_id", key.ID)
 	}
 	return store, key, nil
+}
+
+// openPostgres opens the database of [database] url. With migrate (serve,
+// import) its schema is created or upgraded to this build's; without
+// (check-db, mxid admin: tools that read or act on data, never on what the
+// replicas' schema is) a database without this build's schema is refused
+// as it is.
+func openPostgres(ctx context.Context, cfg Config, log *slog.Logger, migrate bool) (*pg.Store, error) {
+	// Migrations wait for another replica's; bounded so a stuck database
+	// fails the start-up with a message rather than hanging it.
+	octx, cancel := context.WithTimeout(ctx, max(time.Minute, 4*cfg.Database.StatementTimeout))
+	defer cancel()
+	store, err := pg.Open(octx, cfg.Database.URL, pg.Options{
+		MaxConns: cfg.Database.MaxConns, StatementTimeout: cfg.Database.StatementTimeout, Logger: log,
+		ClaimLease: cfg.Database.ClaimLease, ApplicationName: "mxid " + replicaName(cfg.Database),
+		NoMigrate: !migrate,
+	})
+	var se *pg.SchemaError
+	switch {
+	case errors.As(err, &se) && se.Have == 0:
+		err = fmt.Errorf("%w: start mxid serve once (it creates the schema), or check [database] url", err)
+	case errors.As(err, &se) && se.Have < se.Want:
+		err = fmt.Errorf("%w: run the mxid the replicas run, or upgrade them (this mxid's serve upgrades the schema when it starts)", err)
+	}
+	return store, err
 }
 
 // What replicas share besides the server.Store: the budgets that protect

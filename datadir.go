@@ -139,7 +139,7 @@ func printCounts(w io.Writer, r db.Report) {
 // checkPostgres is check-db on PostgreSQL: the cross-table rules and counts
 // (db/pg Check); pages and checksums are PostgreSQL's own (amcheck).
 func checkPostgres(ctx context.Context, cfg Config, stdout io.Writer) error {
-	store, _, err := openBackend(ctx, cfg, slog.New(slog.DiscardHandler))
+	store, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return err
 	}

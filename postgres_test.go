@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"mxid/db"
 	"mxid/db/pgtest"
 )
 
@@ -51,9 +52,12 @@ func TestDatabaseURLFile(t *testing.T) {
 	dir := t.TempDir()
 	urlFile := writeFile(t, dir, "db-url", pgtest.New(t)+"\n")
 	cfg := writeFile(t, dir, "mxid.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl_file = %q\n", filepath.Join(dir, "data"), urlFile))
-	var out, errOut bytes.Buffer
-	if err := run(context.Background(), []string{"check-db", "-config", cfg}, &out, &errOut); err != nil || !strings.Contains(out.String(), "postgres://") {
-		t.Errorf("check-db with url_file: %v\n%s%s", err, out.String(), errOut.String())
+	lines := writeFile(t, dir, "bindings.jsonl", `{"medium":"email","address":"a@example.org","mxid":"@a:hs.test"}`+"\n")
+	if out, err := runOut("import", "-config", cfg, lines); err != nil {
+		t.Fatalf("import with url_file: %v\n%s", err, out)
+	}
+	if out, err := runOut("check-db", "-config", cfg); err != nil || !strings.Contains(out, "postgres://") || !strings.Contains(out, "bindings           1") {
+		t.Errorf("check-db with url_file: %v\n%s", err, out)
 	}
 }
 
@@ -101,5 +105,36 @@ func TestDatabaseURLAsPostgreSQLReadsIt(t *testing.T) {
 	}
 	if out, err := runOut("check-db", "-config", config(pairs)); err != nil || !strings.Contains(out, "bindings           1") {
 		t.Errorf("check-db with url %q: %v\n%s", pairs, err, out)
+	}
+}
+
+// check-db and mxid admin never create or upgrade what replicas share: on
+// an empty database they say it holds no mxid schema and leave it empty
+// (no table, no signing key), so migrate-db into it still works.
+func TestToolsLeaveAnEmptyDatabaseEmpty(t *testing.T) {
+	url := pgtest.New(t)
+	dir := t.TempDir()
+	pgCfg := writeFile(t, dir, "pg.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = %q\n", filepath.Join(dir, "replica"), url))
+	for _, args := range [][]string{{"check-db", "-config", pgCfg}, {"admin", "-config", pgCfg, "stats"}, {"admin", "-config", pgCfg, "unbind", "a@example.org"}} {
+		out, err := runOut(args...)
+		if err == nil || !strings.Contains(err.Error(), "the database holds no mxid schema: start mxid serve once (it creates the schema), or check [database] url") {
+			t.Errorf("%v on an empty database: %v\n%s", args, err, out)
+		}
+	}
+	if dump := pgtest.Dump(t, url); strings.Contains(dump, "COPY ") {
+		t.Fatalf("the tools wrote to the empty database:\n%s", dump)
+	}
+	boltDir := filepath.Join(dir, "data")
+	s, err := db.Open(boltDir)
+	must(t, err)
+	_, err = s.PutBinding(db.Binding{Medium: "email", Address: "a@example.org", MXID: "@a:hs.test", TS: 1, NotBefore: 1, NotAfter: 2})
+	must(t, err)
+	must(t, s.Close())
+	boltCfg := writeFile(t, dir, "bbolt.toml", fmt.Sprintf("data_dir = %q\n", boltDir))
+	if out, err := runOut("migrate-db", "-config", boltCfg, "-to", url); err != nil {
+		t.Fatalf("migrate-db into the database the tools were refused: %v\n%s", err, out)
+	}
+	if out, err := runOut("check-db", "-config", pgCfg); err != nil || !strings.Contains(out, "bindings           1") {
+		t.Errorf("check-db after migrate-db: %v\n%s", err, out)
 	}
 }

@@ -118,6 +118,10 @@ type Options struct {
 	// ApplicationName names this replica's connections in
 	// pg_stat_activity (default "mxid").
 	ApplicationName string
+	// NoMigrate opens the database as it is: Open refuses one whose schema
+	// is missing or not this build's (a *SchemaError) instead of creating
+	// or upgrading it, for tools that must not change what replicas share.
+	NoMigrate bool
 }
 
 func (o Options) withDefaults() Options {
@@ -155,7 +159,8 @@ type Store struct {
 }
 
 // Open connects to the database at url (postgres://…, or key=value pairs),
-// checks that it answers, and migrates its schema to this build's version.
+// checks that it answers, and migrates its schema to this build's version
+// (with Options.NoMigrate, checks that it has it).
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
 	cfg, err := parseURL(url)
@@ -169,7 +174,12 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
 	s := &Store{opts: opts, path: redacted(cfg.ConnConfig.Config), conn: cfg.ConnConfig.Copy()}
-	if err := migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger); err != nil {
+	if opts.NoMigrate {
+		err = checkSchema(ctx, cfg.ConnConfig.Copy())
+	} else {
+		err = migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
 	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {

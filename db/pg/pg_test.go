@@ -103,6 +103,38 @@ func TestNewerSchemaRefused(t *testing.T) {
 	if errors.Is(err, db.ErrUnavailable) {
 		t.Error("a newer schema reported as the database being unavailable")
 	}
+	var se *SchemaError
+	if _, err := Open(context.Background(), url, Options{NoMigrate: true}); !errors.As(err, &se) || se.Have != 3 || !strings.Contains(err.Error(), want) {
+		t.Errorf("Open without migrating a newer database: %v", err)
+	}
+}
+
+// TestNoMigrate: Open with NoMigrate refuses an empty database, leaving it
+// empty (no table, not even schema_version), and opens a migrated one.
+func TestNoMigrate(t *testing.T) {
+	url := pgtest.New(t)
+	_, err := Open(context.Background(), url, Options{NoMigrate: true})
+	var se *SchemaError
+	if !errors.As(err, &se) || se.Have != 0 || se.Want != SchemaVersion || !strings.Contains(err.Error(), "the database holds no mxid schema") {
+		t.Fatalf("Open without migrating an empty database: %v", err)
+	}
+	if errors.Is(err, db.ErrUnavailable) {
+		t.Error("a missing schema reported as the database being unavailable")
+	}
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var tables int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 0 {
+		t.Errorf("the refused database holds %d tables (%v), want none", tables, err)
+	}
+	openURL(t, url, Options{}).Close()
+	s := openURL(t, url, Options{NoMigrate: true})
+	if v, err := s.SchemaVersion(); err != nil || v != SchemaVersion {
+		t.Errorf("opened without migrating: schema %d %v", v, err)
+	}
 }
 
 func TestPathHasNoPassword(t *testing.T) {
