@@ -13,11 +13,24 @@ import (
 	"mxid/db/pgtest"
 )
 
+// withPassword is a pgtest URL with a password in it, which the test
+// server's trust authentication ignores: a test can then check that no
+// message shows it.
+func withPassword(t *testing.T, url string) string {
+	t.Helper()
+	with := strings.Replace(url, "postgres://mxid@", "postgres://mxid:secret@", 1)
+	if with == url {
+		t.Fatalf("no user to give a password to in %s", url)
+	}
+	return with
+}
+
 // The commands that touch the database, on PostgreSQL: import stores into
 // it, check-db counts what it holds, backup explains pg_dump instead of
-// copying (and leaves no file).
+// copying (and leaves no file). None shows the URL's password, nor does
+// check-db's error when the database cannot be reached.
 func TestCommandsOnPostgres(t *testing.T) {
-	url := pgtest.New(t)
+	url := withPassword(t, pgtest.New(t))
 	dir := t.TempDir()
 	cfg := writeFile(t, dir, "mxid.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = %q\n", filepath.Join(dir, "data"), url))
 	lines := writeFile(t, dir, "bindings.jsonl", `{"medium":"email","address":"Alice@Example.org","mxid":"@alice:hs.test"}
@@ -36,14 +49,23 @@ func TestCommandsOnPostgres(t *testing.T) {
 		t.Errorf("check-db: %v\n%s%s", err, out, errOut)
 	}
 	if strings.Contains(out+errOut, "secret") {
-		t.Errorf("check-db printed the URL's password")
+		t.Errorf("check-db printed the URL's password:\n%s%s", out, errOut)
 	}
-	_, _, err = run1("backup", "-config", cfg, filepath.Join(dir, "copy.db"))
+	out, errOut, err = run1("backup", "-config", cfg, filepath.Join(dir, "copy.db"))
 	if err == nil || !strings.Contains(err.Error(), "pg_dump -Fc") || !strings.Contains(err.Error(), "-h 127.0.0.1") {
 		t.Errorf("backup on PostgreSQL: %v", err)
+	} else if strings.Contains(out+errOut+err.Error(), "secret") {
+		t.Errorf("backup printed the URL's password: %v\n%s%s", err, out, errOut)
 	}
 	if matches, _ := filepath.Glob(filepath.Join(dir, "copy.db*")); len(matches) != 0 {
 		t.Errorf("backup on PostgreSQL left files: %v", matches)
+	}
+	away := writeFile(t, dir, "away.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = \"postgres://mxid:secret@127.0.0.1:1/mxid\"\n", filepath.Join(dir, "data")))
+	out, errOut, err = run1("check-db", "-config", away)
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Errorf("check-db of a database that cannot be reached: %v\n%s%s", err, out, errOut)
+	} else if strings.Contains(out+errOut+err.Error(), "secret") {
+		t.Errorf("check-db of a database that cannot be reached printed the password: %v\n%s%s", err, out, errOut)
 	}
 }
 
