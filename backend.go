@@ -138,7 +138,7 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	}
 	store, err := openPostgres(ctx, cfg, log, true)
 	if err != nil {
-		return nil, nil, fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
+		return nil, nil, err
 	}
 	seed, created, err := store.SigningKey(func() ([]byte, error) {
 		seed := make([]byte, ed25519.SeedSize)
@@ -147,11 +147,11 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	})
 	if err != nil || len(seed) != ed25519.SeedSize {
 		store.Close()
-		return nil, nil, fmt.Errorf("database %s: the long-term signing key: %w", redactedURL(cfg.Database.URL), cmpErr(err, errors.New("malformed key seed")))
+		return nil, nil, fmt.Errorf("%s: the long-term signing key: %w", store.Path(), cmpErr(err, errors.New("malformed key seed")))
 	}
 	key := &signing.Key{ID: signing.LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}
 	v, _ := store.SchemaVersion()
-	log.Info("database", "backend", "postgres", "url", redactedURL(cfg.Database.URL), "schema", v,
+	log.Info("database", "backend", "postgres", "url", store.Path(), "schema", v,
 		"max_conns", cfg.Database.MaxConns, "statement_timeout", cfg.Database.StatementTimeout.String(),
 		"rate_limits", "mail, SMS and invite budgets counted in the database (shared); per-IP limits per replica",
 		"replica", replicaName(cfg.Database), "max_lag", cfg.Database.MaxLag.String(), "claim_lease", cfg.Database.ClaimLease.String())

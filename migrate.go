@@ -100,7 +100,7 @@ func migrateToPostgres(ctx context.Context, cfg Config, url string, out io.Write
 	dst, err := pg.Open(octx, url, migratePGOptions(cfg))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("database %s: %w", redactedURL(url), err)
+		return err
 	}
 	defer dst.Close()
 	fmt.Fprintf(out, "copying the bbolt store %s (and %s) into the PostgreSQL database %s\n", dbPath, keyPath, dst.Path())
@@ -142,7 +142,7 @@ func migrateToBolt(ctx context.Context, cfg Config, dir string, out io.Writer) e
 	src, err := pg.Open(octx, cfg.Database.URL, migratePGOptions(cfg))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
+		return err
 	}
 	defer src.Close()
 	if err := os.MkdirAll(dir, 0o700); err != nil {

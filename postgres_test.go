@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"mxid/db"
 	"mxid/db/pgtest"
@@ -158,5 +159,40 @@ func TestToolsLeaveAnEmptyDatabaseEmpty(t *testing.T) {
 	}
 	if out, err := runOut("check-db", "-config", pgCfg); err != nil || !strings.Contains(out, "bindings           1") {
 		t.Errorf("check-db after migrate-db: %v\n%s", err, out)
+	}
+}
+
+// A database that cannot be reached is named once in the error, without
+// its password, whichever command opened it.
+func TestDatabaseErrorNamesTheDatabaseOnce(t *testing.T) {
+	dir := t.TempDir()
+	const away = "postgres://mxid:secret@127.0.0.1:1/mxid"
+	pgCfg := writeFile(t, dir, "pg.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = %q\n", filepath.Join(dir, "replica"), away))
+	boltDir := filepath.Join(dir, "data")
+	s, err := db.Open(boltDir)
+	must(t, err)
+	must(t, s.Close())
+	boltCfg := writeFile(t, dir, "bbolt.toml", fmt.Sprintf("data_dir = %q\n", boltDir))
+	for _, args := range [][]string{
+		{"serve", "-config", pgCfg},
+		{"check-db", "-config", pgCfg},
+		{"admin", "-config", pgCfg, "stats"},
+		{"import", "-config", pgCfg, writeFile(t, dir, "b.jsonl", "")},
+		{"migrate-db", "-config", pgCfg, "-to", filepath.Join(dir, "back")},
+		{"migrate-db", "-config", boltCfg, "-to", away},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		var out bytes.Buffer
+		err := run(ctx, args, &out, &out)
+		cancel()
+		if err == nil {
+			t.Errorf("%v with the database away succeeded\n%s", args, out.String())
+			continue
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "postgres://mxid@127.0.0.1:1/mxid: database unavailable: cannot connect:") ||
+			strings.Count(msg, "postgres://") != 1 || strings.Contains(msg, "database=mxid") || strings.Contains(msg+out.String(), "secret") || strings.Contains(msg, "xxxxx") {
+			t.Errorf("%v with the database away: %s", args, msg)
+		}
 	}
 }

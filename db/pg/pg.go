@@ -180,17 +180,35 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		err = migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+		return nil, &openError{s.path, classify(err)}
 	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+		return nil, &openError{s.path, classify(err)}
 	}
 	if s.budgetPool, err = openBudgetPool(ctx, cfg); err != nil {
 		s.pool.Close()
-		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+		return nil, &openError{s.path, classify(err)}
 	}
 	return s, nil
 }
+
+// openError is Open's failure: where the database is, said once (pgx's
+// connection error names its user and database again), then why.
+type openError struct {
+	where string
+	err   error
+}
+
+func (e *openError) Error() string {
+	msg := e.err.Error()
+	var ce *pgconn.ConnectError
+	if errors.As(e.err, &ce) && ce.Config != nil {
+		msg = strings.Replace(msg, fmt.Sprintf("failed to connect to `user=%s database=%s`:", ce.Config.User, ce.Config.Database), "cannot connect:", 1)
+	}
+	return e.where + ": " + msg
+}
+
+func (e *openError) Unwrap() error { return e.err }
 
 // ParseURL reads a connection string as Open does (a postgres:// URL or
 // key=value pairs, completed by PostgreSQL's PG* environment variables),
