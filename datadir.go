@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -96,7 +97,7 @@ func cmdCheckDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	socket := filepath.Join(cfg.DataDir, server.AdminSocketName)
 	by := "the running server"
 	var r db.Report
-	resp, err := adminGet(ctx, socket, "/check")
+	resp, err := adminDo(ctx, socket, http.MethodGet, "/check", nil)
 	switch {
 	case errors.Is(err, errNoServer):
 		by = "this command (no server running)"
