@@ -32,7 +32,8 @@ type DatabaseConfig struct {
 	// URLFile names a file holding the URL (a password kept out of the
 	// configuration).
 	URLFile string `toml:"url_file"`
-	// MaxConns bounds each replica's connection pool.
+	// MaxConns bounds each replica's connection pool for requests; a
+	// replica opens up to MaxConns + 4 connections in all (pg.Options).
 	MaxConns int32 `toml:"max_conns"`
 	// StatementTimeout bounds every database call: a write that cannot
 	// complete within it answers 503 instead of hanging.

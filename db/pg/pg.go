@@ -102,7 +102,10 @@ import (
 
 // Options tune a Store. Zero values take the defaults.
 type Options struct {
-	// MaxConns is the connection pool's size (default 10).
+	// MaxConns is the connection pool's size (default 10). A Store opens
+	// up to MaxConns + 2 (the budget charges' pool, budgetConns), and one
+	// more for each of FollowChanges, a held Leadership and a held
+	// CertLock.
 	MaxConns int32
 	// StatementTimeout bounds each call (default 5s).
 	StatementTimeout time.Duration
