@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -94,7 +94,7 @@ func redactedURL(raw string) string {
 	if err != nil {
 		return "(an unreadable URL)"
 	}
-	return where
+	return where.String()
 }
 
 // appStore is what serve needs from either backend.
@@ -213,22 +213,12 @@ func cmpErr(err, fallback error) error {
 	return fallback
 }
 
-// pgDumpCommand is what mxid backup says to run on PostgreSQL.
+// pgDumpCommand is what mxid backup says to run on PostgreSQL: where the
+// URL points (pg.ParseURL), never its password.
 func pgDumpCommand(rawURL string) string {
-	u, err := url.Parse(rawURL)
+	l, err := pg.ParseURL(rawURL)
 	if err != nil {
 		return "pg_dump -Fc -f mxid.dump DATABASE_URL"
 	}
-	dbname := strings.TrimPrefix(u.Path, "/")
-	args := []string{"pg_dump", "-Fc", "-f", "mxid-$(date +%F).dump"}
-	if h := u.Hostname(); h != "" {
-		args = append(args, "-h", h)
-	}
-	if p := u.Port(); p != "" {
-		args = append(args, "-p", p)
-	}
-	if u.User != nil && u.User.Username() != "" {
-		args = append(args, "-U", u.User.Username())
-	}
-	return strings.Join(append(args, dbname), " ")
+	return strings.Join([]string{"pg_dump", "-Fc", "-f", "mxid-$(date +%F).dump", "-h", l.Host, "-p", strconv.Itoa(int(l.Port)), "-U", l.User, l.Database}, " ")
 }

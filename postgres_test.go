@@ -89,6 +89,7 @@ func TestDatabaseURLFile(t *testing.T) {
 // pgx accepts (a socket directory in the query, key=value pairs) passes,
 // and a key=value string reaches the database.
 func TestDatabaseURLAsPostgreSQLReadsIt(t *testing.T) {
+	t.Setenv("PGPORT", "") // the default port, 5432
 	dir := t.TempDir()
 	config := func(url string) string {
 		return writeFile(t, t.TempDir(), "mxid.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = %q\n", filepath.Join(dir, "data"), url))
@@ -113,9 +114,16 @@ func TestDatabaseURLAsPostgreSQLReadsIt(t *testing.T) {
 			}
 		}
 	}
-	for _, url := range []string{"postgres:///mxid?host=/var/run/postgresql", "host=/var/run/postgresql dbname=mxid user=mxid"} {
-		if out, err := runOut("check-config", "-config", config(url)); err != nil {
+	for _, url := range []string{"postgres://mxid:secret@/mxid?host=/var/run/postgresql", "host=/var/run/postgresql dbname=mxid user=mxid password=secret"} {
+		cfg := config(url)
+		if out, err := runOut("check-config", "-config", cfg); err != nil {
 			t.Errorf("check-config with url %q: %v\n%s", url, err, out)
+		}
+		// backup names pg_dump's arguments, never the password.
+		out, err := runOut("backup", "-config", cfg, filepath.Join(dir, "copy.db"))
+		if err == nil || !strings.Contains(err.Error(), "pg_dump -Fc -f mxid-$(date +%F).dump -h /var/run/postgresql -p 5432 -U mxid mxid") ||
+			strings.Contains(out+err.Error(), "secret") {
+			t.Errorf("backup with url %q: %v\n%s", url, err, out)
 		}
 	}
 	u, err := neturl.Parse(pgtest.New(t))

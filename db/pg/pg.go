@@ -176,7 +176,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
-	s := &Store{opts: opts, path: redacted(cfg.ConnConfig.Config), conn: cfg.ConnConfig.Copy()}
+	s := &Store{opts: opts, path: locationOf(cfg.ConnConfig.Config).String(), conn: cfg.ConnConfig.Copy()}
 	if opts.NoMigrate {
 		err = checkSchema(ctx, cfg.ConnConfig.Copy())
 	} else {
@@ -213,17 +213,39 @@ func (e *openError) Error() string {
 
 func (e *openError) Unwrap() error { return e.err }
 
+// Location is where a connection string points: the first host it names
+// (a name, an address or a Unix socket directory), the port, the user and
+// the database; never the password.
+type Location struct {
+	Host           string
+	Port           uint16
+	User, Database string
+}
+
+func locationOf(c pgconn.Config) Location {
+	return Location{Host: c.Host, Port: c.Port, User: c.User, Database: c.Database}
+}
+
+// String is the location as a URL, for messages:
+// postgres://user@host:port/database, a socket directory in brackets.
+func (l Location) String() string {
+	host := l.Host
+	if strings.HasPrefix(host, "/") {
+		host = "[" + host + "]" // a Unix socket directory
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s", l.User, net.JoinHostPort(host, fmt.Sprint(l.Port)), l.Database)
+}
+
 // ParseURL reads a connection string as Open does (a postgres:// URL or
 // key=value pairs, completed by PostgreSQL's PG* environment variables),
-// without connecting, and returns where it points without the password,
-// for messages. Its error says what is wrong and never quotes the string,
-// which may hold a password.
-func ParseURL(url string) (where string, err error) {
+// without connecting, and returns where it points. Its error says what is
+// wrong and never quotes the string, which may hold a password.
+func ParseURL(url string) (Location, error) {
 	cfg, err := parseURL(url)
 	if err != nil {
-		return "", err
+		return Location{}, err
 	}
-	return redacted(cfg.ConnConfig.Config), nil
+	return locationOf(cfg.ConnConfig.Config), nil
 }
 
 // parseURL is pgxpool.ParseConfig with an error fit for people: pgx's
@@ -242,15 +264,6 @@ func parseURL(url string) (*pgxpool.Config, error) {
 		reason = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
 	}
 	return nil, fmt.Errorf("is not a PostgreSQL connection string: %s; PostgreSQL takes a URL (postgres://user@host:5432/dbname?sslmode=…) or host=… dbname=… pairs", reason)
-}
-
-// redacted is where the database is, for messages: no password.
-func redacted(c pgconn.Config) string {
-	host := c.Host
-	if strings.HasPrefix(host, "/") {
-		host = "[" + host + "]" // a Unix socket directory
-	}
-	return fmt.Sprintf("postgres://%s@%s/%s", c.User, net.JoinHostPort(host, fmt.Sprint(c.Port)), c.Database)
 }
 
 // Close closes the pool, waiting for connections in use to be returned.

@@ -157,7 +157,7 @@ func TestParseURL(t *testing.T) {
 		{"host=/var/run/postgresql dbname=mxid user=mxid password=s3cret", "postgres://mxid@[/var/run/postgresql]:5432/mxid"},
 	} {
 		where, err := ParseURL(c.url)
-		if err != nil || where != c.where {
+		if err != nil || where.String() != c.where {
 			t.Errorf("ParseURL(%q) = %q, %v; want %q", c.url, where, err, c.where)
 		}
 	}
