@@ -306,7 +306,7 @@ func derefAnswer(p any) any {
 // running: PostgreSQL, or the bbolt file when no process holds it.
 func openAdminStore(ctx context.Context, cfg Config, socket string) (server.Store, func(), error) {
 	if cfg.Database.Postgres() {
-		store, _, err := openBackend(ctx, cfg, slog.New(slog.DiscardHandler))
+		store, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler), false)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -336,45 +336,58 @@ func adminClient(socket string) *http.Client {
 	}}
 }
 
-// adminCall sends one admin action to the running server and decodes its
-// answer into answer; errNoServer when none answers, an *adminError when
-// it refused.
-func adminCall(ctx context.Context, socket, method, path string, body map[string]any, answer any) error {
+// adminDo sends one request to the running server on its admin socket
+// (mxid admin, backup, check-db) and returns its 200 answer, whose body is
+// the caller's to close: errNoServer when none answers, a hint when the
+// socket is not this user's, an *adminError when the server refused.
+func adminDo(ctx context.Context, socket, method, path string, body map[string]any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequestWithContext(ctx, method, "http://mxid-admin"+path, rd)
 	resp, err := adminClient(socket).Do(req)
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-		return errNoServer
+		return nil, errNoServer
 	}
 	if errors.Is(err, os.ErrPermission) {
-		return fmt.Errorf("admin socket %s: permission denied: run mxid admin as the user mxid runs as (or root)", socket)
+		return nil, fmt.Errorf("admin socket %s: permission denied: run this command as the user mxid runs as (or root)", socket)
 	}
 	if err != nil {
-		return fmt.Errorf("admin socket %s: %w", socket, err)
+		return nil, fmt.Errorf("admin socket %s: %w", socket, err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e struct{ Errcode, Error string }
+	if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+		return nil, &adminError{code: e.Errcode, msg: e.Error}
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("admin socket %s: the running mxid does not know %s: is it older than this mxid?", socket, path)
+	}
+	return nil, fmt.Errorf("admin socket %s answered %s %s", socket, resp.Status, bytes.TrimSpace(raw))
+}
+
+// adminCall sends one admin action to the running server and decodes its
+// answer into answer (adminDo says what fails).
+func adminCall(ctx context.Context, socket, method, path string, body map[string]any, answer any) error {
+	resp, err := adminDo(ctx, socket, method, path, body)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err == nil {
+		err = json.Unmarshal(raw, answer)
+	}
 	if err != nil {
-		return fmt.Errorf("admin socket %s: reading the answer: %w", socket, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Errcode, Error string }
-		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
-			if resp.StatusCode == http.StatusNotFound {
-				return fmt.Errorf("admin socket %s: the running mxid does not know %s: is it older than this mxid?", socket, path)
-			}
-			return fmt.Errorf("admin socket %s answered %s %s", socket, resp.Status, bytes.TrimSpace(raw))
-		}
-		return &adminError{code: e.Errcode, msg: e.Error}
-	}
-	if err := json.Unmarshal(raw, answer); err != nil {
 		return fmt.Errorf("admin socket %s: reading the answer: %w", socket, err)
 	}
 	return nil

@@ -382,8 +382,8 @@ func TestAdminCommands(t *testing.T) {
 }
 
 // A user other than the server's cannot use the admin socket: mxid admin,
-// run as nobody against a running server, is refused by the socket's mode
-// (0600) and says so, without touching the store.
+// backup and check-db, run as nobody against a running server, are refused
+// by the socket's mode (0600) and say so, without touching the store.
 func TestAdminSocketRefusesOtherUsers(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("not root: cannot run mxid admin as another user")
@@ -423,12 +423,26 @@ func TestAdminSocketRefusesOtherUsers(t *testing.T) {
 	if out, err := adminRun(cfgPath, "stats"); err != nil {
 		t.Fatalf("as the server's user: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "admin", "-config", cfgPath, "stats")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "permission denied: run mxid admin as the user mxid runs as") {
-		t.Errorf("mxid admin as nobody: %v\n%s", err, out)
+	// Where nobody may write the backup's file (the socket refuses it
+	// before it has any bytes to write).
+	drop := filepath.Join(dir, "drop")
+	must(t, os.Mkdir(drop, 0o777))
+	must(t, os.Chmod(drop, 0o777))
+	for _, args := range [][]string{
+		{"admin", "-config", cfgPath, "stats"},
+		{"backup", "-config", cfgPath, filepath.Join(drop, "copy.db")},
+		{"check-db", "-config", cfgPath},
+	} {
+		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "admin socket "+filepath.Join(dataDir, server.AdminSocketName)+": permission denied: run this command as the user mxid runs as (or root)") {
+			t.Errorf("mxid %s as nobody: %v\n%s", args[0], err, out)
+		}
+	}
+	if left, _ := os.ReadDir(drop); len(left) != 0 {
+		t.Errorf("a refused backup left %v", left)
 	}
 }
 

@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,7 +32,8 @@ type DatabaseConfig struct {
 	// URLFile names a file holding the URL (a password kept out of the
 	// configuration).
 	URLFile string `toml:"url_file"`
-	// MaxConns bounds each replica's connection pool.
+	// MaxConns bounds each replica's connection pool for requests; a
+	// replica opens up to MaxConns + 4 connections in all (pg.Options).
 	MaxConns int32 `toml:"max_conns"`
 	// StatementTimeout bounds every database call: a write that cannot
 	// complete within it answers 503 instead of hanging.
@@ -61,8 +62,8 @@ func (c DatabaseConfig) Postgres() bool { return c.URL != "" }
 func (c *DatabaseConfig) Validate() []error {
 	var errs []error
 	if c.URL != "" {
-		if err := checkPostgresURL(c.URL); err != nil {
-			errs = append(errs, fmt.Errorf(`database.url %w (or "" for the bbolt file in data_dir)`, err))
+		if _, err := pg.ParseURL(c.URL); err != nil {
+			errs = append(errs, fmt.Errorf(`database.url %w; "" is the bbolt file in data_dir`, err))
 		}
 	}
 	if c.MaxConns < 2 || c.MaxConns > 1000 {
@@ -83,25 +84,17 @@ func (c *DatabaseConfig) Validate() []error {
 	return errs
 }
 
-// checkPostgresURL says what is wrong with a PostgreSQL URL.
-func checkPostgresURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
-		return errors.New(`must be a PostgreSQL URL like "postgres://mxid@db.example.org:5432/mxid"`)
-	}
-	return nil
-}
-
 // replicaNameRE is what [database] replica_name may be.
 var replicaNameRE = regexp.MustCompile(`^([A-Za-z0-9._-]{1,64})?$`)
 
-// redactedURL is a database URL fit for a log line: no password.
+// redactedURL is where a database URL points, fit for a message: no
+// password.
 func redactedURL(raw string) string {
-	u, err := url.Parse(raw)
+	where, err := pg.ParseURL(raw)
 	if err != nil {
-		return "(unparsable)"
+		return "(an unreadable URL)"
 	}
-	return u.Redacted()
+	return where.String()
 }
 
 // appStore is what serve needs from either backend.
@@ -144,16 +137,9 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data directory: %w", err)
 	}
-	// Migrations wait for another replica's; bounded so a stuck database
-	// fails the start-up with a message rather than hanging it.
-	octx, cancel := context.WithTimeout(ctx, max(time.Minute, 4*cfg.Database.StatementTimeout))
-	defer cancel()
-	store, err := pg.Open(octx, cfg.Database.URL, pg.Options{
-		MaxConns: cfg.Database.MaxConns, StatementTimeout: cfg.Database.StatementTimeout, Logger: log,
-		ClaimLease: cfg.Database.ClaimLease, ApplicationName: "mxid " + replicaName(cfg.Database),
-	})
+	store, err := openPostgres(ctx, cfg, log, true)
 	if err != nil {
-		return nil, nil, fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
+		return nil, nil, err
 	}
 	seed, created, err := store.SigningKey(func() ([]byte, error) {
 		seed := make([]byte, ed25519.SeedSize)
@@ -162,11 +148,11 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 	})
 	if err != nil || len(seed) != ed25519.SeedSize {
 		store.Close()
-		return nil, nil, fmt.Errorf("database %s: the long-term signing key: %w", redactedURL(cfg.Database.URL), cmpErr(err, errors.New("malformed key seed")))
+		return nil, nil, fmt.Errorf("%s: the long-term signing key: %w", store.Path(), cmpErr(err, errors.New("malformed key seed")))
 	}
 	key := &signing.Key{ID: signing.LongTermKeyID, Private: ed25519.NewKeyFromSeed(seed)}
 	v, _ := store.SchemaVersion()
-	log.Info("database", "backend", "postgres", "url", redactedURL(cfg.Database.URL), "schema", v,
+	log.Info("database", "backend", "postgres", "url", store.Path(), "schema", v,
 		"max_conns", cfg.Database.MaxConns, "statement_timeout", cfg.Database.StatementTimeout.String(),
 		"rate_limits", "mail, SMS and invite budgets counted in the database (shared); per-IP limits per replica",
 		"replica", replicaName(cfg.Database), "max_lag", cfg.Database.MaxLag.String(), "claim_lease", cfg.Database.ClaimLease.String())
@@ -176,6 +162,31 @@ func openBackend(ctx context.Context, cfg Config, log *slog.Logger) (appStore, *
 		log.Info("long-term signing key loaded from the database", "key_id", key.ID)
 	}
 	return store, key, nil
+}
+
+// openPostgres opens the database of [database] url. With migrate (serve,
+// import) its schema is created or upgraded to this build's; without
+// (check-db, mxid admin: tools that read or act on data, never on what the
+// replicas' schema is) a database without this build's schema is refused
+// as it is.
+func openPostgres(ctx context.Context, cfg Config, log *slog.Logger, migrate bool) (*pg.Store, error) {
+	// Migrations wait for another replica's; bounded so a stuck database
+	// fails the start-up with a message rather than hanging it.
+	octx, cancel := context.WithTimeout(ctx, max(time.Minute, 4*cfg.Database.StatementTimeout))
+	defer cancel()
+	store, err := pg.Open(octx, cfg.Database.URL, pg.Options{
+		MaxConns: cfg.Database.MaxConns, StatementTimeout: cfg.Database.StatementTimeout, Logger: log,
+		ClaimLease: cfg.Database.ClaimLease, ApplicationName: "mxid " + replicaName(cfg.Database),
+		NoMigrate: !migrate,
+	})
+	var se *pg.SchemaError
+	switch {
+	case errors.As(err, &se) && se.Have == 0:
+		err = fmt.Errorf("%w: start mxid serve once (it creates the schema), or check [database] url", err)
+	case errors.As(err, &se) && se.Have < se.Want:
+		err = fmt.Errorf("%w: run the mxid the replicas run, or upgrade them (this mxid's serve upgrades the schema when it starts)", err)
+	}
+	return store, err
 }
 
 // What replicas share besides the server.Store: the budgets that protect
@@ -202,22 +213,12 @@ func cmpErr(err, fallback error) error {
 	return fallback
 }
 
-// pgDumpCommand is what mxid backup says to run on PostgreSQL.
+// pgDumpCommand is what mxid backup says to run on PostgreSQL: where the
+// URL points (pg.ParseURL), never its password.
 func pgDumpCommand(rawURL string) string {
-	u, err := url.Parse(rawURL)
+	l, err := pg.ParseURL(rawURL)
 	if err != nil {
 		return "pg_dump -Fc -f mxid.dump DATABASE_URL"
 	}
-	dbname := strings.TrimPrefix(u.Path, "/")
-	args := []string{"pg_dump", "-Fc", "-f", "mxid-$(date +%F).dump"}
-	if h := u.Hostname(); h != "" {
-		args = append(args, "-h", h)
-	}
-	if p := u.Port(); p != "" {
-		args = append(args, "-p", p)
-	}
-	if u.User != nil && u.User.Username() != "" {
-		args = append(args, "-U", u.User.Username())
-	}
-	return strings.Join(append(args, dbname), " ")
+	return strings.Join([]string{"pg_dump", "-Fc", "-f", "mxid-$(date +%F).dump", "-h", l.Host, "-p", strconv.Itoa(int(l.Port)), "-U", l.User, l.Database}, " ")
 }

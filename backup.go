@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"mxid/db"
@@ -119,28 +118,9 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
-// adminGet asks the running server on its admin socket; errNoServer when
-// none answers. A 200 answer's body is the caller's to close.
-func adminGet(ctx context.Context, socket, path string) (*http.Response, error) {
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://mxid-admin"+path, nil)
-	resp, err := adminClient(socket).Do(req)
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-		return nil, errNoServer
-	}
-	if err != nil {
-		return nil, fmt.Errorf("admin socket %s: %w", socket, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		resp.Body.Close()
-		return nil, fmt.Errorf("admin socket %s answered %s %s", socket, resp.Status, msg)
-	}
-	return resp, nil
-}
-
 // backupFromServer streams GET /backup from the admin socket into w.
 func backupFromServer(ctx context.Context, socket string, w io.Writer) (int64, error) {
-	resp, err := adminGet(ctx, socket, "/backup")
+	resp, err := adminDo(ctx, socket, http.MethodGet, "/backup", nil)
 	if err != nil {
 		return 0, err
 	}

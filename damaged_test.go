@@ -151,7 +151,7 @@ func TestEmptyDatabaseWithoutKeyStartsFresh(t *testing.T) {
 		if err := refuseEmptyStore(dir); err != nil {
 			t.Fatalf("touch=%v: %v", touch, err)
 		}
-		if err := probeStore(dir); err != nil {
+		if err := probeStore(Config{DataDir: dir}); err != nil {
 			t.Errorf("touch=%v: check-config: %v", touch, err)
 		}
 		store, err := openStore(dir, discardLog())
@@ -308,6 +308,25 @@ func TestBackupOfflineStopsWhenInterrupted(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(dest + "*"); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
+	}
+}
+
+// With [database] url set, the store is PostgreSQL and serve never opens a
+// mxid.db in data_dir: check-config does not judge one either (here an
+// empty file beside signing.key, which it refuses on bbolt).
+func TestCheckConfigIgnoresBboltFileOnPostgres(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	must(t, os.MkdirAll(dataDir, 0o700))
+	must(t, os.WriteFile(filepath.Join(dataDir, signingKeyName), []byte("left from the bbolt days"), 0o600))
+	must(t, os.WriteFile(filepath.Join(dataDir, db.FileName), nil, 0o600))
+	bbolt := writeFile(t, dir, "bbolt.toml", fmt.Sprintf("data_dir = %q\n", dataDir))
+	if out, err := runOut("check-config", "-config", bbolt); err == nil || !strings.Contains(out, "is empty (0 bytes)") {
+		t.Errorf("check-config on bbolt with an emptied mxid.db: %v\n%s", err, out)
+	}
+	postgres := writeFile(t, dir, "pg.toml", fmt.Sprintf("data_dir = %q\n[database]\nurl = \"postgres://mxid@db.example.org/mxid\"\n", dataDir))
+	if out, err := runOut("check-config", "-config", postgres); err != nil || !strings.Contains(out, "configuration OK") {
+		t.Errorf("check-config on PostgreSQL with a mxid.db left in data_dir: %v\n%s", err, out)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -56,10 +57,12 @@ func openStore(dataDir string, log *slog.Logger) (*db.Store, error) {
 	return store, nil
 }
 
-// probeStore is check-config's look at the database: nil when data_dir
-// holds none yet or serve would accept it (db.Probe).
-func probeStore(dataDir string) error {
-	if dataDir == "" {
+// probeStore is check-config's look at the bbolt database: nil when the
+// store is PostgreSQL, when data_dir holds none yet, or when serve would
+// accept it (db.Probe).
+func probeStore(cfg Config) error {
+	dataDir := cfg.DataDir
+	if dataDir == "" || cfg.Database.Postgres() {
 		return nil
 	}
 	if err := refuseEmptyStore(dataDir); err != nil {
@@ -94,7 +97,7 @@ func cmdCheckDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	socket := filepath.Join(cfg.DataDir, server.AdminSocketName)
 	by := "the running server"
 	var r db.Report
-	resp, err := adminGet(ctx, socket, "/check")
+	resp, err := adminDo(ctx, socket, http.MethodGet, "/check", nil)
 	switch {
 	case errors.Is(err, errNoServer):
 		by = "this command (no server running)"
@@ -137,7 +140,7 @@ func printCounts(w io.Writer, r db.Report) {
 // checkPostgres is check-db on PostgreSQL: the cross-table rules and counts
 // (db/pg Check); pages and checksums are PostgreSQL's own (amcheck).
 func checkPostgres(ctx context.Context, cfg Config, stdout io.Writer) error {
-	store, _, err := openBackend(ctx, cfg, slog.New(slog.DiscardHandler))
+	store, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return err
 	}

@@ -279,7 +279,7 @@ func cmdCheckConfig(_ context.Context, args []string, stdout, stderr io.Writer) 
 	if source == "" {
 		source = "embedded default"
 	}
-	if problem := probeStore(cfg.DataDir); problem != nil { // one more problem
+	if problem := probeStore(cfg); problem != nil { // one more problem
 		if ce == nil {
 			ce = &ConfigError{Path: source}
 		}

@@ -53,8 +53,8 @@ func cmdMigrateDB(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	case !cfg.Database.Postgres() && !toPostgres:
 		return fmt.Errorf("the configured store is the bbolt file in data_dir %s, so -to must be the postgres:// URL of an empty database (to copy the bbolt file itself, use mxid backup)", cfg.DataDir)
 	case toPostgres:
-		if err := checkPostgresURL(*to); err != nil {
-			return fmt.Errorf("-to: %w", err)
+		if _, err := pg.ParseURL(*to); err != nil {
+			return fmt.Errorf("-to %w", err)
 		}
 		return migrateToPostgres(ctx, cfg, *to, stdout)
 	}
@@ -100,7 +100,7 @@ func migrateToPostgres(ctx context.Context, cfg Config, url string, out io.Write
 	dst, err := pg.Open(octx, url, migratePGOptions(cfg))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("database %s: %w", redactedURL(url), err)
+		return err
 	}
 	defer dst.Close()
 	fmt.Fprintf(out, "copying the bbolt store %s (and %s) into the PostgreSQL database %s\n", dbPath, keyPath, dst.Path())
@@ -119,9 +119,9 @@ func migrateToPostgres(ctx context.Context, cfg Config, url string, out io.Write
 	if err := copyCertificates(ctx, filepath.Join(cfg.DataDir, certmagicDir), dst, out); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "done. Next: set [database] url = %q in the configuration (the password in url_file or ~/.pgpass), then start mxid: its replicas share this database. "+
+	fmt.Fprintf(out, "done. Next: set [database] url in the configuration to the URL given to -to (its password in url_file or ~/.pgpass), then start mxid: its replicas share this database. "+
 		"%s and %s are left as they were: keep them as a backup, and do not serve from them again (they do not see what the replicas write).\n",
-		redactedURL(url), dbPath, keyPath)
+		dbPath, keyPath)
 	return nil
 }
 
@@ -142,7 +142,7 @@ func migrateToBolt(ctx context.Context, cfg Config, dir string, out io.Writer) e
 	src, err := pg.Open(octx, cfg.Database.URL, migratePGOptions(cfg))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("database %s: %w", redactedURL(cfg.Database.URL), err)
+		return err
 	}
 	defer src.Close()
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -113,7 +113,7 @@ listen = "127.0.0.1:0"
 		t.Errorf("the acme certificate in PostgreSQL: %q %v", got, err)
 	}
 	t.Logf("bbolt -> PostgreSQL:\n%s", out)
-	for _, want := range []string{"... 100000 of ", "the signing key copied", "4 invites copied", "2 queued deliveries copied", "3 directory entries copied", "verified in", "[database] url = "} {
+	for _, want := range []string{"... 100000 of ", "the signing key copied", "4 invites copied", "2 queued deliveries copied", "3 directory entries copied", "verified in", "set [database] url in the configuration to the URL given to -to"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate-db's output lacks %q", want)
 		}
@@ -247,13 +247,16 @@ func TestMigrateDBRefusals(t *testing.T) {
 	}{
 		{[]string{"-config", boltCfg}, "migrate-db needs -to"},
 		{[]string{"-config", boltCfg, "-to", filepath.Join(dir, "elsewhere")}, "-to must be the postgres:// URL of an empty database (to copy the bbolt file itself, use mxid backup)"},
-		{[]string{"-config", boltCfg, "-to", "postgres://"}, "-to: must be a PostgreSQL URL"},
+		{[]string{"-config", boltCfg, "-to", "postgres://mxid:secret@127.0.0.1:1/mxid?sslmode=bogus"}, "-to is not a PostgreSQL connection string: failed to configure TLS (sslmode is invalid)"},
+		{[]string{"-config", boltCfg, "-to", "postgres://mxid:secret@127.0.0.1:1/mxid?pool_max_conns=abc"}, "-to is not a PostgreSQL connection string: cannot parse pool_max_conns"},
 		{[]string{"-config", boltCfg, "-to", "postgres://mxid@127.0.0.1:1/mxid"}, "there is no database at " + filepath.Join(dir, "data", db.FileName) + ": nothing to copy"},
 		{[]string{"-config", pgCfg, "-to", "postgres://mxid@127.0.0.1:2/other"}, "use pg_dump and pg_restore"},
 	} {
 		out, err := runOut(append([]string{"migrate-db"}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("migrate-db %v: %v\n%s", c.args, err, out)
+		} else if strings.Contains(out+err.Error(), "secret") {
+			t.Errorf("migrate-db %v printed the password: %v\n%s", c.args, err, out)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {

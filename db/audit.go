@@ -2,7 +2,6 @@ package db
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -14,8 +13,9 @@ import (
 // The audit log: who removed what, and when, without the addresses. Every
 // unbind, erasure and data-changing admin command appends an AuditEntry in
 // the transaction that makes the change. An address appears only as a
-// keyed hash (AddressHash, an HMAC under the secret AuditSecret keeps in
-// the store), so an operator who is asked about an address can find its
+// keyed hash (AddressHash, an HMAC under a secret kept in the meta
+// document MetaAuditSecret, created once by whoever needs it first:
+// CreateMeta), so an operator who is asked about an address can find its
 // entries while a copy of the log alone reveals none. Entries are swept
 // after the configured retention (SweepAudit).
 
@@ -70,32 +70,6 @@ func CheckAuditEntry(e AuditEntry) error {
 		return errors.New("audit entry without a time, an actor or an action")
 	}
 	return nil
-}
-
-// AuditSecret returns the key the audit log's address hashes are made
-// with, creating it (32 random bytes) the first time, in one transaction:
-// it never changes afterwards.
-func (s *Store) AuditSecret() ([]byte, error) {
-	var secret []byte
-	err := s.update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get([]byte(MetaAuditSecret)); v != nil {
-			if len(v) != AuditSecretSize {
-				return fmt.Errorf("the audit log's key (meta %q) is %d bytes, not %d", MetaAuditSecret, len(v), AuditSecretSize)
-			}
-			secret = bytes.Clone(v)
-			return errNoChange
-		}
-		secret = make([]byte, AuditSecretSize)
-		if _, err := rand.Read(secret); err != nil {
-			return err
-		}
-		return meta.Put([]byte(MetaAuditSecret), secret)
-	})
-	if errors.Is(err, errNoChange) {
-		err = nil
-	}
-	return secret, err
 }
 
 // auditKey is the key of an entry: its time, then a sequence number, so

@@ -13,6 +13,7 @@ package server
 
 import (
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -58,11 +59,15 @@ const (
 	actionQueueDrop       = "queue_drop"
 )
 
-// auditor makes the audit log's address hashes with the store's key,
-// read (or created) the first time it is needed.
+// auditor makes the audit log's address hashes with the store's key (the
+// meta document db.MetaAuditSecret), read or created the first time it is
+// needed: CreateMeta keeps the key already there, so every replica and
+// every later start uses the first one made.
 type auditor struct {
-	store interface{ AuditSecret() ([]byte, error) }
-	now   func() time.Time
+	store interface {
+		CreateMeta(key string, value []byte) (stored []byte, created bool, err error)
+	}
+	now func() time.Time
 
 	mu     sync.Mutex
 	secret []byte
@@ -81,9 +86,16 @@ func (a *auditor) load() error {
 	if a.secret != nil {
 		return nil
 	}
-	k, err := a.store.AuditSecret()
+	fresh := make([]byte, db.AuditSecretSize)
+	if _, err := rand.Read(fresh); err != nil {
+		return fmt.Errorf("the audit log's key: %w", err)
+	}
+	k, _, err := a.store.CreateMeta(db.MetaAuditSecret, fresh)
 	if err != nil {
 		return fmt.Errorf("the audit log's key: %w", err)
+	}
+	if len(k) != db.AuditSecretSize {
+		return fmt.Errorf("the audit log's key (meta %q) is %d bytes, not %d", db.MetaAuditSecret, len(k), db.AuditSecretSize)
 	}
 	a.secret = k
 	return nil

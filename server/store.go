@@ -45,7 +45,7 @@ type Store interface {
 
 	// The audit log, removals that write it, the retention sweeps and the
 	// reads of mxid admin (admin.go, audit.go).
-	AuditSecret() ([]byte, error)
+	CreateMeta(key string, value []byte) (stored []byte, created bool, err error) // the audit log's key
 	AuditEntries(q db.AuditQuery) ([]db.AuditEntry, error)
 	SweepAudit(beforeMS int64) (int, error)
 	SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error)

@@ -2,45 +2,20 @@ package pg
 
 import (
 	"context"
-	"crypto/rand"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
 	"mxid/db"
 )
 
-// The audit log (see package db's audit.go): the audit table, and its hash
-// key in the meta document db.MetaAuditSecret, created once by whichever
-// replica asks first.
+// The audit log (see package db's audit.go): the audit table. Its hash key
+// is the meta document db.MetaAuditSecret, created once by whichever
+// replica asks first (CreateMeta).
 
 const auditColumns = "ts, actor, action, medium, address_hash, mxid, detail"
 
 func auditFields(e *db.AuditEntry) []any {
 	return []any{&e.TS, &e.Actor, &e.Action, &e.Medium, &e.AddressHash, &e.MXID, &e.Detail}
-}
-
-// AuditSecret returns the key the audit log's address hashes are made with,
-// creating it the first time; every replica gets the same key.
-func (s *Store) AuditSecret() ([]byte, error) {
-	fresh := make([]byte, db.AuditSecretSize)
-	if _, err := rand.Read(fresh); err != nil {
-		return nil, err
-	}
-	var secret []byte
-	err := s.inTx(func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, db.MetaAuditSecret, fresh); err != nil {
-			return err
-		}
-		return tx.QueryRow(ctx, "SELECT value FROM meta WHERE key = $1", db.MetaAuditSecret).Scan(&secret)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if len(secret) != db.AuditSecretSize {
-		return nil, fmt.Errorf("the audit log's key (meta %q) is %d bytes, not %d", db.MetaAuditSecret, len(secret), db.AuditSecretSize)
-	}
-	return secret, nil
 }
 
 // appendAudit writes entries in tx.

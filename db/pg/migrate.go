@@ -61,6 +61,53 @@ func migrations() ([]migration, error) {
 	return out, nil
 }
 
+// SchemaError is the refusal of a database whose schema is not this
+// build's: newer (Open refuses it always), or older or missing (Open
+// refuses it with Options.NoMigrate instead of migrating it).
+type SchemaError struct {
+	// Have is the version the database records (0: no mxid schema); Want
+	// is SchemaVersion.
+	Have, Want int
+}
+
+func (e *SchemaError) Error() string {
+	switch {
+	case e.Have > e.Want:
+		return fmt.Sprintf("the database was migrated by a newer mxid (schema %d, this binary knows %d): upgrade mxid", e.Have, e.Want)
+	case e.Have == 0:
+		return "the database holds no mxid schema"
+	}
+	return fmt.Sprintf("the database holds mxid schema %d, this mxid needs %d", e.Have, e.Want)
+}
+
+// recordedSchema is the schema version the database records: 0 (and
+// exists false) when it has no schema_version table.
+func recordedSchema(ctx context.Context, conn *pgx.Conn) (version int, exists bool, err error) {
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('schema_version') IS NOT NULL").Scan(&exists); err != nil || !exists {
+		return 0, false, err
+	}
+	err = conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_version").Scan(&version)
+	return version, true, err
+}
+
+// checkSchema refuses, without changing anything, a database whose schema
+// is not SchemaVersion (Options.NoMigrate).
+func checkSchema(ctx context.Context, cfg *pgx.ConnConfig) error {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	current, _, err := recordedSchema(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if current != SchemaVersion {
+		return &SchemaError{Have: current, Want: SchemaVersion}
+	}
+	return nil
+}
+
 // migrate brings the database to SchemaVersion on a connection of its own
 // (no statement timeout: a migration may take longer than one call), under
 // a session advisory lock: replicas starting together wait for the first,
@@ -80,12 +127,12 @@ func migrate(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) error {
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1, $2)", lockClass, lockMigrate); err != nil {
 		return err
 	}
-	// Created only when missing: a replica whose role may not create
-	// tables still starts on a migrated database.
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT to_regclass('schema_version') IS NOT NULL").Scan(&exists); err != nil {
+	current, exists, err := recordedSchema(ctx, conn)
+	if err != nil {
 		return err
 	}
+	// Created only when missing: a replica whose role may not create
+	// tables still starts on a migrated database.
 	if !exists {
 		if _, err := conn.Exec(ctx, `CREATE TABLE schema_version (
 			version    integer PRIMARY KEY,
@@ -94,12 +141,8 @@ func migrate(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) error {
 			return err
 		}
 	}
-	var current int
-	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_version").Scan(&current); err != nil {
-		return err
-	}
 	if current > SchemaVersion {
-		return fmt.Errorf("the database was migrated by a newer mxid (schema %d, this binary knows %d): upgrade mxid", current, SchemaVersion)
+		return &SchemaError{Have: current, Want: SchemaVersion}
 	}
 	for _, m := range ms[current:] {
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {

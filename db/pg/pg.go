@@ -102,7 +102,10 @@ import (
 
 // Options tune a Store. Zero values take the defaults.
 type Options struct {
-	// MaxConns is the connection pool's size (default 10).
+	// MaxConns is the connection pool's size (default 10). A Store opens
+	// up to MaxConns + 2 (the budget charges' pool, budgetConns), and one
+	// more for each of FollowChanges, a held Leadership and a held
+	// CertLock.
 	MaxConns int32
 	// StatementTimeout bounds each call (default 5s).
 	StatementTimeout time.Duration
@@ -118,6 +121,10 @@ type Options struct {
 	// ApplicationName names this replica's connections in
 	// pg_stat_activity (default "mxid").
 	ApplicationName string
+	// NoMigrate opens the database as it is: Open refuses one whose schema
+	// is missing or not this build's (a *SchemaError) instead of creating
+	// or upgrading it, for tools that must not change what replicas share.
+	NoMigrate bool
 }
 
 func (o Options) withDefaults() Options {
@@ -155,12 +162,13 @@ type Store struct {
 }
 
 // Open connects to the database at url (postgres://…, or key=value pairs),
-// checks that it answers, and migrates its schema to this build's version.
+// checks that it answers, and migrates its schema to this build's version
+// (with Options.NoMigrate, checks that it has it).
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
-	cfg, err := pgxpool.ParseConfig(url)
+	cfg, err := parseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("database url: %w", err)
+		return nil, fmt.Errorf("database url %w", err)
 	}
 	cfg.MaxConns = opts.MaxConns
 	if cfg.ConnConfig.ConnectTimeout <= 0 || cfg.ConnConfig.ConnectTimeout > opts.StatementTimeout {
@@ -168,27 +176,94 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["application_name"] = opts.ApplicationName
-	s := &Store{opts: opts, path: redacted(cfg.ConnConfig.Config), conn: cfg.ConnConfig.Copy()}
-	if err := migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger); err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+	s := &Store{opts: opts, path: locationOf(cfg.ConnConfig.Config).String(), conn: cfg.ConnConfig.Copy()}
+	if opts.NoMigrate {
+		err = checkSchema(ctx, cfg.ConnConfig.Copy())
+	} else {
+		err = migrate(ctx, cfg.ConnConfig.Copy(), opts.Logger)
+	}
+	if err != nil {
+		return nil, &openError{s.path, classify(err)}
 	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+		return nil, &openError{s.path, classify(err)}
 	}
 	if s.budgetPool, err = openBudgetPool(ctx, cfg); err != nil {
 		s.pool.Close()
-		return nil, fmt.Errorf("%s: %w", s.path, classify(err))
+		return nil, &openError{s.path, classify(err)}
 	}
 	return s, nil
 }
 
-// redacted is where the database is, for messages: no password.
-func redacted(c pgconn.Config) string {
-	host := c.Host
+// openError is Open's failure: where the database is, said once (pgx's
+// connection error names its user and database again), then why.
+type openError struct {
+	where string
+	err   error
+}
+
+func (e *openError) Error() string {
+	msg := e.err.Error()
+	var ce *pgconn.ConnectError
+	if errors.As(e.err, &ce) && ce.Config != nil {
+		msg = strings.Replace(msg, fmt.Sprintf("failed to connect to `user=%s database=%s`:", ce.Config.User, ce.Config.Database), "cannot connect:", 1)
+	}
+	return e.where + ": " + msg
+}
+
+func (e *openError) Unwrap() error { return e.err }
+
+// Location is where a connection string points: the first host it names
+// (a name, an address or a Unix socket directory), the port, the user and
+// the database; never the password.
+type Location struct {
+	Host           string
+	Port           uint16
+	User, Database string
+}
+
+func locationOf(c pgconn.Config) Location {
+	return Location{Host: c.Host, Port: c.Port, User: c.User, Database: c.Database}
+}
+
+// String is the location as a URL, for messages:
+// postgres://user@host:port/database, a socket directory in brackets.
+func (l Location) String() string {
+	host := l.Host
 	if strings.HasPrefix(host, "/") {
 		host = "[" + host + "]" // a Unix socket directory
 	}
-	return fmt.Sprintf("postgres://%s@%s/%s", c.User, net.JoinHostPort(host, fmt.Sprint(c.Port)), c.Database)
+	return fmt.Sprintf("postgres://%s@%s/%s", l.User, net.JoinHostPort(host, fmt.Sprint(l.Port)), l.Database)
+}
+
+// ParseURL reads a connection string as Open does (a postgres:// URL or
+// key=value pairs, completed by PostgreSQL's PG* environment variables),
+// without connecting, and returns where it points. Its error says what is
+// wrong and never quotes the string, which may hold a password.
+func ParseURL(url string) (Location, error) {
+	cfg, err := parseURL(url)
+	if err != nil {
+		return Location{}, err
+	}
+	return locationOf(cfg.ConnConfig.Config), nil
+}
+
+// parseURL is pgxpool.ParseConfig with an error fit for people: pgx's
+// quotes the string with the password masked as best it can; this one
+// gives only the reason.
+func parseURL(url string) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err == nil {
+		return cfg, nil
+	}
+	reason := "it cannot be parsed"
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		bare := *pe
+		bare.ConnString = ""
+		reason = strings.TrimPrefix(bare.Error(), "cannot parse ``: ")
+	}
+	return nil, fmt.Errorf("is not a PostgreSQL connection string: %s; PostgreSQL takes a URL (postgres://user@host:5432/dbname?sslmode=…) or host=… dbname=… pairs", reason)
 }
 
 // Close closes the pool, waiting for connections in use to be returned.

@@ -103,6 +103,38 @@ func TestNewerSchemaRefused(t *testing.T) {
 	if errors.Is(err, db.ErrUnavailable) {
 		t.Error("a newer schema reported as the database being unavailable")
 	}
+	var se *SchemaError
+	if _, err := Open(context.Background(), url, Options{NoMigrate: true}); !errors.As(err, &se) || se.Have != 3 || !strings.Contains(err.Error(), want) {
+		t.Errorf("Open without migrating a newer database: %v", err)
+	}
+}
+
+// TestNoMigrate: Open with NoMigrate refuses an empty database, leaving it
+// empty (no table, not even schema_version), and opens a migrated one.
+func TestNoMigrate(t *testing.T) {
+	url := pgtest.New(t)
+	_, err := Open(context.Background(), url, Options{NoMigrate: true})
+	var se *SchemaError
+	if !errors.As(err, &se) || se.Have != 0 || se.Want != SchemaVersion || !strings.Contains(err.Error(), "the database holds no mxid schema") {
+		t.Fatalf("Open without migrating an empty database: %v", err)
+	}
+	if errors.Is(err, db.ErrUnavailable) {
+		t.Error("a missing schema reported as the database being unavailable")
+	}
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var tables int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables); err != nil || tables != 0 {
+		t.Errorf("the refused database holds %d tables (%v), want none", tables, err)
+	}
+	openURL(t, url, Options{}).Close()
+	s := openURL(t, url, Options{NoMigrate: true})
+	if v, err := s.SchemaVersion(); err != nil || v != SchemaVersion {
+		t.Errorf("opened without migrating: schema %d %v", v, err)
+	}
 }
 
 func TestPathHasNoPassword(t *testing.T) {
@@ -110,6 +142,41 @@ func TestPathHasNoPassword(t *testing.T) {
 	s := openURL(t, url, Options{})
 	if p := s.Path(); strings.Contains(p, "s3cret") || !strings.HasPrefix(p, "postgres://mxid@127.0.0.1:") {
 		t.Errorf("Path() = %q", p)
+	}
+}
+
+// TestParseURL: what pgx accepts (a URL, a socket directory in the query,
+// key=value pairs) is accepted, with where it points and no password; what
+// Open would refuse is refused with the reason, never the string itself.
+func TestParseURL(t *testing.T) {
+	t.Setenv("PGPORT", "") // the default port, 5432
+	for _, c := range []struct{ url, where string }{
+		{"postgres://mxid:s3cret@db.example.org/mxid?sslmode=verify-full", "postgres://mxid@db.example.org:5432/mxid"},
+		{"postgresql://mxid:s3cret@db.example.org:5433/mxid", "postgres://mxid@db.example.org:5433/mxid"},
+		{"postgres:///mxid?host=/var/run/postgresql&user=mxid", "postgres://mxid@[/var/run/postgresql]:5432/mxid"},
+		{"host=/var/run/postgresql dbname=mxid user=mxid password=s3cret", "postgres://mxid@[/var/run/postgresql]:5432/mxid"},
+	} {
+		where, err := ParseURL(c.url)
+		if err != nil || where.String() != c.where {
+			t.Errorf("ParseURL(%q) = %q, %v; want %q", c.url, where, err, c.where)
+		}
+	}
+	for _, c := range []struct{ url, reason string }{
+		{"postgres://mxid:s3cret@db.example.org/mxid?sslmode=bogus", "sslmode is invalid"},
+		{"postgres://mxid:s3cret@db.example.org/mxid?pool_max_conns=abc", "cannot parse pool_max_conns"},
+		{"postgres://mxid:s3cret@db.example.org:99999/mxid", "invalid port"},
+		{"postgres://mxid:s3c%zzret@db.example.org/mxid", "invalid percent-encoded token in password"},
+		{"mysql://mxid:s3cret@db.example.org/mxid", "failed to parse as keyword/value"},
+		{"host=db.example.org password=s3cret sslmode=bogus", "sslmode is invalid"},
+	} {
+		_, err := ParseURL(c.url)
+		if err == nil || !strings.Contains(err.Error(), "is not a PostgreSQL connection string: ") || !strings.Contains(err.Error(), c.reason) {
+			t.Errorf("ParseURL(%q): %v; want the reason %q", c.url, err, c.reason)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "s3c") || strings.Contains(msg, "db.example.org") {
+			t.Errorf("ParseURL(%q) quotes the string: %s", c.url, msg)
+		}
 	}
 }
 

@@ -87,8 +87,8 @@ type Store interface {
 	TouchAccountToken(token string, nowMS int64) error
 	SweepAccounts(idleBeforeMS int64) (tokens, terms int, err error)
 
-	// The operator's tools (mxid admin) and the audit log.
-	AuditSecret() ([]byte, error)
+	// The operator's tools (mxid admin) and the audit log (its key: the
+	// meta document db.MetaAuditSecret, made with CreateMeta).
 	AppendAudit(entries ...db.AuditEntry) error
 	AuditEntries(q db.AuditQuery) ([]db.AuditEntry, error)
 	SweepAudit(beforeMS int64) (int, error)
