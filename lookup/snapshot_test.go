@@ -113,13 +113,12 @@ func TestSnapshotSurvivesRestart(t *testing.T) {
 	}
 }
 
-// The snapshot belongs to the settings it was read with: other mapping
-// settings drop it at start-up, and so does a configuration without [ldap]
-// or without the sync.
-func TestSnapshotDroppedWithOtherSettings(t *testing.T) {
+// storedSnapshot syncs a directory into a new store once, then stops the
+// directory: what is found afterwards comes from the stored snapshot.
+func storedSnapshot(t *testing.T) (*slapdtest.Server, *db.Store, lookup.LDAPConfig) {
+	t.Helper()
 	d := startSlapd(t, seedDirectory())
-	dir := t.TempDir()
-	s := openStore(t, dir)
+	s := openStore(t, t.TempDir())
 	cfg := ldapConfig(d.URL)
 	svc := newService(t, s, cfg, nil)
 	if err := svc.Sync(context.Background()); err != nil {
@@ -127,11 +126,31 @@ func TestSnapshotDroppedWithOtherSettings(t *testing.T) {
 	}
 	svc.Close()
 	d.Stop()
+	return d, s, cfg
+}
+
+// snapshotUnused checks that svc, configured with other [ldap] settings
+// than the stored snapshot's, answers nothing from it.
+func snapshotUnused(t *testing.T, svc *lookup.Service) {
+	t.Helper()
+	if got, _ := find(t, svc.Index, svc.Index.Pepper(), "email", "bob@example.org"); got != "" {
+		t.Errorf("a snapshot of other settings is used: %q", got)
+	}
+	if got := plain(svc, email("bob@example.org")); len(got) != 0 {
+		t.Errorf("plaintext from a snapshot of other settings: %v", got)
+	}
+}
+
+// The snapshot belongs to the settings it was read with: other mapping
+// settings drop it at start-up, and so does a configuration without [ldap]
+// or without the sync.
+func TestSnapshotDroppedWithOtherSettings(t *testing.T) {
+	d, s, cfg := storedSnapshot(t)
 
 	// Another URL for the same directory keeps it.
 	moved := cfg
 	moved.URLs = []string{"ldap://127.0.0.1:1"}
-	svc = newService(t, s, moved, nil)
+	svc := newService(t, s, moved, nil)
 	if got, _ := find(t, svc.Index, svc.Index.Pepper(), "email", "bob@example.org"); got != "@bob:example.org" {
 		t.Errorf("same settings, another URL: %q", got)
 	}
@@ -141,12 +160,7 @@ func TestSnapshotDroppedWithOtherSettings(t *testing.T) {
 	other.UIDDomain = "other.example"
 	var logs logBuffer
 	svc = newService(t, s, other, &lookup.Deps{Logger: logs.logger()})
-	if got, _ := find(t, svc.Index, svc.Index.Pepper(), "email", "bob@example.org"); got != "" {
-		t.Errorf("a snapshot of other settings is used: %q", got)
-	}
-	if got := plain(svc, email("bob@example.org")); len(got) != 0 {
-		t.Errorf("plaintext from a snapshot of other settings: %v", got)
-	}
+	snapshotUnused(t, svc)
 	if logs.count("read with other [ldap] settings") != 1 {
 		t.Errorf("dropping it is not logged:\n%s", logs.String())
 	}
@@ -184,28 +198,14 @@ func TestSnapshotDroppedWithOtherSettings(t *testing.T) {
 // it nor drops it at start-up, so the others keep their directory users;
 // without a sync, the drop is the leader's job.
 func TestSharedSnapshotLeftToTheLeader(t *testing.T) {
-	d := startSlapd(t, seedDirectory())
-	s := openStore(t, t.TempDir())
-	cfg := ldapConfig(d.URL)
-	svc := newService(t, s, cfg, nil)
-	if err := svc.Sync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	svc.Close()
-	d.Stop()
-
+	_, s, cfg := storedSnapshot(t)
 	jobs := map[string]func(context.Context){}
 	runOnce := func(name string, job func(context.Context)) { jobs[name] = job }
 	other := cfg
 	other.UIDDomain = "other.example"
 	var logs logBuffer
-	svc = newService(t, s, other, &lookup.Deps{Logger: logs.logger(), RunOnce: runOnce})
-	if got, _ := find(t, svc.Index, svc.Index.Pepper(), "email", "bob@example.org"); got != "" {
-		t.Errorf("a snapshot of other settings is used: %q", got)
-	}
-	if got := plain(svc, email("bob@example.org")); len(got) != 0 {
-		t.Errorf("plaintext from a snapshot of other settings: %v", got)
-	}
+	svc := newService(t, s, other, &lookup.Deps{Logger: logs.logger(), RunOnce: runOnce})
+	snapshotUnused(t, svc)
 	if logs.count("not used here, the leader's sync replaces it") != 1 {
 		t.Errorf("ignoring it is not logged:\n%s", logs.String())
 	}
